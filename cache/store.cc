@@ -1,0 +1,112 @@
+#include "cache/store.h"
+
+#include <filesystem>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "cache/rocksdb_status.h"
+#include "common/status_macros.h"
+#include "rocksdb/db.h"
+#include "rocksdb/options.h"
+#include "spdlog/spdlog.h"
+
+namespace apeserve::cache {
+namespace {
+
+// Column families (DESIGN.md section 4). "default" holds the store's own metadata.
+constexpr char kDocsFamily[] = "docs";
+constexpr char kKvFamily[] = "kv";
+constexpr char kSchemaVersionKey[] = "apeserve/schema_version";
+
+// Reads the schema version, or records ours in a store that has just been created.
+absl::StatusOr<uint32_t> ReadOrInitSchemaVersion(rocksdb::DB& db, bool created,
+                                                 const std::string& path) {
+  std::string value;
+  const rocksdb::Status read = db.Get(rocksdb::ReadOptions(), kSchemaVersionKey, &value);
+  if (read.IsNotFound()) {
+    if (!created) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "data directory '", path, "' holds a RocksDB database that apeserve did not create "
+          "(no schema version); refusing to write into it"));
+    }
+    rocksdb::WriteOptions sync;
+    sync.sync = true;
+    APE_RETURN_IF_ERROR(FromRocksDb(
+        db.Put(sync, kSchemaVersionKey, absl::StrCat(kSchemaVersion)),
+        absl::StrCat("record schema version in '", path, "'")));
+    return kSchemaVersion;
+  }
+  APE_RETURN_IF_ERROR(FromRocksDb(read, absl::StrCat("read schema version in '", path, "'")));
+  uint32_t version = 0;
+  if (!absl::SimpleAtoi(value, &version)) {
+    return absl::DataLossError(absl::StrCat("data directory '", path,
+                                            "' has an unreadable schema version '", value, "'"));
+  }
+  if (version != kSchemaVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "data directory '", path, "' has schema version ", version, "; this build reads ",
+        kSchemaVersion));
+  }
+  return version;
+}
+
+}  // namespace
+
+struct Store::Handles {
+  std::unique_ptr<rocksdb::DB> db;
+  std::vector<rocksdb::ColumnFamilyHandle*> families;  // owned by db; freed before it
+
+  ~Handles() {
+    if (db == nullptr) return;
+    for (rocksdb::ColumnFamilyHandle* family : families) {
+      // Destroying a handle only releases memory; its status reports nothing to act on.
+      db->DestroyColumnFamilyHandle(family).PermitUncheckedError();
+    }
+    {
+      const rocksdb::Status closed = db->Close();
+      if (!closed.ok()) spdlog::warn("closing the store: {}", closed.ToString());
+    }
+  }
+};
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
+  if (options.path.empty()) return absl::InvalidArgumentError("StoreOptions.path is empty");
+  const std::string& path = options.path;
+  std::error_code error;
+  const bool exists = std::filesystem::exists(std::filesystem::path(path) / "CURRENT", error);
+  if (!exists && !options.create_if_missing) {
+    return absl::NotFoundError(absl::StrCat("no data directory at '", path,
+                                            "' and create_if_missing is false"));
+  }
+
+  rocksdb::Options db_options;
+  db_options.create_if_missing = options.create_if_missing;
+  db_options.create_missing_column_families = options.create_if_missing;
+  const std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {
+      {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions(db_options)},
+      {kDocsFamily, rocksdb::ColumnFamilyOptions(db_options)},
+      {kKvFamily, rocksdb::ColumnFamilyOptions(db_options)},
+  };
+
+  auto handles = std::make_unique<Handles>();
+  rocksdb::DB* raw_db = nullptr;
+  const rocksdb::Status opened =
+      rocksdb::DB::Open(db_options, path, descriptors, &handles->families, &raw_db);
+  handles->db.reset(raw_db);
+  APE_RETURN_IF_ERROR(FromRocksDb(opened, absl::StrCat("open data directory '", path, "'")));
+
+  APE_ASSIGN_OR_RETURN(const uint32_t version,
+                       ReadOrInitSchemaVersion(*handles->db, /*created=*/!exists, path));
+  spdlog::info("store open at '{}' (schema version {}{})", path, version,
+               exists ? "" : ", created");
+  return std::unique_ptr<Store>(new Store(path, version, std::move(handles)));
+}
+
+Store::Store(std::string path, uint32_t schema_version, std::unique_ptr<Handles> handles)
+    : path_(std::move(path)), schema_version_(schema_version), handles_(std::move(handles)) {}
+
+Store::~Store() = default;
+
+}  // namespace apeserve::cache

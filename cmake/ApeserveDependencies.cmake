@@ -1,0 +1,32 @@
+# Finds every third-party dependency once, for all modules.
+#
+# Debian provides gRPC, Protobuf, RocksDB, spdlog, abseil, GoogleTest, nlohmann-json
+# and xxhash; libtorch comes from the PyPI torch wheel in the Python environment that
+# deploy/setup.sh creates (see ApeserveTorch.cmake).
+
+# Where deploy/setup.sh keeps the heavy things (deploy/lib.sh has the same default).
+if(DEFINED ENV{APESERVE_HOME})
+  set(_apeserve_home "$ENV{APESERVE_HOME}")
+elseif(DEFINED ENV{XDG_CACHE_HOME})
+  set(_apeserve_home "$ENV{XDG_CACHE_HOME}/apeserve")
+else()
+  set(_apeserve_home "$ENV{HOME}/.cache/apeserve")
+endif()
+set(APESERVE_HOME "${_apeserve_home}" CACHE PATH
+    "Folder of the Python environment, models and compiler cache")
+
+find_package(Threads REQUIRED)
+find_package(PkgConfig REQUIRED)
+
+find_package(Protobuf REQUIRED)
+find_package(gRPC CONFIG REQUIRED)
+find_package(absl CONFIG REQUIRED)
+find_package(spdlog CONFIG REQUIRED)
+find_package(RocksDB CONFIG REQUIRED)
+find_package(nlohmann_json CONFIG REQUIRED)
+find_package(GTest CONFIG REQUIRED)
+pkg_check_modules(xxhash REQUIRED IMPORTED_TARGET libxxhash)
+
+find_program(APESERVE_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
+
+include(ApeserveTorch)

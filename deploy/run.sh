@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The README's run command: sets up what is missing, builds, and starts apeserve with
+# the embedded default model and the embedded data directory (var/data in the
+# checkout). Extra arguments go to apeserve, e.g. deploy/run.sh --listen=0.0.0.0:50051
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+"$APESERVE_ROOT/deploy/setup.sh"
+build_preset default
+mkdir -p "$APESERVE_DATA_DIR"
+log "starting apeserve (model $APESERVE_DEFAULT_MODEL, data $APESERVE_DATA_DIR)"
+exec "$APESERVE_ROOT/build/default/server/apeserve" \
+  --model="$APESERVE_DEFAULT_MODEL" --data_dir="$APESERVE_DATA_DIR" "$@"

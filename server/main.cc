@@ -1,0 +1,107 @@
+// apeserve: the gRPC inference server. Flags become ServerOptions here and nowhere else.
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/ape_server.h"
+#include "server/server_options.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+const apeserve::server::ServerOptions kDefaults;
+}  // namespace
+
+ABSL_FLAG(std::string, listen, kDefaults.listen_address,
+          "host:port to serve on; port 0 picks a free one (see --port_file)");
+ABSL_FLAG(std::string, model, "", "GGUF model file (required)");
+ABSL_FLAG(std::string, data_dir, "", "folder of the document and KV store (required)");
+ABSL_FLAG(std::string, device, kDefaults.device, "compute device: auto, cpu, cuda or cuda:N");
+ABSL_FLAG(std::string, port_file, "",
+          "once serving, write the port to this file (for scripts and tests)");
+ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
+          "on SIGTERM or SIGINT, how long running calls may finish before they are cancelled");
+
+namespace {
+
+constexpr char kUsage[] =
+    "apeserve: gRPC server for retrieval-augmented generation and in-context learning\n"
+    "with pre-encoded contexts (Adaptive Parallel Encoding).\n\n"
+    "Usage: apeserve --model=FILE.gguf --data_dir=DIR [--listen=HOST:PORT] [flags]\n"
+    "Try --help for every flag.";
+
+// Writes `port` to `path` through a temporary file, so a reader never sees half of it.
+bool WritePortFile(const std::string& path, int port) {
+  const std::string tmp = absl::StrCat(path, ".tmp");
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << port << "\n";
+    if (!out.flush()) return false;
+  }
+  std::error_code error;
+  std::filesystem::rename(tmp, path, error);
+  return !error;
+}
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "apeserve: %s\n\n%s\n", message.c_str(), kUsage);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  absl::ParseCommandLine(argc, argv);
+
+  spdlog::set_default_logger(spdlog::stderr_color_mt("apeserve"));
+  const spdlog::level::level_enum level = spdlog::level::from_str(absl::GetFlag(FLAGS_log_level));
+  if (level == spdlog::level::off && absl::GetFlag(FLAGS_log_level) != "off") {
+    return UsageError(absl::StrCat("--log_level='", absl::GetFlag(FLAGS_log_level),
+                                   "' is not one of trace, debug, info, warn, error, off"));
+  }
+  spdlog::set_level(level);
+
+  apeserve::server::ServerOptions options;
+  options.listen_address = absl::GetFlag(FLAGS_listen);
+  options.model_path = absl::GetFlag(FLAGS_model);
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.device = absl::GetFlag(FLAGS_device);
+  if (options.model_path.empty()) return UsageError("--model is required");
+  if (options.data_dir.empty()) return UsageError("--data_dir is required");
+
+  // Block the stop signals before any thread starts, so that every thread inherits
+  // the mask and only sigwait() below receives them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  auto server = apeserve::server::ApeServer::Start(options);
+  if (!server.ok()) {
+    spdlog::error("cannot start: {}", server.status().ToString());
+    return 1;
+  }
+  const std::string port_file = absl::GetFlag(FLAGS_port_file);
+  if (!port_file.empty() && !WritePortFile(port_file, (*server)->port())) {
+    spdlog::error("cannot write the port to --port_file='{}'", port_file);
+    return 1;
+  }
+
+  int signal = 0;
+  sigwait(&stop_signals, &signal);
+  spdlog::info("received {}; shutting down", signal == SIGINT ? "SIGINT" : "SIGTERM");
+  (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));
+  (*server)->Wait();
+  spdlog::info("stopped");
+  return 0;
+}

@@ -1,0 +1,163 @@
+// Black-box tests of the apeserve and apectl binaries: the real server on a loopback
+// port with the embedded model and a fresh data directory, driven by real clients.
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "ape/v1/admin.grpc.pb.h"
+#include "tests/util/subprocess.h"
+#include "tests/util/temp_dir.h"
+#include "tests/util/test_paths.h"
+
+namespace apeserve {
+namespace {
+
+using ::apeserve::testing::ReadFile;
+using ::apeserve::testing::RunProgram;
+using ::apeserve::testing::Subprocess;
+using ::apeserve::testing::TempDir;
+using ::testing::HasSubstr;
+
+// An apeserve process on a free loopback port, stopped with SIGTERM at the end.
+class RunningServer {
+ public:
+  RunningServer(const TempDir& dir, const std::string& data_dir, const std::string& tag)
+      : port_file_(dir.Join(tag + ".port")),
+        stderr_path_(dir.Join(tag + ".err")),
+        process_({apeserve::testing::ApeserveBinary(),
+                  "--model=" + apeserve::testing::TestModelPath(),
+                  "--data_dir=" + data_dir, "--listen=127.0.0.1:0", "--device=cpu",
+                  "--port_file=" + port_file_},
+                 dir.Join(tag + ".out"), stderr_path_) {}
+
+  // Waits for the port file; nullopt if the server exited or took too long.
+  std::optional<int> WaitForPort(absl::Duration timeout = absl::Seconds(120)) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      int port = 0;
+      if (absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(port_file_)), &port) && port > 0) {
+        return port;
+      }
+      if (process_.Wait(absl::Milliseconds(50)).has_value()) return std::nullopt;
+    }
+    return std::nullopt;
+  }
+
+  Subprocess& process() { return process_; }
+  std::string Stderr() const { return ReadFile(stderr_path_); }
+
+ private:
+  std::string port_file_;
+  std::string stderr_path_;
+  Subprocess process_;
+};
+
+class ApeserveBinaryTest : public ::testing::Test {
+ protected:
+  std::string Apectl() const { return apeserve::testing::ApectlBinary(); }
+  TempDir dir_;
+};
+
+TEST_F(ApeserveBinaryTest, ServesInfoAndHealthAndStopsCleanlyOnSigterm) {
+  RunningServer server(dir_, dir_.Join("data"), "server");
+  const std::optional<int> port = server.WaitForPort();
+  ASSERT_TRUE(port.has_value()) << "apeserve did not start:\n" << server.Stderr();
+  const std::string target = absl::StrCat("--target=127.0.0.1:", *port);
+
+  // A generated C++ client.
+  auto stub = ape::v1::AdminService::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", *port), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  ape::v1::ServerInfo info;
+  const grpc::Status status = stub->GetServerInfo(&context, {}, &info);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  const std::string model = apeserve::testing::TestModelPath();
+  EXPECT_EQ(info.model().path(), model);
+  EXPECT_EQ(info.model().size_bytes(), std::filesystem::file_size(model));
+
+  // apectl info prints the same reply as JSON.
+  const auto apectl_info = RunProgram({Apectl(), target, "info"}, dir_.path());
+  ASSERT_EQ(apectl_info.exit_status, 0) << apectl_info.err;
+  const nlohmann::json json = nlohmann::json::parse(apectl_info.out);
+  EXPECT_EQ(json.at("version"), info.version());
+  EXPECT_EQ(json.at("device"), "cpu");
+  EXPECT_EQ(json.at("model").at("format"), "gguf");
+  EXPECT_EQ(json.at("model").at("tensor_count"), std::to_string(info.model().tensor_count()));
+
+  // apectl health asks grpc.health.v1.
+  const auto health = RunProgram({Apectl(), target, "health"}, dir_.path());
+  EXPECT_EQ(health.exit_status, 0) << health.err;
+  EXPECT_EQ(health.out, "SERVING\n");
+
+  server.process().Signal(SIGTERM);
+  EXPECT_EQ(server.process().Wait(absl::Seconds(30)), std::optional<int>(0)) << server.Stderr();
+  EXPECT_THAT(server.Stderr(), HasSubstr("received SIGTERM; shutting down"));
+}
+
+TEST_F(ApeserveBinaryTest, KeepsDocumentsDirectoryAcrossRestarts) {
+  const std::string data_dir = dir_.Join("data");
+  for (const char* tag : {"first", "second"}) {
+    RunningServer server(dir_, data_dir, tag);
+    ASSERT_TRUE(server.WaitForPort().has_value()) << tag << " start failed:\n" << server.Stderr();
+    server.process().Signal(SIGTERM);
+    ASSERT_EQ(server.process().Wait(absl::Seconds(30)), std::optional<int>(0)) << server.Stderr();
+  }
+  EXPECT_THAT(ReadFile(dir_.Join("first.err")), HasSubstr("created"));
+  EXPECT_THAT(ReadFile(dir_.Join("second.err")), ::testing::Not(HasSubstr("created")));
+}
+
+TEST_F(ApeserveBinaryTest, SecondServerOnTheSameDataDirectoryFails) {
+  RunningServer first(dir_, dir_.Join("data"), "first");
+  ASSERT_TRUE(first.WaitForPort().has_value()) << first.Stderr();
+  RunningServer second(dir_, dir_.Join("data"), "second");
+  EXPECT_FALSE(second.WaitForPort().has_value());
+  EXPECT_EQ(second.process().Wait(absl::Seconds(30)), std::optional<int>(1));
+  EXPECT_THAT(second.Stderr(), HasSubstr("lock"));
+}
+
+TEST_F(ApeserveBinaryTest, ExplainsMissingFlags) {
+  const auto result = RunProgram({apeserve::testing::ApeserveBinary()}, dir_.path());
+  EXPECT_EQ(result.exit_status, 2);
+  EXPECT_THAT(result.err, HasSubstr("--model is required"));
+  EXPECT_THAT(result.err, HasSubstr("Usage: apeserve --model=FILE.gguf --data_dir=DIR"));
+}
+
+TEST_F(ApeserveBinaryTest, RefusesAFileThatIsNotAModel) {
+  const std::string bogus = dir_.Join("bogus.gguf");
+  ASSERT_TRUE(apeserve::testing::WriteFile(bogus, "this is not a model, just some text"));
+  const auto result = RunProgram({apeserve::testing::ApeserveBinary(), "--model=" + bogus,
+                           "--data_dir=" + dir_.Join("data"), "--listen=127.0.0.1:0"},
+                          dir_.path());
+  EXPECT_EQ(result.exit_status, 1);
+  EXPECT_THAT(result.err, HasSubstr("not a GGUF file"));
+}
+
+TEST_F(ApeserveBinaryTest, ApectlExplainsUsageAndUnreachableServers) {
+  const auto usage = RunProgram({Apectl()}, dir_.path());
+  EXPECT_EQ(usage.exit_status, 2);
+  EXPECT_THAT(usage.err, HasSubstr("Usage: apectl"));
+
+  const auto unknown = RunProgram({Apectl(), "frobnicate"}, dir_.path());
+  EXPECT_EQ(unknown.exit_status, 2);
+  EXPECT_THAT(unknown.err, HasSubstr("unknown command 'frobnicate'"));
+
+  // Port 1 on loopback has no server: the call fails within the deadline, with code 14.
+  const auto unreachable = RunProgram({Apectl(), "--target=127.0.0.1:1", "--timeout=2s", "info"}, dir_.path());
+  EXPECT_EQ(unreachable.exit_status, 1);
+  EXPECT_THAT(unreachable.err, HasSubstr("gRPC code 14"));
+}
+
+}  // namespace
+}  // namespace apeserve
