@@ -27,27 +27,27 @@ absl::StatusOr<uint32_t> ReadOrInitSchemaVersion(rocksdb::DB& db, bool created,
   const rocksdb::Status read = db.Get(rocksdb::ReadOptions(), kSchemaVersionKey, &value);
   if (read.IsNotFound()) {
     if (!created) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "data directory '", path, "' holds a RocksDB database that apeserve did not create "
-          "(no schema version); refusing to write into it"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("data directory '", path,
+                       "' holds a RocksDB database that apeserve did not create "
+                       "(no schema version); refusing to write into it"));
     }
     rocksdb::WriteOptions sync;
     sync.sync = true;
-    APE_RETURN_IF_ERROR(FromRocksDb(
-        db.Put(sync, kSchemaVersionKey, absl::StrCat(kSchemaVersion)),
-        absl::StrCat("record schema version in '", path, "'")));
+    APE_RETURN_IF_ERROR(FromRocksDb(db.Put(sync, kSchemaVersionKey, absl::StrCat(kSchemaVersion)),
+                                    absl::StrCat("record schema version in '", path, "'")));
     return kSchemaVersion;
   }
   APE_RETURN_IF_ERROR(FromRocksDb(read, absl::StrCat("read schema version in '", path, "'")));
   uint32_t version = 0;
   if (!absl::SimpleAtoi(value, &version)) {
-    return absl::DataLossError(absl::StrCat("data directory '", path,
-                                            "' has an unreadable schema version '", value, "'"));
+    return absl::DataLossError(
+        absl::StrCat("data directory '", path, "' has an unreadable schema version '", value, "'"));
   }
   if (version != kSchemaVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "data directory '", path, "' has schema version ", version, "; this build reads ",
-        kSchemaVersion));
+    return absl::FailedPreconditionError(absl::StrCat("data directory '", path,
+                                                      "' has schema version ", version,
+                                                      "; this build reads ", kSchemaVersion));
   }
   return version;
 }
@@ -77,8 +77,8 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
   std::error_code error;
   const bool exists = std::filesystem::exists(std::filesystem::path(path) / "CURRENT", error);
   if (!exists && !options.create_if_missing) {
-    return absl::NotFoundError(absl::StrCat("no data directory at '", path,
-                                            "' and create_if_missing is false"));
+    return absl::NotFoundError(
+        absl::StrCat("no data directory at '", path, "' and create_if_missing is false"));
   }
 
   rocksdb::Options db_options;

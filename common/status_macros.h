@@ -11,10 +11,9 @@
 #include "absl/status/statusor.h"
 
 // Returns the status of `expr` from the enclosing function unless it is OK.
-#define APE_RETURN_IF_ERROR(expr)                              \
-  do {                                                         \
-    if (::absl::Status ape_status_ = (expr); !ape_status_.ok()) \
-      return ape_status_;                                      \
+#define APE_RETURN_IF_ERROR(expr)                                                   \
+  do {                                                                              \
+    if (::absl::Status ape_status_ = (expr); !ape_status_.ok()) return ape_status_; \
   } while (false)
 
 // Evaluates `rexpr` (an absl::StatusOr<T>); returns its status unless it is OK, else
@@ -22,8 +21,8 @@
 #define APE_ASSIGN_OR_RETURN(lhs, rexpr) \
   APE_ASSIGN_OR_RETURN_IMPL_(APE_STATUS_CONCAT_(ape_statusor_, __LINE__), lhs, rexpr)
 
-#define APE_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr) \
-  auto statusor = (rexpr);                               \
+#define APE_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, rexpr)   \
+  auto statusor = (rexpr);                                 \
   if (!statusor.ok()) return std::move(statusor).status(); \
   lhs = *std::move(statusor)
 

@@ -53,17 +53,18 @@ absl::StatusOr<GgufHeader> ReadGgufHeader(const std::string& path) {
   if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("cannot open model file '", path, "'"));
   absl::Cleanup close_fd = [fd] { ::close(fd); };
 
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) return ErrnoToStatus(errno, absl::StrCat("cannot stat '", path, "'"));
   if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat("model file '", path, "' is not a regular file"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model file '", path, "' is not a regular file"));
   }
   GgufHeader header;
   header.file_size = static_cast<uint64_t>(st.st_size);
   if (header.file_size < kGgufHeaderBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("model file '", path, "' is truncated: ",
-                                                   header.file_size, " bytes, a GGUF header needs ",
-                                                   kGgufHeaderBytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model file '", path, "' is truncated: ", header.file_size,
+                     " bytes, a GGUF header needs ", kGgufHeaderBytes));
   }
 
   std::array<char, kGgufHeaderBytes> bytes{};
@@ -89,12 +90,12 @@ absl::StatusOr<GgufHeader> ReadGgufHeader(const std::string& path) {
   // Divide rather than multiply: the counts come from the file and may be absurd.
   const uint64_t body = header.file_size - kGgufHeaderBytes;
   if (header.tensor_count > body / kMinTensorRecordBytes ||
-      header.metadata_count > (body - header.tensor_count * kMinTensorRecordBytes) /
-                                  kMinMetadataRecordBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model file '", path, "' declares ", header.tensor_count, " tensors and ",
-        header.metadata_count, " metadata pairs, which cannot fit in its ", header.file_size,
-        " bytes"));
+      header.metadata_count >
+          (body - header.tensor_count * kMinTensorRecordBytes) / kMinMetadataRecordBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model file '", path, "' declares ", header.tensor_count, " tensors and ",
+                     header.metadata_count, " metadata pairs, which cannot fit in its ",
+                     header.file_size, " bytes"));
   }
   return header;
 }

@@ -19,8 +19,7 @@ RuntimeInfo GetRuntimeInfo() {
   info.torch_version = TORCH_VERSION;
   info.cuda_compiled = at::detail::getCUDAHooks().isBuilt();
   info.cuda_available = torch::cuda::is_available();
-  info.cuda_device_count =
-      info.cuda_available ? static_cast<int>(torch::cuda::device_count()) : 0;
+  info.cuda_device_count = info.cuda_available ? static_cast<int>(torch::cuda::device_count()) : 0;
   info.intra_op_threads = at::get_num_threads();
   return info;
 }
@@ -46,19 +45,19 @@ absl::StatusOr<Device> ResolveDevice(absl::string_view name) {
 
   absl::string_view rest = lowered;
   if (!absl::ConsumePrefix(&rest, "cuda")) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "device '", name, "' is not one of auto, cpu, cuda, cuda:N"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("device '", name, "' is not one of auto, cpu, cuda, cuda:N"));
   }
   int index = 0;
-  if (!rest.empty() && (!absl::ConsumePrefix(&rest, ":") || !absl::SimpleAtoi(rest, &index) ||
-                        index < 0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "device '", name, "' is not one of auto, cpu, cuda, cuda:N"));
+  if (!rest.empty() &&
+      (!absl::ConsumePrefix(&rest, ":") || !absl::SimpleAtoi(rest, &index) || index < 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device '", name, "' is not one of auto, cpu, cuda, cuda:N"));
   }
   if (index >= cuda_devices) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "device '", name, "' was asked for, but this machine has ", cuda_devices,
-        " usable CUDA device(s)"));
+    return absl::FailedPreconditionError(absl::StrCat("device '", name,
+                                                      "' was asked for, but this machine has ",
+                                                      cuda_devices, " usable CUDA device(s)"));
   }
   return Device{DeviceType::kCuda, index};
 }
@@ -74,11 +73,11 @@ torch::Device ToTorch(const Device& device) {
 }  // namespace
 
 absl::Status SelfTest(const Device& device) {
-  constexpr int kRows = 48, kInner = 64, kCols = 40;
+  constexpr size_t kRows = 48, kInner = 64, kCols = 40;
   // Small integers keep every product exact in fp32, so the comparison can be strict.
   std::vector<float> a(kRows * kInner), b(kInner * kCols);
-  for (int i = 0; i < kRows * kInner; ++i) a[i] = static_cast<float>(i % 7 - 3);
-  for (int i = 0; i < kInner * kCols; ++i) b[i] = static_cast<float>(i % 5 - 2);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(static_cast<int>(i % 7) - 3);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(static_cast<int>(i % 5) - 2);
 
   torch::Tensor product;
   try {
@@ -87,19 +86,19 @@ absl::Status SelfTest(const Device& device) {
     torch::Tensor tb = torch::from_blob(b.data(), {kInner, kCols}, options).to(ToTorch(device));
     product = torch::matmul(ta, tb).to(torch::kCPU).contiguous();  // [kRows, kCols]
   } catch (const c10::Error& e) {
-    return absl::UnavailableError(absl::StrCat("libtorch failed on ", device.ToString(), ": ",
-                                               e.what_without_backtrace()));
+    return absl::UnavailableError(
+        absl::StrCat("libtorch failed on ", device.ToString(), ": ", e.what_without_backtrace()));
   }
 
   const float* got = product.data_ptr<float>();
-  for (int r = 0; r < kRows; ++r) {
-    for (int c = 0; c < kCols; ++c) {
+  for (size_t r = 0; r < kRows; ++r) {
+    for (size_t c = 0; c < kCols; ++c) {
       float want = 0;
-      for (int k = 0; k < kInner; ++k) want += a[r * kInner + k] * b[k * kCols + c];
+      for (size_t k = 0; k < kInner; ++k) want += a[r * kInner + k] * b[k * kCols + c];
       if (std::fabs(got[r * kCols + c] - want) > 0) {
-        return absl::InternalError(absl::StrCat("matmul self-test on ", device.ToString(),
-                                                " gave ", got[r * kCols + c], " at (", r, ",",
-                                                c, "), expected ", want));
+        return absl::InternalError(absl::StrCat("matmul self-test on ", device.ToString(), " gave ",
+                                                got[r * kCols + c], " at (", r, ",", c,
+                                                "), expected ", want));
       }
     }
   }

@@ -41,8 +41,7 @@ absl::Status Validate(const ServerOptions& options) {
 }
 
 ape::v1::ServerInfo DescribeServer(const ServerOptions& options, const model::GgufHeader& header,
-                                   const model::Device& device,
-                                   const model::RuntimeInfo& runtime) {
+                                   const model::Device& device, const model::RuntimeInfo& runtime) {
   ape::v1::ServerInfo info;
   info.set_version(APESERVE_VERSION);
   info.set_torch_version(runtime.torch_version);
@@ -96,8 +95,8 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
   builder.RegisterService(server->admin_service_.get());
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen_address,
-                                               "': address invalid or in use"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on '", options.listen_address, "': address invalid or in use"));
   }
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   spdlog::info("apeserve {} serving on port {}", APESERVE_VERSION, server->port_);

@@ -42,8 +42,7 @@ grpc::StatusCode ToGrpcCode(absl::StatusCode code) {
       return grpc::StatusCode::DATA_LOSS;
     case absl::StatusCode::kUnauthenticated:
       return grpc::StatusCode::UNAUTHENTICATED;
-    case absl::StatusCode::
-        kDoNotUseReservedForFutureExpansionUseDefaultInSwitchInstead_:
+    case absl::StatusCode::kDoNotUseReservedForFutureExpansionUseDefaultInSwitchInstead_:
       break;
   }
   return grpc::StatusCode::UNKNOWN;
@@ -53,7 +52,8 @@ grpc::StatusCode ToGrpcCode(absl::StatusCode code) {
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(ToGrpcCode(status.code()), std::string(status.message()));
+  const std::string message(status.message());
+  return grpc::Status(ToGrpcCode(status.code()), message);
 }
 
 }  // namespace apeserve::server

@@ -89,8 +89,9 @@ int Health(const std::shared_ptr<grpc::Channel>& channel) {
   // Field 1, wire type 0 (tag 0x08), then a one-byte enum; proto3 leaves out the
   // default, UNKNOWN (0).
   int serving_status = 0;
-  if (bytes.size() == 2 && bytes[0] == 0x08 && bytes[1] >= 0 && bytes[1] <= 3) {
-    serving_status = bytes[1];
+  const auto byte = [&bytes](size_t i) { return static_cast<unsigned char>(bytes[i]); };
+  if (bytes.size() == 2 && byte(0) == 0x08 && byte(1) <= 3) {
+    serving_status = byte(1);
   } else if (!bytes.empty()) {
     std::fprintf(stderr, "apectl: unreadable health reply of %zu bytes\n", bytes.size());
     return 1;

@@ -103,10 +103,10 @@ TEST(StoreTest, RefusesAnotherSchemaVersion) {
     ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), "apeserve/schema_version", "99").ok());
     for (auto* handle : handles) ASSERT_TRUE(db->DestroyColumnFamilyHandle(handle).ok());
   }
-  EXPECT_THAT(Store::Open({.path = dir.path()}),
-              StatusIs(absl::StatusCode::kFailedPrecondition,
-                       HasSubstr(absl::StrCat("schema version 99; this build reads ",
-                                              kSchemaVersion))));
+  EXPECT_THAT(
+      Store::Open({.path = dir.path()}),
+      StatusIs(absl::StatusCode::kFailedPrecondition,
+               HasSubstr(absl::StrCat("schema version 99; this build reads ", kSchemaVersion))));
 }
 
 }  // namespace

@@ -36,9 +36,8 @@ class RunningServer {
       : port_file_(dir.Join(tag + ".port")),
         stderr_path_(dir.Join(tag + ".err")),
         process_({apeserve::testing::ApeserveBinary(),
-                  "--model=" + apeserve::testing::TestModelPath(),
-                  "--data_dir=" + data_dir, "--listen=127.0.0.1:0", "--device=cpu",
-                  "--port_file=" + port_file_},
+                  "--model=" + apeserve::testing::TestModelPath(), "--data_dir=" + data_dir,
+                  "--listen=127.0.0.1:0", "--device=cpu", "--port_file=" + port_file_},
                  dir.Join(tag + ".out"), stderr_path_) {}
 
   // Waits for the port file; nullopt if the server exited or took too long.
@@ -138,8 +137,8 @@ TEST_F(ApeserveBinaryTest, RefusesAFileThatIsNotAModel) {
   const std::string bogus = dir_.Join("bogus.gguf");
   ASSERT_TRUE(apeserve::testing::WriteFile(bogus, "this is not a model, just some text"));
   const auto result = RunProgram({apeserve::testing::ApeserveBinary(), "--model=" + bogus,
-                           "--data_dir=" + dir_.Join("data"), "--listen=127.0.0.1:0"},
-                          dir_.path());
+                                  "--data_dir=" + dir_.Join("data"), "--listen=127.0.0.1:0"},
+                                 dir_.path());
   EXPECT_EQ(result.exit_status, 1);
   EXPECT_THAT(result.err, HasSubstr("not a GGUF file"));
 }
@@ -154,7 +153,8 @@ TEST_F(ApeserveBinaryTest, ApectlExplainsUsageAndUnreachableServers) {
   EXPECT_THAT(unknown.err, HasSubstr("unknown command 'frobnicate'"));
 
   // Port 1 on loopback has no server: the call fails within the deadline, with code 14.
-  const auto unreachable = RunProgram({Apectl(), "--target=127.0.0.1:1", "--timeout=2s", "info"}, dir_.path());
+  const auto unreachable =
+      RunProgram({Apectl(), "--target=127.0.0.1:1", "--timeout=2s", "info"}, dir_.path());
   EXPECT_EQ(unreachable.exit_status, 1);
   EXPECT_THAT(unreachable.err, HasSubstr("gRPC code 14"));
 }

@@ -25,8 +25,7 @@ void AppendLittleEndian(std::string& out, T value) {
   for (size_t i = 0; i < sizeof(T); ++i) out.push_back(static_cast<char>(value >> (8 * i)));
 }
 
-std::string Header(absl::string_view magic, uint32_t version, uint64_t tensors,
-                   uint64_t metadata) {
+std::string Header(absl::string_view magic, uint32_t version, uint64_t tensors, uint64_t metadata) {
   std::string bytes(magic);
   AppendLittleEndian(bytes, version);
   AppendLittleEndian(bytes, tensors);
@@ -101,9 +100,12 @@ TEST_F(GgufHeaderTest, RefusesUnsupportedVersions) {
 
 TEST_F(GgufHeaderTest, RefusesCountsThatCannotFit) {
   // Absurd counts must neither overflow the size arithmetic nor pass it.
-  for (const auto& [tensors, metadata] :
-       {std::pair<uint64_t, uint64_t>{1, 0}, {0, 1}, {UINT64_MAX, 0}, {0, UINT64_MAX},
-        {UINT64_MAX, UINT64_MAX}, {uint64_t{1} << 61, 0}}) {
+  for (const auto& [tensors, metadata] : {std::pair<uint64_t, uint64_t>{1, 0},
+                                          {0, 1},
+                                          {UINT64_MAX, 0},
+                                          {0, UINT64_MAX},
+                                          {UINT64_MAX, UINT64_MAX},
+                                          {uint64_t{1} << 61, 0}}) {
     EXPECT_THAT(ReadBytes(Header("GGUF", 3, tensors, metadata)),
                 StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cannot fit")))
         << tensors << " tensors, " << metadata << " metadata pairs";

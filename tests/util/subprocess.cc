@@ -38,6 +38,7 @@ Subprocess::Subprocess(const std::vector<std::string>& argv, const std::string& 
   posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, stderr_path.c_str(),
                                    O_WRONLY | O_CREAT | O_TRUNC, 0644);
   std::vector<char*> args;
+  args.reserve(argv.size() + 1);
   for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
   args.push_back(nullptr);
   const int error = posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ);
@@ -73,7 +74,7 @@ std::optional<int> Subprocess::Wait(absl::Duration timeout) {
 }
 
 RunResult RunProgram(const std::vector<std::string>& argv, const std::string& scratch_dir,
-              absl::Duration timeout) {
+                     absl::Duration timeout) {
   static std::atomic<int> counter{0};
   const int n = counter++;
   const std::string out = absl::StrCat(scratch_dir, "/run", n, ".out");

@@ -42,7 +42,7 @@ struct RunResult {
 
 // Runs `argv` to completion (at most `timeout`), capturing its output in `scratch_dir`.
 RunResult RunProgram(const std::vector<std::string>& argv, const std::string& scratch_dir,
-              absl::Duration timeout = absl::Seconds(60));
+                     absl::Duration timeout = absl::Seconds(60));
 
 // The whole content of a file, or "" if it cannot be read.
 std::string ReadFile(const std::string& path);

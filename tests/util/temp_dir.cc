@@ -13,8 +13,8 @@ namespace apeserve::testing {
 
 TempDir::TempDir() {
   const char* tmp = std::getenv("TMPDIR");
-  std::string pattern = absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp",
-                                     "/apeserve-test-XXXXXX");
+  std::string pattern =
+      absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "/apeserve-test-XXXXXX");
   if (::mkdtemp(pattern.data()) == nullptr) {
     std::perror("mkdtemp");
     std::abort();
