@@ -11,6 +11,8 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "model/byte_reader.h"
+#include "model/posix_error.h"
 
 namespace apeserve::model {
 namespace {
@@ -22,82 +24,59 @@ namespace {
 constexpr uint64_t kMinTensorRecordBytes = 8 + 4 + 8 + 4 + 8;
 constexpr uint64_t kMinMetadataRecordBytes = 8 + 4 + 1;
 
-// GGUF is little-endian whatever the host is.
-template <typename T>
-T LoadLittleEndian(const char* p) {
-  T value = 0;
-  for (size_t i = 0; i < sizeof(T); ++i) {
-    value |= static_cast<T>(static_cast<unsigned char>(p[i])) << (8 * i);
-  }
-  return value;
-}
-
-absl::Status ErrnoToStatus(int err, const std::string& what) {
-  const std::string message = absl::StrCat(what, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT:
-    case ENOTDIR:
-      return absl::NotFoundError(message);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(message);
-    default:
-      return absl::InvalidArgumentError(message);
-  }
-}
-
 }  // namespace
 
-absl::StatusOr<GgufHeader> ReadGgufHeader(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("cannot open model file '", path, "'"));
-  absl::Cleanup close_fd = [fd] { ::close(fd); };
-
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) return ErrnoToStatus(errno, absl::StrCat("cannot stat '", path, "'"));
-  if (!S_ISREG(st.st_mode)) {
+absl::StatusOr<GgufHeader> ParseGgufHeader(absl::string_view first_bytes, uint64_t file_size,
+                                           absl::string_view path) {
+  if (file_size < kGgufHeaderBytes || first_bytes.size() < kGgufHeaderBytes) {
     return absl::InvalidArgumentError(
-        absl::StrCat("model file '", path, "' is not a regular file"));
-  }
-  GgufHeader header;
-  header.file_size = static_cast<uint64_t>(st.st_size);
-  if (header.file_size < kGgufHeaderBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model file '", path, "' is truncated: ", header.file_size,
+        absl::StrCat("model file '", path, "' is truncated: ", file_size,
                      " bytes, a GGUF header needs ", kGgufHeaderBytes));
   }
-
-  std::array<char, kGgufHeaderBytes> bytes{};
-  const ssize_t got = ::pread(fd, bytes.data(), bytes.size(), 0);
-  if (got < 0) return ErrnoToStatus(errno, absl::StrCat("cannot read '", path, "'"));
-  if (static_cast<size_t>(got) != bytes.size()) {
+  const char* bytes = first_bytes.data();
+  if (std::memcmp(bytes, kGgufMagic, sizeof(kGgufMagic)) != 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("model file '", path, "' is truncated: short read of its header"));
+        absl::StrCat("model file '", path, "' is not a GGUF file: it starts with bytes 0x",
+                     absl::BytesToHexString(first_bytes.substr(0, 4)), ", expected \"GGUF\""));
   }
-  if (std::memcmp(bytes.data(), kGgufMagic, sizeof(kGgufMagic)) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model file '", path, "' is not a GGUF file: it starts with bytes 0x",
-        absl::BytesToHexString(absl::string_view(bytes.data(), 4)), ", expected \"GGUF\""));
-  }
-  header.version = LoadLittleEndian<uint32_t>(bytes.data() + 4);
-  header.tensor_count = LoadLittleEndian<uint64_t>(bytes.data() + 8);
-  header.metadata_count = LoadLittleEndian<uint64_t>(bytes.data() + 16);
+  GgufHeader header;
+  header.file_size = file_size;
+  header.version = LoadLittleEndian<uint32_t>(bytes + 4);
+  header.tensor_count = LoadLittleEndian<uint64_t>(bytes + 8);
+  header.metadata_count = LoadLittleEndian<uint64_t>(bytes + 16);
   if (header.version != 2 && header.version != 3) {
     return absl::InvalidArgumentError(absl::StrCat("model file '", path, "' is GGUF version ",
                                                    header.version, "; versions 2 and 3 are read"));
   }
 
   // Divide rather than multiply: the counts come from the file and may be absurd.
-  const uint64_t body = header.file_size - kGgufHeaderBytes;
+  const uint64_t body = file_size - kGgufHeaderBytes;
   if (header.tensor_count > body / kMinTensorRecordBytes ||
       header.metadata_count >
           (body - header.tensor_count * kMinTensorRecordBytes) / kMinMetadataRecordBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model file '", path, "' declares ", header.tensor_count, " tensors and ",
-                     header.metadata_count, " metadata pairs, which cannot fit in its ",
-                     header.file_size, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model file '", path, "' declares ", header.tensor_count, " tensors and ",
+        header.metadata_count, " metadata pairs, which cannot fit in its ", file_size, " bytes"));
   }
   return header;
+}
+
+absl::StatusOr<GgufHeader> ReadGgufHeader(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return PosixError(errno, absl::StrCat("cannot open model file '", path, "'"));
+  absl::Cleanup close_fd = [fd] { ::close(fd); };
+
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return PosixError(errno, absl::StrCat("cannot stat '", path, "'"));
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model file '", path, "' is not a regular file"));
+  }
+  std::array<char, kGgufHeaderBytes> bytes{};
+  const ssize_t got = ::pread(fd, bytes.data(), bytes.size(), 0);
+  if (got < 0) return PosixError(errno, absl::StrCat("cannot read '", path, "'"));
+  return ParseGgufHeader(absl::string_view(bytes.data(), static_cast<size_t>(got)),
+                         static_cast<uint64_t>(st.st_size), path);
 }
 
 }  // namespace apeserve::model

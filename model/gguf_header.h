@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace apeserve::model {
 
@@ -24,6 +25,11 @@ struct GgufHeader {
   uint64_t metadata_count = 0;  // metadata key-value pairs the file declares
   uint64_t file_size = 0;       // bytes
 };
+
+// Checks the header in the first bytes of a GGUF file of `file_size` bytes; `path`
+// names the file in error messages. Errors as for ReadGgufHeader.
+absl::StatusOr<GgufHeader> ParseGgufHeader(absl::string_view first_bytes, uint64_t file_size,
+                                           absl::string_view path);
 
 // Reads and checks the header of the GGUF file at `path`.
 // NOT_FOUND: no such file. PERMISSION_DENIED: it cannot be read.
