@@ -26,7 +26,7 @@ APT_PACKAGES=(
   python3 python3-venv
   # libraries
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  librocksdb-dev libspdlog-dev libabsl-dev nlohmann-json3-dev libxxhash-dev
+  librocksdb-dev libspdlog-dev libabsl-dev nlohmann-json3-dev libxxhash-dev libpcre2-dev
   libgtest-dev libgmock-dev
 )
 

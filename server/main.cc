@@ -10,9 +10,9 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/logging.h"
 #include "server/ape_server.h"
 #include "server/server_options.h"
-#include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
 namespace {
@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(kUsage);
   absl::ParseCommandLine(argc, argv);
 
-  spdlog::set_default_logger(spdlog::stderr_color_mt("apeserve"));
+  apeserve::LogToStderr();
   const spdlog::level::level_enum level = spdlog::level::from_str(absl::GetFlag(FLAGS_log_level));
   if (level == spdlog::level::off && absl::GetFlag(FLAGS_log_level) != "off") {
     return UsageError(absl::StrCat("--log_level='", absl::GetFlag(FLAGS_log_level),

@@ -1,0 +1,131 @@
+#include "model/engine.h"
+
+#include <torch/torch.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "model/gguf_file.h"
+#include "model/kv_cache.h"
+#include "model/llama_model.h"
+#include "model/runtime.h"
+
+namespace apeserve::model {
+
+struct Engine::Sequence::State {
+  KvCache cache;
+};
+
+Engine::Sequence::Sequence(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Engine::Sequence::~Sequence() = default;
+int64_t Engine::Sequence::length() const { return state_->cache.length(); }
+
+struct Engine::Impl {
+  std::unique_ptr<LlamaModel> model;
+};
+
+namespace {
+
+absl::StatusOr<torch::ScalarType> ResolveDtype(const std::string& name, const Device& device) {
+  if (name == "auto") return device.type == DeviceType::kCuda ? torch::kBFloat16 : torch::kFloat32;
+  if (name == "float32") return torch::kFloat32;
+  if (name == "bfloat16") return torch::kBFloat16;
+  if (name == "float16") return torch::kFloat16;
+  return absl::InvalidArgumentError(
+      absl::StrCat("dtype '", name, "' is not one of auto, float32, bfloat16, float16"));
+}
+
+// The one place where libtorch's exceptions become statuses.
+absl::Status FromTorchError(const c10::Error& error, absl::string_view what) {
+  const std::string message = absl::StrCat(what, ": ", error.what_without_backtrace());
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&error) != nullptr) {
+    return absl::ResourceExhaustedError(message);
+  }
+  return absl::InternalError(message);
+}
+
+std::string DtypeName(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kBFloat16: return "bfloat16";
+    case torch::kFloat16: return "float16";
+    default: return "float32";
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& options) {
+  APE_ASSIGN_OR_RETURN(const Device device, ResolveDevice(options.device));
+  APE_ASSIGN_OR_RETURN(const torch::ScalarType dtype, ResolveDtype(options.dtype, device));
+  APE_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(options.model_path));
+  APE_ASSIGN_OR_RETURN(ModelConfig config, ConfigFromGguf(*file));
+  const torch::Device torch_device =
+      device.type == DeviceType::kCuda
+          ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device.index))
+          : torch::Device(torch::kCPU);
+  try {
+    APE_ASSIGN_OR_RETURN(LlamaWeights weights,
+                         LoadGgufWeights(*file, config, torch_device, dtype));
+    auto impl = std::make_unique<Impl>();
+    impl->model =
+        std::make_unique<LlamaModel>(std::move(config), std::move(weights), torch_device, dtype);
+    const ModelConfig& loaded = impl->model->config();
+    LogInfo(absl::StrCat("model '", options.model_path, "' loaded: ", loaded.architecture, ", ",
+                         loaded.num_layers, " layers, hidden ", loaded.hidden_size, ", vocab ",
+                         loaded.vocab_size, ", on ", device.ToString(), " in ", DtypeName(dtype)));
+    return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+  } catch (const c10::Error& e) {
+    return FromTorchError(e, absl::StrCat("loading '", options.model_path, "'"));
+  }
+}
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+
+const ModelConfig& Engine::config() const { return impl_->model->config(); }
+
+std::string Engine::device() const { return impl_->model->device().str(); }
+
+std::string Engine::dtype() const { return DtypeName(impl_->model->dtype()); }
+
+std::unique_ptr<Engine::Sequence> Engine::NewSequence() const {
+  return std::unique_ptr<Sequence>(
+      new Sequence(std::make_unique<Sequence::State>(Sequence::State{impl_->model->NewCache()})));
+}
+
+absl::StatusOr<std::vector<float>> Engine::Feed(Sequence& sequence,
+                                                absl::Span<const int32_t> tokens,
+                                                bool all_logits) const {
+  const ModelConfig& config = impl_->model->config();
+  if (tokens.empty()) return absl::InvalidArgumentError("no tokens to feed");
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= config.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token #", i, " is id ", tokens[i],
+                                                     ", outside the vocabulary of ",
+                                                     config.vocab_size));
+    }
+  }
+  const int64_t start = sequence.state_->cache.length();
+  const auto count = static_cast<int64_t>(tokens.size());
+  if (start + count > config.max_position) {
+    return absl::OutOfRangeError(absl::StrCat("the sequence would hold ", start + count,
+                                              " tokens; the model's context is ",
+                                              config.max_position));
+  }
+  try {
+    const torch::Tensor ids =
+        torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()), torch::kInt64);
+    const torch::Tensor positions = torch::arange(start, start + count, torch::kInt64);
+    const torch::Tensor logits =
+        impl_->model->Forward(ids, positions, sequence.state_->cache, all_logits).contiguous().cpu();
+    const float* data = logits.data_ptr<float>();
+    return std::vector<float>(data, data + logits.numel());
+  } catch (const c10::Error& e) {
+    sequence.state_->cache.Truncate(start);  // a failed pass leaves the sequence as it was
+    return FromTorchError(e, "forward pass");
+  }
+}
+
+}  // namespace apeserve::model

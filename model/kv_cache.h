@@ -1,0 +1,61 @@
+// The keys and values one sequence has produced, per layer, in preallocated storage
+// that grows geometrically so that decoding a token copies nothing already cached.
+// Internal to model/ (torch types). Not thread-safe: one sequence, one thread.
+#ifndef APESERVE_MODEL_KV_CACHE_H_
+#define APESERVE_MODEL_KV_CACHE_H_
+
+#include <torch/torch.h>
+
+#include <vector>
+
+namespace apeserve::model {
+
+class KvCache {
+ public:
+  KvCache(int64_t num_layers, int64_t kv_heads, int64_t head_dim, torch::TensorOptions options)
+      : kv_heads_(kv_heads), head_dim_(head_dim), options_(options),
+        keys_(static_cast<size_t>(num_layers)), values_(static_cast<size_t>(num_layers)) {}
+
+  // Tokens cached so far (the same in every layer once a forward pass completes).
+  int64_t length() const { return length_; }
+
+  // Appends `k` and `v` ([kv_heads, T, head_dim]) to `layer`; returns views of the whole
+  // cache of that layer, [kv_heads, length + T, head_dim]. The last layer's append
+  // advances length().
+  std::pair<torch::Tensor, torch::Tensor> Append(size_t layer, const torch::Tensor& k,
+                                                 const torch::Tensor& v) {
+    const int64_t needed = length_ + k.size(1);
+    torch::Tensor& keys = keys_[layer];
+    torch::Tensor& values = values_[layer];
+    if (!keys.defined() || keys.size(1) < needed) {
+      const int64_t capacity = std::max<int64_t>(needed, keys.defined() ? 2 * keys.size(1) : 64);
+      torch::Tensor grown_k = torch::empty({kv_heads_, capacity, head_dim_}, options_);
+      torch::Tensor grown_v = torch::empty({kv_heads_, capacity, head_dim_}, options_);
+      if (length_ > 0) {
+        grown_k.narrow(1, 0, length_).copy_(keys.narrow(1, 0, length_));
+        grown_v.narrow(1, 0, length_).copy_(values.narrow(1, 0, length_));
+      }
+      keys = grown_k;
+      values = grown_v;
+    }
+    keys.narrow(1, length_, k.size(1)).copy_(k);
+    values.narrow(1, length_, v.size(1)).copy_(v);
+    if (layer + 1 == keys_.size()) length_ = needed;
+    return {keys.narrow(1, 0, needed), values.narrow(1, 0, needed)};
+  }
+
+  // Forgets everything after the first `length` tokens (e.g. a rejected draft).
+  void Truncate(int64_t length) { length_ = std::min(length_, length); }
+
+ private:
+  int64_t kv_heads_;
+  int64_t head_dim_;
+  torch::TensorOptions options_;
+  std::vector<torch::Tensor> keys_;    // per layer [kv_heads, capacity, head_dim]
+  std::vector<torch::Tensor> values_;  // per layer
+  int64_t length_ = 0;
+};
+
+}  // namespace apeserve::model
+
+#endif  // APESERVE_MODEL_KV_CACHE_H_

@@ -1,0 +1,49 @@
+// The parameters of a Llama-family model as torch tensors on the compute device.
+// Internal to model/: this header carries torch types.
+#ifndef APESERVE_MODEL_LLAMA_WEIGHTS_H_
+#define APESERVE_MODEL_LLAMA_WEIGHTS_H_
+
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/model_config.h"
+
+namespace apeserve::model {
+
+class GgufFile;
+
+struct LayerWeights {
+  torch::Tensor attention_norm;  // [hidden]
+  torch::Tensor wq;              // [heads * head_dim, hidden]
+  torch::Tensor wk;              // [kv_heads * head_dim, hidden]
+  torch::Tensor wv;              // [kv_heads * head_dim, hidden]
+  torch::Tensor wo;              // [hidden, heads * head_dim]
+  torch::Tensor bq, bk, bv;      // [out]; undefined unless config.attention_bias
+  torch::Tensor ffn_norm;        // [hidden]
+  torch::Tensor w_gate;          // [intermediate, hidden]
+  torch::Tensor w_up;            // [intermediate, hidden]
+  torch::Tensor w_down;          // [hidden, intermediate]
+};
+
+struct LlamaWeights {
+  torch::Tensor token_embedding;  // [vocab, hidden]
+  std::vector<LayerWeights> layers;
+  torch::Tensor output_norm;  // [hidden]
+  torch::Tensor output;       // [vocab, hidden]; the embedding itself when tied
+  // Per-frequency divisors of the rotary inverse frequencies (llama.cpp's rope_freqs,
+  // how GGUF stores Llama 3 scaling): [head_dim / 2], or undefined.
+  torch::Tensor rope_freq_factors;
+};
+
+// Dequantizes every tensor of `file` into `dtype` on `device`, checking each shape
+// against `config`. Q and K projections of llama-type files are permuted back from
+// llama.cpp's interleaved rotary layout to the half-split one of Hugging Face.
+// INVALID_ARGUMENT: a tensor is missing (named) or has the wrong shape.
+absl::StatusOr<LlamaWeights> LoadGgufWeights(const GgufFile& file, const ModelConfig& config,
+                                             torch::Device device, torch::ScalarType dtype);
+
+}  // namespace apeserve::model
+
+#endif  // APESERVE_MODEL_LLAMA_WEIGHTS_H_
