@@ -1,0 +1,112 @@
+"""The engine's forward pass against Hugging Face transformers on the embedded model.
+
+transformers loads the same GGUF file (dequantized by the gguf package) in fp32 on the
+CPU. For each prompt, apegen (the engine alone) must give the same logits at every
+prompt position (max |diff| <= 1e-3) and the same 64 greedy tokens. Run by CTest, which
+sets APESERVE_TEST_MODEL and APEGEN.
+"""
+
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+GREEDY_TOKENS = 64
+TOLERANCE = 1e-3
+
+PLAIN_PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n",
+    "Once upon a time, in a small village by the sea,",
+    "1, 1, 2, 3, 5, 8, 13,",
+    "Photosynthesis is the process by which",
+    "SELECT name, price FROM products WHERE",
+    "La tour Eiffel se trouve à",
+    "The quick brown fox jumps over the lazy dog. The quick brown fox",
+    "Q: What is 12 times 12?\nA:",
+    "   leading spaces and\ttabs\n\nand blank lines",
+    "日本の首都は",
+    "<html><body><h1>Title</h1>",
+]
+CHAT_QUESTIONS = [
+    "What is the boiling point of water?",
+    "Write a haiku about autumn.",
+    "Explain recursion in one sentence.",
+    "Translate 'good morning' into Spanish.",
+    "List three prime numbers.",
+    "Who wrote Pride and Prejudice?",
+    "What is 2 + 2?",
+    "Give me a tip for learning to code.",
+]
+
+
+class LlamaParityTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        torch.manual_seed(0)
+        torch.set_num_threads(os.cpu_count() or 1)
+        path = os.environ["APESERVE_TEST_MODEL"]
+        folder, name = os.path.split(path)
+        cls.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        cls.model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=torch.float32).eval()
+        cls.prompts = [cls.tokenizer(p).input_ids for p in PLAIN_PROMPTS]
+        for question in CHAT_QUESTIONS:
+            cls.prompts.append(cls.tokenizer.apply_chat_template(
+                [{"role": "user", "content": question}], add_generation_prompt=True,
+                tokenize=True, return_dict=False))
+        assert len(cls.prompts) >= 20
+
+        with tempfile.TemporaryDirectory(prefix="apeserve-parity-") as tmp:
+            batch = os.path.join(tmp, "prompts.jsonl")
+            with open(batch, "w") as f:
+                for ids in cls.prompts:
+                    f.write(json.dumps({"token_ids": list(ids)}) + "\n")
+            logits = os.path.join(tmp, "logits.f32")
+            run = subprocess.run(
+                [os.environ["APEGEN"], "--model=" + path, "--device=cpu", "--dtype=float32",
+                 "--batch_file=" + batch, "--logits_out=" + logits,
+                 f"--max_tokens={GREEDY_TOKENS}"],
+                capture_output=True, text=True, check=False)
+            if run.returncode != 0:
+                raise RuntimeError("apegen failed:\n" + run.stderr)
+            cls.generated = [json.loads(line) for line in run.stdout.splitlines()]
+            flat = np.fromfile(logits, dtype=np.float32)
+        vocab = cls.model.config.vocab_size
+        cls.logits, offset = [], 0
+        for ids in cls.prompts:
+            cls.logits.append(flat[offset:offset + len(ids) * vocab].reshape(len(ids), vocab))
+            offset += len(ids) * vocab
+        assert offset == flat.size, "apegen wrote an unexpected number of logits"
+
+    def test_prompt_logits_match(self):
+        worst = 0.0
+        for i, ids in enumerate(self.prompts):
+            with torch.no_grad():
+                want = self.model(torch.tensor([ids])).logits[0].numpy()
+            diff = float(np.abs(self.logits[i] - want).max())
+            worst = max(worst, diff)
+            self.assertLessEqual(diff, TOLERANCE, f"prompt {i}: max |diff| {diff}")
+        print(f"\nmax |logit diff| over {len(self.prompts)} prompts: {worst:.3g}")
+
+    def test_greedy_generation_matches(self):
+        for i, ids in enumerate(self.prompts):
+            want = []
+            with torch.no_grad():
+                out = self.model(torch.tensor([ids]), use_cache=True)
+                for _ in range(GREEDY_TOKENS):
+                    token = int(out.logits[0, -1].argmax())
+                    want.append(token)
+                    out = self.model(torch.tensor([[token]]), past_key_values=out.past_key_values,
+                                     use_cache=True)
+            self.assertEqual(self.generated[i]["tokens"], want,
+                             f"prompt {i} diverges: {self.tokenizer.decode(want)!r}")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
