@@ -1,7 +1,7 @@
 # Finds every third-party dependency once, for all modules.
 #
 # Debian provides gRPC, Protobuf, RocksDB, spdlog, abseil, GoogleTest, nlohmann-json
-# and xxhash; libtorch comes from the PyPI torch wheel in the Python environment that
+# xxhash and PCRE2; libtorch comes from the PyPI torch wheel in the Python environment that
 # deploy/setup.sh creates (see ApeserveTorch.cmake).
 
 # Where deploy/setup.sh keeps the heavy things (deploy/lib.sh has the same default).
@@ -26,6 +26,7 @@ find_package(RocksDB CONFIG REQUIRED)
 find_package(nlohmann_json CONFIG REQUIRED)
 find_package(GTest CONFIG REQUIRED)
 pkg_check_modules(xxhash REQUIRED IMPORTED_TARGET libxxhash)
+pkg_check_modules(pcre2 REQUIRED IMPORTED_TARGET libpcre2-8)
 
 find_program(APESERVE_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
 

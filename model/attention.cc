@@ -10,11 +10,11 @@ torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k,
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(2)));
   // Query t (absolute position past + t) may see key j when j <= past + t.
   const auto options = torch::TensorOptions().device(q.device()).dtype(torch::kInt64);
-  const torch::Tensor key_index = torch::arange(keys, options).unsqueeze(0);               // [1, S]
+  const torch::Tensor key_index = torch::arange(keys, options).unsqueeze(0);              // [1, S]
   const torch::Tensor query_index = torch::arange(queries, options).unsqueeze(1) + past;  // [T, 1]
   const torch::Tensor visible = key_index <= query_index;                                 // [T, S]
-  return at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
-                                          visible, /*dropout_p=*/0.0, /*is_causal=*/false, scale,
+  return at::scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), visible,
+                                          /*dropout_p=*/0.0, /*is_causal=*/false, scale,
                                           /*enable_gqa=*/true)
       .squeeze(0);  // [heads, T, head_dim]
 }

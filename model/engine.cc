@@ -48,9 +48,12 @@ absl::Status FromTorchError(const c10::Error& error, absl::string_view what) {
 
 std::string DtypeName(torch::ScalarType dtype) {
   switch (dtype) {
-    case torch::kBFloat16: return "bfloat16";
-    case torch::kFloat16: return "float16";
-    default: return "float32";
+    case torch::kBFloat16:
+      return "bfloat16";
+    case torch::kFloat16:
+      return "float16";
+    default:
+      return "float32";
   }
 }
 
@@ -66,8 +69,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
           ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device.index))
           : torch::Device(torch::kCPU);
   try {
-    APE_ASSIGN_OR_RETURN(LlamaWeights weights,
-                         LoadGgufWeights(*file, config, torch_device, dtype));
+    APE_ASSIGN_OR_RETURN(LlamaWeights weights, LoadGgufWeights(*file, config, torch_device, dtype));
     auto impl = std::make_unique<Impl>();
     impl->model =
         std::make_unique<LlamaModel>(std::move(config), std::move(weights), torch_device, dtype);
@@ -102,9 +104,8 @@ absl::StatusOr<std::vector<float>> Engine::Feed(Sequence& sequence,
   if (tokens.empty()) return absl::InvalidArgumentError("no tokens to feed");
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= config.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token #", i, " is id ", tokens[i],
-                                                     ", outside the vocabulary of ",
-                                                     config.vocab_size));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token #", i, " is id ", tokens[i], ", outside the vocabulary of ", config.vocab_size));
     }
   }
   const int64_t start = sequence.state_->cache.length();
@@ -119,7 +120,9 @@ absl::StatusOr<std::vector<float>> Engine::Feed(Sequence& sequence,
         torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()), torch::kInt64);
     const torch::Tensor positions = torch::arange(start, start + count, torch::kInt64);
     const torch::Tensor logits =
-        impl_->model->Forward(ids, positions, sequence.state_->cache, all_logits).contiguous().cpu();
+        impl_->model->Forward(ids, positions, sequence.state_->cache, all_logits)
+            .contiguous()
+            .cpu();
     const float* data = logits.data_ptr<float>();
     return std::vector<float>(data, data + logits.numel());
   } catch (const c10::Error& e) {

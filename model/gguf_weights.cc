@@ -21,9 +21,9 @@ class GgufWeightReader {
           absl::StrCat("model file '", file_.path(), "' has no tensor '", name, "'"));
     }
     if (tensor->shape != shape) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", name, "' has shape [", absl::StrJoin(tensor->shape, ", "),
-          "]; the model config needs [", absl::StrJoin(shape, ", "), "]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' has shape [", absl::StrJoin(tensor->shape, ", "),
+                       "]; the model config needs [", absl::StrJoin(shape, ", "), "]"));
     }
     torch::Tensor values = torch::empty(shape, torch::kFloat32);
     APE_RETURN_IF_ERROR(Dequantize(tensor->type->type, tensor->bytes, tensor->element_count,
@@ -52,8 +52,9 @@ class GgufWeightReader {
 // Hugging Face weights alike.
 torch::Tensor UninterleaveHeads(const torch::Tensor& w, int64_t heads) {
   const int64_t rows = w.size(0);
-  return w.reshape({heads, rows / heads / 2, 2, w.size(1)})  // [h, d/2, 2, in]
-      .transpose(1, 2)                                        // [h, 2, d/2, in]
+  return w
+      .reshape({heads, rows / heads / 2, 2, w.size(1)})  // [h, d/2, 2, in]
+      .transpose(1, 2)                                   // [h, 2, d/2, in]
       .reshape({rows, w.size(1)});
 }
 
@@ -86,7 +87,8 @@ absl::StatusOr<LlamaWeights> LoadGgufWeights(const GgufFile& file, const ModelCo
   for (int64_t i = 0; i < config.num_layers; ++i) {
     const std::string p = absl::StrCat("blk.", i, ".");
     LayerWeights& layer = weights.layers[static_cast<size_t>(i)];
-    APE_ASSIGN_OR_RETURN(torch::Tensor attention_norm, reader.Read(p + "attn_norm.weight", {hidden}));
+    APE_ASSIGN_OR_RETURN(torch::Tensor attention_norm,
+                         reader.Read(p + "attn_norm.weight", {hidden}));
     APE_ASSIGN_OR_RETURN(torch::Tensor wq, reader.Read(p + "attn_q.weight", {q_rows, hidden}));
     APE_ASSIGN_OR_RETURN(torch::Tensor wk, reader.Read(p + "attn_k.weight", {kv_rows, hidden}));
     APE_ASSIGN_OR_RETURN(torch::Tensor wv, reader.Read(p + "attn_v.weight", {kv_rows, hidden}));

@@ -13,8 +13,11 @@ namespace apeserve::model {
 class KvCache {
  public:
   KvCache(int64_t num_layers, int64_t kv_heads, int64_t head_dim, torch::TensorOptions options)
-      : kv_heads_(kv_heads), head_dim_(head_dim), options_(options),
-        keys_(static_cast<size_t>(num_layers)), values_(static_cast<size_t>(num_layers)) {}
+      : kv_heads_(kv_heads),
+        head_dim_(head_dim),
+        options_(options),
+        keys_(static_cast<size_t>(num_layers)),
+        values_(static_cast<size_t>(num_layers)) {}
 
   // Tokens cached so far (the same in every layer once a forward pass completes).
   int64_t length() const { return length_; }

@@ -97,8 +97,9 @@ torch::Tensor LlamaModel::Forward(const torch::Tensor& tokens, const torch::Tens
     const torch::Tensor v = Linear(h, w.wv, w.bv).view({count, kv_heads, d});
     q = Rotate(q, cos, sin);
     k = Rotate(k, cos, sin);
-    const auto [keys, values] = cache.Append(i, k.transpose(0, 1), v.transpose(0, 1));  // [Hkv, S, D]
-    const torch::Tensor attended = CausalAttention(q.transpose(0, 1), keys, values);    // [H, T, D]
+    const auto [keys, values] =
+        cache.Append(i, k.transpose(0, 1), v.transpose(0, 1));                        // [Hkv, S, D]
+    const torch::Tensor attended = CausalAttention(q.transpose(0, 1), keys, values);  // [H, T, D]
     x = x + Linear(attended.transpose(0, 1).reshape({count, heads * d}), w.wo);
 
     // Feed-forward block (SwiGLU).

@@ -28,8 +28,8 @@ class LlamaModel {
   // appending their keys and values to it. Each token attends to the cache and to the
   // tokens before it. Returns fp32 logits: [T, vocab], or [1, vocab] for the last
   // token when `all_logits` is false.
-  torch::Tensor Forward(const torch::Tensor& tokens, const torch::Tensor& positions,
-                        KvCache& cache, bool all_logits) const;
+  torch::Tensor Forward(const torch::Tensor& tokens, const torch::Tensor& positions, KvCache& cache,
+                        bool all_logits) const;
 
  private:
   torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& weight) const;

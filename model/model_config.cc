@@ -90,8 +90,8 @@ absl::StatusOr<ModelConfig> ConfigFromGguf(const GgufFile& file) {
       config.rope_scaling.type = RopeScaling::Type::kLinear;
       APE_ASSIGN_OR_RETURN(config.rope_scaling.factor, file.GetFloat(a + ".rope.scaling.factor"));
     } else if (type != "none") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("model file '", file.path(), "': rope scaling '", type, "' is not supported"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model file '", file.path(), "': rope scaling '", type, "' is not supported"));
     }
   }
   // llama.cpp writes Llama 3 frequency scaling as a tensor (rope_freqs), which the
@@ -103,8 +103,8 @@ absl::StatusOr<ModelConfig> ConfigFromGguf(const GgufFile& file) {
 }
 
 absl::StatusOr<ModelConfig> ConfigFromHfJson(absl::string_view json_text) {
-  const nlohmann::json json =
-      nlohmann::json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
+  const nlohmann::json json = nlohmann::json::parse(json_text.begin(), json_text.end(), nullptr,
+                                                    /*allow_exceptions=*/false);
   if (!json.is_object()) {
     return absl::InvalidArgumentError("config.json is not a JSON object");
   }
@@ -130,8 +130,7 @@ absl::StatusOr<ModelConfig> ConfigFromHfJson(absl::string_view json_text) {
     config.max_position = json.value("max_position_embeddings", int64_t{2048});
     config.rms_norm_eps = json.value("rms_norm_eps", 1e-6);
     config.tie_word_embeddings = json.value("tie_word_embeddings", false);
-    config.attention_bias =
-        config.architecture == "qwen2" || json.value("attention_bias", false);
+    config.attention_bias = config.architecture == "qwen2" || json.value("attention_bias", false);
 
     // transformers 5 writes "rope_parameters"; earlier versions "rope_theta" and
     // "rope_scaling".

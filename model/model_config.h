@@ -19,9 +19,9 @@ struct RopeScaling {
   enum class Type { kNone, kLinear, kLlama3 };
   Type type = Type::kNone;
   double factor = 1.0;
-  double low_freq_factor = 1.0;               // Llama 3
-  double high_freq_factor = 4.0;              // Llama 3
-  int64_t original_max_position = 8192;       // Llama 3
+  double low_freq_factor = 1.0;          // Llama 3
+  double high_freq_factor = 4.0;         // Llama 3
+  int64_t original_max_position = 8192;  // Llama 3
 };
 
 struct ModelConfig {

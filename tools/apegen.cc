@@ -41,7 +41,8 @@ std::pair<int32_t, double> Greedy(const float* logits, int64_t vocab) {
     if (logits[i] > logits[best]) best = static_cast<int32_t>(i);
   }
   double sum = 0;
-  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i] - logits[best]));
+  for (int64_t i = 0; i < vocab; ++i)
+    sum += std::exp(static_cast<double>(logits[i] - logits[best]));
   return {best, -std::log(sum)};
 }
 

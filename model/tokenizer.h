@@ -1,0 +1,71 @@
+// Text to token ids and back, exactly as the model's reference tokenizer does it.
+//
+// Byte-level BPE (GPT-2 style: SmolLM2, Llama 3, Qwen2) read from GGUF metadata:
+// special and added tokens written in the text are matched first (longest first),
+// the rest is cut into pre-tokens by the vocabulary's regular expression, spelled in
+// the byte alphabet, and merged by rank. Thread-safety: immutable after construction.
+#ifndef APESERVE_MODEL_TOKENIZER_H_
+#define APESERVE_MODEL_TOKENIZER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+
+namespace apeserve::model {
+
+class GgufFile;
+class RegexSplitter;
+
+class Tokenizer {
+ public:
+  // INVALID_ARGUMENT: a tokenizer model other than "gpt2" (byte-level BPE), or a
+  // vocabulary whose tokens, types or merges are inconsistent.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromGguf(const GgufFile& file);
+
+  Tokenizer(const Tokenizer&) = delete;
+  Tokenizer& operator=(const Tokenizer&) = delete;
+  ~Tokenizer();
+
+  // The ids of `text`. With `parse_special`, special tokens spelled in the text (such
+  // as "<|im_start|>") become their ids; without, they are tokenized as plain text.
+  // Never adds BOS; see add_bos().
+  std::vector<int32_t> Encode(absl::string_view text, bool parse_special = true) const;
+
+  // The bytes of `ids` concatenated (special tokens as their text). Ids outside the
+  // vocabulary decode to nothing.
+  std::string Decode(absl::Span<const int32_t> ids) const;
+  // The bytes of one token.
+  absl::string_view TokenBytes(int32_t id) const;
+
+  int32_t vocab_size() const { return static_cast<int32_t>(token_bytes_.size()); }
+  int32_t bos_id() const { return bos_id_; }  // -1 when the model has none
+  int32_t eos_id() const { return eos_id_; }  // -1 when the model has none
+  bool add_bos() const { return add_bos_; }   // whether prompts start with BOS
+  bool IsSpecial(int32_t id) const;
+
+ private:
+  Tokenizer();
+  void EncodePiece(absl::string_view piece, std::vector<int32_t>& out) const;
+
+  std::vector<std::string> token_bytes_;                     // raw bytes of each token
+  absl::flat_hash_map<std::string, int32_t> spelled_to_id_;  // vocabulary, byte-alphabet spelling
+  absl::flat_hash_map<uint64_t, std::pair<int32_t, int32_t>>
+      merges_;                                          // (left, right) -> (rank, id)
+  std::vector<std::pair<std::string, int32_t>> added_;  // matched whole in text, longest first
+  std::vector<bool> special_;
+  std::unique_ptr<RegexSplitter> splitter_;
+  int32_t byte_token_[256] = {};  // the token of each single byte; -1 if none
+  int32_t bos_id_ = -1;
+  int32_t eos_id_ = -1;
+  bool add_bos_ = false;
+};
+
+}  // namespace apeserve::model
+
+#endif  // APESERVE_MODEL_TOKENIZER_H_
