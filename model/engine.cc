@@ -23,6 +23,8 @@ Engine::Sequence::~Sequence() = default;
 int64_t Engine::Sequence::length() const { return state_->cache.length(); }
 
 struct Engine::Impl {
+  std::unique_ptr<Tokenizer> tokenizer;
+  absl::StatusOr<ChatTemplate> chat_template = absl::FailedPreconditionError("no chat template");
   std::unique_ptr<LlamaModel> model;
 };
 
@@ -64,6 +66,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   APE_ASSIGN_OR_RETURN(const torch::ScalarType dtype, ResolveDtype(options.dtype, device));
   APE_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(options.model_path));
   APE_ASSIGN_OR_RETURN(ModelConfig config, ConfigFromGguf(*file));
+  APE_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromGguf(*file));
   const torch::Device torch_device =
       device.type == DeviceType::kCuda
           ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device.index))
@@ -71,6 +74,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   try {
     APE_ASSIGN_OR_RETURN(LlamaWeights weights, LoadGgufWeights(*file, config, torch_device, dtype));
     auto impl = std::make_unique<Impl>();
+    if (file->Find("tokenizer.chat_template") != nullptr) {
+      APE_ASSIGN_OR_RETURN(const std::string jinja, file->GetString("tokenizer.chat_template"));
+      impl->chat_template =
+          ChatTemplate::FromJinja(jinja, std::string(tokenizer->TokenBytes(tokenizer->bos_id())),
+                                  std::string(tokenizer->TokenBytes(tokenizer->eos_id())));
+      if (!impl->chat_template.ok()) {
+        impl->chat_template = absl::FailedPreconditionError(impl->chat_template.status().message());
+      }
+    }
+    impl->tokenizer = std::move(tokenizer);
     impl->model =
         std::make_unique<LlamaModel>(std::move(config), std::move(weights), torch_device, dtype);
     const ModelConfig& loaded = impl->model->config();
@@ -87,6 +100,13 @@ Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Engine::~Engine() = default;
 
 const ModelConfig& Engine::config() const { return impl_->model->config(); }
+
+const Tokenizer& Engine::tokenizer() const { return *impl_->tokenizer; }
+
+absl::StatusOr<const ChatTemplate*> Engine::chat_template() const {
+  if (!impl_->chat_template.ok()) return impl_->chat_template.status();
+  return &*impl_->chat_template;
+}
 
 std::string Engine::device() const { return impl_->model->device().str(); }
 

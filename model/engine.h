@@ -14,7 +14,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "model/chat_template.h"
 #include "model/model_config.h"
+#include "model/tokenizer.h"
 
 namespace apeserve::model {
 
@@ -45,6 +47,10 @@ class Engine {
   ~Engine();
 
   const ModelConfig& config() const;
+  const Tokenizer& tokenizer() const;
+  // The model's chat format; FAILED_PRECONDITION when its metadata has no template
+  // of a family we know (raw prompts still work).
+  absl::StatusOr<const ChatTemplate*> chat_template() const;
   // "cpu" or "cuda:N", and "float32", "bfloat16" or "float16".
   std::string device() const;
   std::string dtype() const;

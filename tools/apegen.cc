@@ -1,13 +1,15 @@
-// apegen: generates with the inference engine alone, no server. Prints, per prompt,
-// one JSON line with the generated token ids and their log-probabilities.
+// apegen: generates with the inference engine alone, no server.
 //
+//   apegen --model=M.gguf --prompt="Tell me a joke" --chat [--temperature=0.7 --seed=1]
 //   apegen --model=M.gguf --token_ids=1,2,3 [--max_tokens=64]
 //   apegen --model=M.gguf --batch_file=prompts.jsonl --logits_out=prefill.f32
 //
-// A batch file holds one JSON object per line, {"token_ids": [...]}. --logits_out
-// writes the fp32 logits of every prompt position, prompt after prompt, for parity
-// checks against a reference implementation.
-#include <cmath>
+// Prints one JSON object per prompt: the generated text, token ids, per-token
+// log-probabilities, the finish reason, and timings. A batch file holds one JSON
+// object per line, {"token_ids": [...]}; --logits_out then writes the fp32 logits of
+// every prompt position, prompt after prompt, and generation is greedy for
+// --max_tokens tokens regardless of end-of-sequence (for parity checks).
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -21,34 +23,111 @@
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
 #include "model/engine.h"
+#include "model/generator.h"
 
 ABSL_FLAG(std::string, model, "", "GGUF model file (required)");
 ABSL_FLAG(std::string, device, "auto", "auto, cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, dtype, "auto", "auto, float32, bfloat16 or float16");
+ABSL_FLAG(std::string, prompt, "", "prompt text");
+ABSL_FLAG(bool, chat, false, "wrap --prompt as a user turn in the model's chat template");
+ABSL_FLAG(std::string, system, "", "system prompt for --chat (default: the template's own)");
 ABSL_FLAG(std::string, token_ids, "", "comma-separated prompt token ids");
 ABSL_FLAG(std::string, batch_file, "", "JSON lines of {\"token_ids\": [...]}, one prompt each");
-ABSL_FLAG(int, max_tokens, 64, "tokens to generate per prompt (greedy)");
-ABSL_FLAG(std::string, logits_out, "", "write the prompt positions' fp32 logits here");
+ABSL_FLAG(std::string, logits_out, "", "with --batch_file: write the prompts' fp32 logits here");
+ABSL_FLAG(int, max_tokens, 64, "tokens to generate at most");
+ABSL_FLAG(float, temperature, 0.0F, "sampling temperature; 0 is greedy");
+ABSL_FLAG(int, top_k, 0, "keep the k most likely tokens (0: all)");
+ABSL_FLAG(float, top_p, 1.0F, "nucleus sampling mass");
+ABSL_FLAG(float, min_p, 0.0F, "drop tokens below min_p times the best one's probability");
+ABSL_FLAG(float, repetition_penalty, 1.0F, "penalty on tokens already seen (1: off)");
+ABSL_FLAG(uint64_t, seed, 0, "random seed");
+ABSL_FLAG(std::vector<std::string>, stop, {}, "comma-separated stop strings");
+ABSL_FLAG(bool, ignore_eos, false, "keep generating past end-of-sequence");
 
 namespace {
 
 using apeserve::model::Engine;
-
-// log-softmax of `logits` at `index`, and the arg-max.
-std::pair<int32_t, double> Greedy(const float* logits, int64_t vocab) {
-  int32_t best = 0;
-  for (int64_t i = 1; i < vocab; ++i) {
-    if (logits[i] > logits[best]) best = static_cast<int32_t>(i);
-  }
-  double sum = 0;
-  for (int64_t i = 0; i < vocab; ++i)
-    sum += std::exp(static_cast<double>(logits[i] - logits[best]));
-  return {best, -std::log(sum)};
-}
+using Clock = std::chrono::steady_clock;
 
 int Fail(const std::string& message) {
   std::fprintf(stderr, "apegen: %s\n", message.c_str());
   return 1;
+}
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+apeserve::model::SamplingOptions SamplingFromFlags() {
+  apeserve::model::SamplingOptions options;
+  options.temperature = absl::GetFlag(FLAGS_temperature);
+  options.top_k = absl::GetFlag(FLAGS_top_k);
+  options.top_p = absl::GetFlag(FLAGS_top_p);
+  options.min_p = absl::GetFlag(FLAGS_min_p);
+  options.repetition_penalty = absl::GetFlag(FLAGS_repetition_penalty);
+  options.seed = absl::GetFlag(FLAGS_seed);
+  options.max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  options.stop = absl::GetFlag(FLAGS_stop);
+  options.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
+  return options;
+}
+
+// Generates for one prompt and prints the JSON result.
+int GenerateOne(const Engine& engine, const std::vector<int32_t>& prompt,
+                const apeserve::model::SamplingOptions& options) {
+  auto sequence = engine.NewSequence();
+  const Clock::time_point start = Clock::now();
+  double first_token_seconds = 0;
+  const auto result = apeserve::model::Generate(engine, *sequence, prompt, options,
+                                                [&](int32_t, float, absl::string_view) {
+                                                  if (first_token_seconds == 0)
+                                                    first_token_seconds = Seconds(start);
+                                                  return true;
+                                                });
+  if (!result.ok()) return Fail(result.status().ToString());
+  const double total = Seconds(start);
+  const auto decoded = static_cast<double>(result->tokens.size() - 1);
+  const nlohmann::json out = {
+      {"text", result->text},
+      {"tokens", result->tokens},
+      {"logprobs", result->logprobs},
+      {"finish_reason", std::string(apeserve::model::FinishReasonName(result->finish_reason))},
+      {"prompt_tokens", prompt.size()},
+      {"time_to_first_token_s", first_token_seconds},
+      {"decode_tokens_per_s", decoded > 0 ? decoded / (total - first_token_seconds) : 0.0}};
+  std::puts(out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  return 0;
+}
+
+// Parity mode: every prompt position's logits, then greedy tokens regardless of EOS.
+int ParityBatch(const Engine& engine, const std::vector<std::vector<int32_t>>& prompts,
+                const std::string& logits_path) {
+  std::ofstream logits_out(logits_path, std::ios::binary | std::ios::trunc);
+  const int64_t vocab = engine.config().vocab_size;
+  apeserve::model::SamplingOptions greedy;
+  greedy.max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  greedy.ignore_eos = true;
+  for (const std::vector<int32_t>& prompt : prompts) {
+    auto sequence = engine.NewSequence();
+    auto logits = engine.Feed(*sequence, prompt, /*all_logits=*/true);
+    if (!logits.ok()) return Fail(logits.status().ToString());
+    logits_out.write(reinterpret_cast<const char*>(logits->data()),
+                     static_cast<std::streamsize>(logits->size() * sizeof(float)));
+    // Continue from the last position's logits through the generator's greedy path.
+    apeserve::model::Sampler sampler(greedy);
+    std::vector<int32_t> tokens;
+    std::vector<float> last(logits->end() - vocab, logits->end());
+    for (int step = 0; step < greedy.max_tokens; ++step) {
+      const auto choice = sampler.Next(last, prompt);
+      tokens.push_back(choice.token);
+      if (step + 1 == greedy.max_tokens) break;
+      auto next = engine.Feed(*sequence, {choice.token});
+      if (!next.ok()) return Fail(next.status().ToString());
+      last = *std::move(next);
+    }
+    std::puts(nlohmann::json({{"tokens", tokens}}).dump().c_str());
+  }
+  return logits_out.flush() ? 0 : Fail("cannot write --logits_out");
 }
 
 }  // namespace
@@ -56,12 +135,36 @@ int Fail(const std::string& message) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "apegen: generate with the engine alone.\n"
-      "Usage: apegen --model=M.gguf (--token_ids=1,2,3 | --batch_file=F.jsonl) [flags]");
+      "Usage: apegen --model=M.gguf (--prompt=TEXT [--chat] | --token_ids=1,2,3 | "
+      "--batch_file=F.jsonl) [flags]");
   absl::ParseCommandLine(argc, argv);
   apeserve::LogToStderr();
   if (absl::GetFlag(FLAGS_model).empty()) return Fail("--model is required");
 
+  apeserve::model::EngineOptions options;
+  options.model_path = absl::GetFlag(FLAGS_model);
+  options.device = absl::GetFlag(FLAGS_device);
+  options.dtype = absl::GetFlag(FLAGS_dtype);
+  auto engine = Engine::Load(options);
+  if (!engine.ok()) return Fail(engine.status().ToString());
+
   std::vector<std::vector<int32_t>> prompts;
+  if (!absl::GetFlag(FLAGS_prompt).empty()) {
+    std::string text = absl::GetFlag(FLAGS_prompt);
+    if (absl::GetFlag(FLAGS_chat)) {
+      const auto chat = (*engine)->chat_template();
+      if (!chat.ok()) return Fail(chat.status().ToString());
+      std::vector<apeserve::model::ChatMessage> messages;
+      if (!absl::GetFlag(FLAGS_system).empty()) {
+        messages.push_back({"system", absl::GetFlag(FLAGS_system)});
+      }
+      messages.push_back({"user", text});
+      text = (*chat)->Render(messages, /*add_generation_prompt=*/true);
+    }
+    std::vector<int32_t> ids = (*engine)->tokenizer().Encode(text);
+    if ((*engine)->tokenizer().add_bos()) ids.insert(ids.begin(), (*engine)->tokenizer().bos_id());
+    prompts.push_back(std::move(ids));
+  }
   if (!absl::GetFlag(FLAGS_token_ids).empty()) {
     std::vector<int32_t> ids;
     for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_token_ids), ',')) {
@@ -81,41 +184,14 @@ int main(int argc, char** argv) {
       prompts.push_back(json.at("token_ids").get<std::vector<int32_t>>());
     }
   }
-  if (prompts.empty()) return Fail("give --token_ids or --batch_file");
+  if (prompts.empty()) return Fail("give --prompt, --token_ids or --batch_file");
 
-  apeserve::model::EngineOptions options;
-  options.model_path = absl::GetFlag(FLAGS_model);
-  options.device = absl::GetFlag(FLAGS_device);
-  options.dtype = absl::GetFlag(FLAGS_dtype);
-  auto engine = Engine::Load(options);
-  if (!engine.ok()) return Fail(engine.status().ToString());
-  const int64_t vocab = (*engine)->config().vocab_size;
-
-  std::ofstream logits_out;
   if (!absl::GetFlag(FLAGS_logits_out).empty()) {
-    logits_out.open(absl::GetFlag(FLAGS_logits_out), std::ios::binary | std::ios::trunc);
+    return ParityBatch(**engine, prompts, absl::GetFlag(FLAGS_logits_out));
   }
-  for (const std::vector<int32_t>& prompt : prompts) {
-    auto sequence = (*engine)->NewSequence();
-    auto logits = (*engine)->Feed(*sequence, prompt, /*all_logits=*/logits_out.is_open());
-    if (!logits.ok()) return Fail(logits.status().ToString());
-    if (logits_out.is_open()) {
-      logits_out.write(reinterpret_cast<const char*>(logits->data()),
-                       static_cast<std::streamsize>(logits->size() * sizeof(float)));
-    }
-    nlohmann::json result = {{"tokens", nlohmann::json::array()},
-                             {"logprobs", nlohmann::json::array()}};
-    const float* last = logits->data() + logits->size() - static_cast<size_t>(vocab);
-    for (int step = 0; step < absl::GetFlag(FLAGS_max_tokens); ++step) {
-      const auto [token, logprob] = Greedy(last, vocab);
-      result["tokens"].push_back(token);
-      result["logprobs"].push_back(logprob);
-      if (step + 1 == absl::GetFlag(FLAGS_max_tokens)) break;
-      logits = (*engine)->Feed(*sequence, {token});
-      if (!logits.ok()) return Fail(logits.status().ToString());
-      last = logits->data();
-    }
-    std::puts(result.dump().c_str());
+  const apeserve::model::SamplingOptions sampling = SamplingFromFlags();
+  for (const auto& prompt : prompts) {
+    if (const int rc = GenerateOne(**engine, prompt, sampling); rc != 0) return rc;
   }
-  return logits_out.is_open() && !logits_out.flush() ? Fail("cannot write --logits_out") : 0;
+  return 0;
 }
