@@ -4,7 +4,7 @@ Over a deterministic corpus of more than 300 strings (English, code, runs of
 whitespace, digits, punctuation, CJK, emoji, accents, special tokens, and seeded random
 mixtures of all of these), the ids must be identical, decode(encode(s)) must give s
 back, and streaming decode, token by token, must give s in valid UTF-8 pieces. Run by
-CTest, which sets APESERVE_TEST_MODEL and TOKENIZE.
+CTest, which sets APESERVE_TEST_MODEL and ORACLE_HELPER.
 """
 
 import json
@@ -96,11 +96,11 @@ class TokenizerOracleTest(unittest.TestCase):
         path = os.environ["APESERVE_TEST_MODEL"]
         folder, name = os.path.split(path)
         cls.reference = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        run = subprocess.run([os.environ["TOKENIZE"], path], capture_output=True, text=True,
+        run = subprocess.run([os.environ["ORACLE_HELPER"], "tokenize", path], capture_output=True, text=True,
                              input="".join(json.dumps({"text": s}) + "\n" for s in CORPUS),
                              check=False)
         if run.returncode != 0:
-            raise RuntimeError("tokenize failed:\n" + run.stderr)
+            raise RuntimeError("oracle_helper failed:\n" + run.stderr)
         cls.ours = [json.loads(line) for line in run.stdout.split("\n") if line]
         assert len(cls.ours) == len(CORPUS)
 
