@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "model/fingerprint.h"
 #include "model/gguf_file.h"
 #include "model/kv_cache.h"
 #include "model/llama_model.h"
@@ -23,6 +24,7 @@ Engine::Sequence::~Sequence() = default;
 int64_t Engine::Sequence::length() const { return state_->cache.length(); }
 
 struct Engine::Impl {
+  std::string fingerprint;
   std::unique_ptr<Tokenizer> tokenizer;
   absl::StatusOr<ChatTemplate> chat_template = absl::FailedPreconditionError("no chat template");
   std::unique_ptr<LlamaModel> model;
@@ -84,12 +86,14 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
       }
     }
     impl->tokenizer = std::move(tokenizer);
+    impl->fingerprint = FingerprintGguf(*file);
     impl->model =
         std::make_unique<LlamaModel>(std::move(config), std::move(weights), torch_device, dtype);
     const ModelConfig& loaded = impl->model->config();
     LogInfo(absl::StrCat("model '", options.model_path, "' loaded: ", loaded.architecture, ", ",
                          loaded.num_layers, " layers, hidden ", loaded.hidden_size, ", vocab ",
-                         loaded.vocab_size, ", on ", device.ToString(), " in ", DtypeName(dtype)));
+                         loaded.vocab_size, ", on ", device.ToString(), " in ", DtypeName(dtype),
+                         ", fingerprint ", impl->fingerprint));
     return std::unique_ptr<Engine>(new Engine(std::move(impl)));
   } catch (const c10::Error& e) {
     return FromTorchError(e, absl::StrCat("loading '", options.model_path, "'"));
@@ -102,6 +106,8 @@ Engine::~Engine() = default;
 const ModelConfig& Engine::config() const { return impl_->model->config(); }
 
 const Tokenizer& Engine::tokenizer() const { return *impl_->tokenizer; }
+
+const std::string& Engine::fingerprint() const { return impl_->fingerprint; }
 
 absl::StatusOr<const ChatTemplate*> Engine::chat_template() const {
   if (!impl_->chat_template.ok()) return impl_->chat_template.status();

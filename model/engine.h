@@ -51,6 +51,8 @@ class Engine {
   // The model's chat format; FAILED_PRECONDITION when its metadata has no template
   // of a family we know (raw prompts still work).
   absl::StatusOr<const ChatTemplate*> chat_template() const;
+  // The fingerprint of the model's weights (see fingerprint.h).
+  const std::string& fingerprint() const;
   // "cpu" or "cuda:N", and "float32", "bfloat16" or "float16".
   std::string device() const;
   std::string dtype() const;
