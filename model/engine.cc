@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -9,6 +11,7 @@
 #include "common/status_macros.h"
 #include "model/fingerprint.h"
 #include "model/gguf_file.h"
+#include "model/hf_checkpoint.h"
 #include "model/kv_cache.h"
 #include "model/llama_model.h"
 #include "model/runtime.h"
@@ -63,32 +66,87 @@ std::string DtypeName(torch::ScalarType dtype) {
 
 }  // namespace
 
+namespace {
+
+// What a model folder or file provides besides its weights.
+struct ModelParts {
+  ModelConfig config;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::string chat_jinja;  // "" when the model has none
+  std::string fingerprint;
+  std::unique_ptr<WeightSource> weights;
+  // Keep the mapped files alive while the weights are read.
+  std::unique_ptr<GgufFile> gguf;
+  std::unique_ptr<HfCheckpoint> hf;
+};
+
+absl::StatusOr<ModelParts> OpenGguf(const std::string& path) {
+  ModelParts parts;
+  APE_ASSIGN_OR_RETURN(parts.gguf, GgufFile::Open(path));
+  APE_ASSIGN_OR_RETURN(parts.config, ConfigFromGguf(*parts.gguf));
+  APE_ASSIGN_OR_RETURN(parts.tokenizer, Tokenizer::FromGguf(*parts.gguf));
+  if (parts.gguf->Find("tokenizer.chat_template") != nullptr) {
+    APE_ASSIGN_OR_RETURN(parts.chat_jinja, parts.gguf->GetString("tokenizer.chat_template"));
+  }
+  parts.fingerprint = FingerprintGguf(*parts.gguf);
+  parts.weights = GgufWeightSource(*parts.gguf, parts.config);
+  return parts;
+}
+
+absl::StatusOr<ModelParts> OpenHf(const std::string& dir) {
+  ModelParts parts;
+  APE_ASSIGN_OR_RETURN(parts.hf, HfCheckpoint::Open(dir));
+  APE_ASSIGN_OR_RETURN(const std::string config_json, parts.hf->ReadText("config.json"));
+  APE_ASSIGN_OR_RETURN(parts.config, ConfigFromHfJson(config_json));
+  APE_ASSIGN_OR_RETURN(const std::string tokenizer_json, parts.hf->ReadText("tokenizer.json"));
+  const absl::StatusOr<std::string> tokenizer_config = parts.hf->ReadText("tokenizer_config.json");
+  APE_ASSIGN_OR_RETURN(parts.tokenizer,
+                       Tokenizer::FromHfJson(tokenizer_json, tokenizer_config.value_or("")));
+  // The template lives in chat_template.jinja (newer) or tokenizer_config.json.
+  if (auto jinja = parts.hf->ReadText("chat_template.jinja"); jinja.ok()) {
+    parts.chat_jinja = *std::move(jinja);
+  } else if (tokenizer_config.ok()) {
+    const nlohmann::json config = nlohmann::json::parse(*tokenizer_config, nullptr, false);
+    if (config.is_object() && config.contains("chat_template") &&
+        config["chat_template"].is_string()) {
+      parts.chat_jinja = config["chat_template"].get<std::string>();
+    }
+  }
+  parts.fingerprint = FingerprintHf(*parts.hf);
+  parts.weights = HfWeightSource(*parts.hf);
+  return parts;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& options) {
   APE_ASSIGN_OR_RETURN(const Device device, ResolveDevice(options.device));
   APE_ASSIGN_OR_RETURN(const torch::ScalarType dtype, ResolveDtype(options.dtype, device));
-  APE_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(options.model_path));
-  APE_ASSIGN_OR_RETURN(ModelConfig config, ConfigFromGguf(*file));
-  APE_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromGguf(*file));
+  std::error_code error;
+  const bool folder = std::filesystem::is_directory(options.model_path, error);
+  APE_ASSIGN_OR_RETURN(ModelParts parts,
+                       folder ? OpenHf(options.model_path) : OpenGguf(options.model_path));
   const torch::Device torch_device =
       device.type == DeviceType::kCuda
           ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device.index))
           : torch::Device(torch::kCPU);
   try {
-    APE_ASSIGN_OR_RETURN(LlamaWeights weights, LoadGgufWeights(*file, config, torch_device, dtype));
+    APE_ASSIGN_OR_RETURN(LlamaWeights weights,
+                         LoadLlamaWeights(*parts.weights, parts.config, torch_device, dtype));
     auto impl = std::make_unique<Impl>();
-    if (file->Find("tokenizer.chat_template") != nullptr) {
-      APE_ASSIGN_OR_RETURN(const std::string jinja, file->GetString("tokenizer.chat_template"));
-      impl->chat_template =
-          ChatTemplate::FromJinja(jinja, std::string(tokenizer->TokenBytes(tokenizer->bos_id())),
-                                  std::string(tokenizer->TokenBytes(tokenizer->eos_id())));
+    const Tokenizer& tokenizer = *parts.tokenizer;
+    if (!parts.chat_jinja.empty()) {
+      impl->chat_template = ChatTemplate::FromJinja(
+          parts.chat_jinja, std::string(tokenizer.TokenBytes(tokenizer.bos_id())),
+          std::string(tokenizer.TokenBytes(tokenizer.eos_id())));
       if (!impl->chat_template.ok()) {
         impl->chat_template = absl::FailedPreconditionError(impl->chat_template.status().message());
       }
     }
-    impl->tokenizer = std::move(tokenizer);
-    impl->fingerprint = FingerprintGguf(*file);
-    impl->model =
-        std::make_unique<LlamaModel>(std::move(config), std::move(weights), torch_device, dtype);
+    impl->tokenizer = std::move(parts.tokenizer);
+    impl->fingerprint = std::move(parts.fingerprint);
+    impl->model = std::make_unique<LlamaModel>(std::move(parts.config), std::move(weights),
+                                               torch_device, dtype);
     const ModelConfig& loaded = impl->model->config();
     LogInfo(absl::StrCat("model '", options.model_path, "' loaded: ", loaded.architecture, ", ",
                          loaded.num_layers, " layers, hidden ", loaded.hidden_size, ", vocab ",

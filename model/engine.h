@@ -21,7 +21,8 @@
 namespace apeserve::model {
 
 struct EngineOptions {
-  // GGUF model file. Required.
+  // A GGUF model file, or a Hugging Face model folder (config.json, safetensors,
+  // tokenizer.json). Required.
   std::string model_path;
   // "auto", "cpu", "cuda" or "cuda:N". Default: "auto" (the first GPU, else the CPU).
   std::string device = "auto";

@@ -1,6 +1,12 @@
-// Loading LlamaWeights from a GGUF file.
+// The tensors of a GGUF file as a WeightSource.
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "model/gguf_file.h"
 #include "model/llama_weights.h"
@@ -8,121 +14,93 @@
 namespace apeserve::model {
 namespace {
 
-class GgufWeightReader {
- public:
-  GgufWeightReader(const GgufFile& file, torch::Device device, torch::ScalarType dtype)
-      : file_(file), device_(device), dtype_(dtype) {}
-
-  // The tensor `name`, dequantized, of exactly `shape`.
-  absl::StatusOr<torch::Tensor> Read(const std::string& name, std::vector<int64_t> shape) const {
-    const GgufTensor* tensor = file_.FindTensor(name);
-    if (tensor == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("model file '", file_.path(), "' has no tensor '", name, "'"));
-    }
-    if (tensor->shape != shape) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", name, "' has shape [", absl::StrJoin(tensor->shape, ", "),
-                       "]; the model config needs [", absl::StrJoin(shape, ", "), "]"));
-    }
-    torch::Tensor values = torch::empty(shape, torch::kFloat32);
-    APE_RETURN_IF_ERROR(Dequantize(tensor->type->type, tensor->bytes, tensor->element_count,
-                                   values.data_ptr<float>()));
-    return values;
-  }
-
-  absl::StatusOr<torch::Tensor> ReadOptional(const std::string& name,
-                                             std::vector<int64_t> shape) const {
-    if (file_.FindTensor(name) == nullptr) return torch::Tensor();
-    return Read(name, std::move(shape));
-  }
-
-  torch::Tensor ToDevice(const torch::Tensor& t) const {
-    return t.defined() ? t.to(device_, dtype_).contiguous() : t;
-  }
-
- private:
-  const GgufFile& file_;
-  torch::Device device_;
-  torch::ScalarType dtype_;
-};
-
 // llama.cpp's converter interleaves the two halves of each head's rotary dimensions
 // ([h, 2, d/2] -> [h, d/2, 2]); this undoes it so one rotary formula serves GGUF and
 // Hugging Face weights alike.
 torch::Tensor UninterleaveHeads(const torch::Tensor& w, int64_t heads) {
   const int64_t rows = w.size(0);
   return w
-      .reshape({heads, rows / heads / 2, 2, w.size(1)})  // [h, d/2, 2, in]
-      .transpose(1, 2)                                   // [h, 2, d/2, in]
-      .reshape({rows, w.size(1)});
+      .reshape({heads, rows / heads / 2, 2, -1})  // [h, d/2, 2, in]
+      .transpose(1, 2)                            // [h, 2, d/2, in]
+      .reshape(w.sizes());
 }
+
+// Hugging Face names -> llama.cpp's.
+std::string GgufName(const std::string& name) {
+  static const auto* kGlobal = new absl::flat_hash_map<std::string, std::string>{
+      {"model.embed_tokens.weight", "token_embd.weight"},
+      {"model.norm.weight", "output_norm.weight"},
+      {"lm_head.weight", "output.weight"},
+      {"rope_freqs", "rope_freqs.weight"}};
+  static const auto* kLayer = new absl::flat_hash_map<std::string, std::string>{
+      {"input_layernorm.weight", "attn_norm.weight"},
+      {"self_attn.q_proj.weight", "attn_q.weight"},
+      {"self_attn.k_proj.weight", "attn_k.weight"},
+      {"self_attn.v_proj.weight", "attn_v.weight"},
+      {"self_attn.o_proj.weight", "attn_output.weight"},
+      {"self_attn.q_proj.bias", "attn_q.bias"},
+      {"self_attn.k_proj.bias", "attn_k.bias"},
+      {"self_attn.v_proj.bias", "attn_v.bias"},
+      {"post_attention_layernorm.weight", "ffn_norm.weight"},
+      {"mlp.gate_proj.weight", "ffn_gate.weight"},
+      {"mlp.up_proj.weight", "ffn_up.weight"},
+      {"mlp.down_proj.weight", "ffn_down.weight"}};
+  if (const auto it = kGlobal->find(name); it != kGlobal->end()) return it->second;
+  // model.layers.<i>.<rest>
+  const std::vector<std::string> parts = absl::StrSplit(name, absl::MaxSplits('.', 3));
+  int layer = 0;
+  if (parts.size() == 4 && parts[0] == "model" && parts[1] == "layers" &&
+      absl::SimpleAtoi(parts[2], &layer)) {
+    if (const auto it = kLayer->find(parts[3]); it != kLayer->end()) {
+      return absl::StrCat("blk.", layer, ".", it->second);
+    }
+  }
+  return name;
+}
+
+class GgufSource final : public WeightSource {
+ public:
+  GgufSource(const GgufFile& file, const ModelConfig& config) : file_(file), config_(config) {}
+
+  bool Has(const std::string& name) const override {
+    return file_.FindTensor(GgufName(name)) != nullptr;
+  }
+
+  absl::StatusOr<torch::Tensor> Read(const std::string& name,
+                                     const std::vector<int64_t>& shape) const override {
+    const std::string gguf_name = GgufName(name);
+    const GgufTensor* tensor = file_.FindTensor(gguf_name);
+    if (tensor == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model file '", file_.path(), "' has no tensor '", gguf_name, "'"));
+    }
+    if (tensor->shape != shape) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", gguf_name, "' has shape [", absl::StrJoin(tensor->shape, ", "),
+                       "]; the model config needs [", absl::StrJoin(shape, ", "), "]"));
+    }
+    torch::Tensor values = torch::empty(shape, torch::kFloat32);
+    APE_RETURN_IF_ERROR(Dequantize(tensor->type->type, tensor->bytes, tensor->element_count,
+                                   values.data_ptr<float>()));
+    if (config_.architecture != "qwen2") {
+      if (absl::EndsWith(name, "q_proj.weight"))
+        return UninterleaveHeads(values, config_.num_heads);
+      if (absl::EndsWith(name, "k_proj.weight")) {
+        return UninterleaveHeads(values, config_.num_kv_heads);
+      }
+    }
+    return values;
+  }
+
+ private:
+  const GgufFile& file_;
+  const ModelConfig& config_;
+};
 
 }  // namespace
 
-absl::StatusOr<LlamaWeights> LoadGgufWeights(const GgufFile& file, const ModelConfig& config,
-                                             torch::Device device, torch::ScalarType dtype) {
-  const GgufWeightReader reader(file, device, dtype);
-  const int64_t hidden = config.hidden_size, vocab = config.vocab_size;
-  const int64_t q_rows = config.num_heads * config.head_dim;
-  const int64_t kv_rows = config.num_kv_heads * config.head_dim;
-  const bool interleaved = config.architecture != "qwen2";
-
-  LlamaWeights weights;
-  APE_ASSIGN_OR_RETURN(torch::Tensor embedding, reader.Read("token_embd.weight", {vocab, hidden}));
-  weights.token_embedding = reader.ToDevice(embedding);
-  APE_ASSIGN_OR_RETURN(torch::Tensor norm, reader.Read("output_norm.weight", {hidden}));
-  weights.output_norm = reader.ToDevice(norm);
-  if (config.tie_word_embeddings) {
-    weights.output = weights.token_embedding;
-  } else {
-    APE_ASSIGN_OR_RETURN(torch::Tensor output, reader.Read("output.weight", {vocab, hidden}));
-    weights.output = reader.ToDevice(output);
-  }
-  APE_ASSIGN_OR_RETURN(torch::Tensor rope_freqs,
-                       reader.ReadOptional("rope_freqs.weight", {config.head_dim / 2}));
-  weights.rope_freq_factors = rope_freqs.defined() ? rope_freqs.to(device) : rope_freqs;
-
-  weights.layers.resize(static_cast<size_t>(config.num_layers));
-  for (int64_t i = 0; i < config.num_layers; ++i) {
-    const std::string p = absl::StrCat("blk.", i, ".");
-    LayerWeights& layer = weights.layers[static_cast<size_t>(i)];
-    APE_ASSIGN_OR_RETURN(torch::Tensor attention_norm,
-                         reader.Read(p + "attn_norm.weight", {hidden}));
-    APE_ASSIGN_OR_RETURN(torch::Tensor wq, reader.Read(p + "attn_q.weight", {q_rows, hidden}));
-    APE_ASSIGN_OR_RETURN(torch::Tensor wk, reader.Read(p + "attn_k.weight", {kv_rows, hidden}));
-    APE_ASSIGN_OR_RETURN(torch::Tensor wv, reader.Read(p + "attn_v.weight", {kv_rows, hidden}));
-    APE_ASSIGN_OR_RETURN(torch::Tensor wo, reader.Read(p + "attn_output.weight", {hidden, q_rows}));
-    APE_ASSIGN_OR_RETURN(torch::Tensor ffn_norm, reader.Read(p + "ffn_norm.weight", {hidden}));
-    APE_ASSIGN_OR_RETURN(torch::Tensor gate,
-                         reader.Read(p + "ffn_gate.weight", {config.intermediate_size, hidden}));
-    APE_ASSIGN_OR_RETURN(torch::Tensor up,
-                         reader.Read(p + "ffn_up.weight", {config.intermediate_size, hidden}));
-    APE_ASSIGN_OR_RETURN(torch::Tensor down,
-                         reader.Read(p + "ffn_down.weight", {hidden, config.intermediate_size}));
-    if (interleaved) {
-      wq = UninterleaveHeads(wq, config.num_heads);
-      wk = UninterleaveHeads(wk, config.num_kv_heads);
-    }
-    layer.attention_norm = reader.ToDevice(attention_norm);
-    layer.wq = reader.ToDevice(wq);
-    layer.wk = reader.ToDevice(wk);
-    layer.wv = reader.ToDevice(wv);
-    layer.wo = reader.ToDevice(wo);
-    layer.ffn_norm = reader.ToDevice(ffn_norm);
-    layer.w_gate = reader.ToDevice(gate);
-    layer.w_up = reader.ToDevice(up);
-    layer.w_down = reader.ToDevice(down);
-    if (config.attention_bias) {
-      APE_ASSIGN_OR_RETURN(torch::Tensor bq, reader.Read(p + "attn_q.bias", {q_rows}));
-      APE_ASSIGN_OR_RETURN(torch::Tensor bk, reader.Read(p + "attn_k.bias", {kv_rows}));
-      APE_ASSIGN_OR_RETURN(torch::Tensor bv, reader.Read(p + "attn_v.bias", {kv_rows}));
-      layer.bq = reader.ToDevice(bq);
-      layer.bk = reader.ToDevice(bk);
-      layer.bv = reader.ToDevice(bv);
-    }
-  }
-  return weights;
+std::unique_ptr<WeightSource> GgufWeightSource(const GgufFile& file, const ModelConfig& config) {
+  return std::make_unique<GgufSource>(file, config);
 }
 
 }  // namespace apeserve::model

@@ -5,6 +5,8 @@
 
 #include <torch/torch.h>
 
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -13,6 +15,18 @@
 namespace apeserve::model {
 
 class GgufFile;
+class HfCheckpoint;
+
+// Where the parameters come from. Names are Hugging Face's ("model.norm.weight");
+// each source maps them to its own and returns fp32 CPU tensors in Hugging Face's
+// layout. Read() gives INVALID_ARGUMENT for a missing tensor or a wrong shape.
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  virtual bool Has(const std::string& name) const = 0;
+  virtual absl::StatusOr<torch::Tensor> Read(const std::string& name,
+                                             const std::vector<int64_t>& shape) const = 0;
+};
 
 struct LayerWeights {
   torch::Tensor attention_norm;  // [hidden]
@@ -37,12 +51,17 @@ struct LlamaWeights {
   torch::Tensor rope_freq_factors;
 };
 
-// Dequantizes every tensor of `file` into `dtype` on `device`, checking each shape
-// against `config`. Q and K projections of llama-type files are permuted back from
-// llama.cpp's interleaved rotary layout to the half-split one of Hugging Face.
+// Reads every parameter `config` calls for from `source` into `dtype` on `device`.
 // INVALID_ARGUMENT: a tensor is missing (named) or has the wrong shape.
-absl::StatusOr<LlamaWeights> LoadGgufWeights(const GgufFile& file, const ModelConfig& config,
-                                             torch::Device device, torch::ScalarType dtype);
+absl::StatusOr<LlamaWeights> LoadLlamaWeights(const WeightSource& source, const ModelConfig& config,
+                                              torch::Device device, torch::ScalarType dtype);
+
+// The tensors of a GGUF file, dequantized; Q and K projections of llama-type files are
+// permuted back from llama.cpp's interleaved rotary layout to the half-split one.
+std::unique_ptr<WeightSource> GgufWeightSource(const GgufFile& file, const ModelConfig& config);
+
+// The tensors of a Hugging Face safetensors checkpoint.
+std::unique_ptr<WeightSource> HfWeightSource(const HfCheckpoint& checkpoint);
 
 }  // namespace apeserve::model
 

@@ -1,6 +1,7 @@
 #include "model/tokenizer.h"
 
 #include <algorithm>
+#include <nlohmann/json.hpp>
 #include <queue>
 #include <tuple>
 
@@ -17,6 +18,7 @@ namespace {
 // GGUF token types (llama.cpp's llama_token_type).
 constexpr int64_t kControlToken = 3;
 constexpr int64_t kUserDefinedToken = 4;
+constexpr size_t kMaxVocabulary = size_t{1} << 24;
 
 uint64_t PairKey(int32_t left, int32_t right) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
@@ -32,6 +34,54 @@ absl::StatusOr<int32_t> OptionalId(const GgufFile& file, absl::string_view key, 
   return static_cast<int32_t>(id);
 }
 
+// The split patterns of a tokenizer.json pre-tokenizer, appended to `patterns`.
+absl::Status ReadPreTokenizer(const nlohmann::json& pre, std::vector<std::string>& patterns) {
+  if (pre.is_null()) return absl::OkStatus();
+  const std::string type = pre.value("type", "");
+  if (type == "Sequence") {
+    for (const auto& inner : pre.at("pretokenizers")) {
+      APE_RETURN_IF_ERROR(ReadPreTokenizer(inner, patterns));
+    }
+    return absl::OkStatus();
+  }
+  if (type == "ByteLevel") {
+    if (pre.value("add_prefix_space", false)) {
+      return absl::InvalidArgumentError(
+          "tokenizer.json: ByteLevel add_prefix_space is not supported");
+    }
+    if (pre.value("use_regex", true)) patterns.emplace_back(PreTokenizerPattern("gpt2"));
+    return absl::OkStatus();
+  }
+  if (type == "Digits") {
+    patterns.emplace_back(pre.value("individual_digits", false) ? R"(\p{N})" : R"(\p{N}+)");
+    return absl::OkStatus();
+  }
+  if (type == "Split") {
+    if (pre.value("behavior", "") != "Isolated" || pre.value("invert", false)) {
+      return absl::InvalidArgumentError(
+          "tokenizer.json: only Split pre-tokenizers with Isolated behavior are supported");
+    }
+    const auto& pattern = pre.at("pattern");
+    if (pattern.contains("Regex")) {
+      patterns.push_back(pattern.at("Regex").get<std::string>());
+    } else {
+      patterns.push_back(absl::StrCat("\\Q", pattern.at("String").get<std::string>(), "\\E"));
+    }
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("tokenizer.json: pre-tokenizer '", type, "' is not supported"));
+}
+
+// A token given in tokenizer_config.json as "text" or {"content": "text"}.
+std::string TokenText(const nlohmann::json& config, const char* key) {
+  if (!config.contains(key)) return "";
+  const auto& value = config.at(key);
+  if (value.is_string()) return value.get<std::string>();
+  if (value.is_object()) return value.value("content", "");
+  return "";
+}
+
 }  // namespace
 
 Tokenizer::Tokenizer() = default;
@@ -44,79 +94,184 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& f
         absl::StrCat("model file '", file.path(), "' has a '", model,
                      "' tokenizer; apeserve reads byte-level BPE ('gpt2') vocabularies"));
   }
-  APE_ASSIGN_OR_RETURN(const std::vector<std::string> tokens,
-                       file.GetStringArray("tokenizer.ggml.tokens"));
+  Spec spec;
+  APE_ASSIGN_OR_RETURN(spec.tokens, file.GetStringArray("tokenizer.ggml.tokens"));
+  if (spec.tokens.empty() || spec.tokens.size() > kMaxVocabulary) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("vocabulary of ", spec.tokens.size(), " tokens"));
+  }
   APE_ASSIGN_OR_RETURN(const std::vector<std::string> merges,
                        file.GetStringArray("tokenizer.ggml.merges"));
-  std::vector<int64_t> types(tokens.size(), 1);
+  for (size_t rank = 0; rank < merges.size(); ++rank) {
+    const size_t space = merges[rank].find(' ');
+    if (space == std::string::npos || merges[rank].find(' ', space + 1) != std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("merge #", rank, " '", merges[rank], "' is not two tokens"));
+    }
+    spec.merges.emplace_back(merges[rank].substr(0, space), merges[rank].substr(space + 1));
+  }
   if (file.Find("tokenizer.ggml.token_type") != nullptr) {
-    APE_ASSIGN_OR_RETURN(types, file.GetIntArray("tokenizer.ggml.token_type"));
-    if (types.size() != tokens.size()) {
+    APE_ASSIGN_OR_RETURN(const std::vector<int64_t> types,
+                         file.GetIntArray("tokenizer.ggml.token_type"));
+    if (types.size() != spec.tokens.size()) {
       return absl::InvalidArgumentError(absl::StrCat("tokenizer.ggml.token_type has ", types.size(),
-                                                     " entries for ", tokens.size(), " tokens"));
+                                                     " entries for ", spec.tokens.size(),
+                                                     " tokens"));
+    }
+    for (size_t id = 0; id < types.size(); ++id) {
+      const std::string& token = spec.tokens[id];
+      // A control token spelled outside the byte alphabet is a mislabel; the reference
+      // converter leaves it out of the added tokens, and so do we.
+      const bool control = types[id] == kControlToken && UnspellBytes(token).has_value();
+      if (control || types[id] == kUserDefinedToken) {
+        spec.added.push_back({token, static_cast<int32_t>(id), control});
+      }
     }
   }
-  if (tokens.empty() || tokens.size() > (1U << 30)) {
-    return absl::InvalidArgumentError(absl::StrCat("vocabulary of ", tokens.size(), " tokens"));
+  std::string pre = "default";
+  if (file.Find("tokenizer.ggml.pre") != nullptr) {
+    APE_ASSIGN_OR_RETURN(pre, file.GetString("tokenizer.ggml.pre"));
   }
-  const auto vocab = static_cast<int32_t>(tokens.size());
+  spec.split_patterns.emplace_back(PreTokenizerPattern(pre));
+  const auto vocab = static_cast<int32_t>(spec.tokens.size());
+  APE_ASSIGN_OR_RETURN(spec.bos_id, OptionalId(file, "tokenizer.ggml.bos_token_id", vocab));
+  APE_ASSIGN_OR_RETURN(spec.eos_id, OptionalId(file, "tokenizer.ggml.eos_token_id", vocab));
+  if (file.Find("tokenizer.ggml.add_bos_token") != nullptr) {
+    APE_ASSIGN_OR_RETURN(spec.add_bos, file.GetBool("tokenizer.ggml.add_bos_token"));
+  }
+  return FromSpec(std::move(spec));
+}
 
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromHfJson(absl::string_view tokenizer_json,
+                                                                 absl::string_view config_json) {
+  const nlohmann::json json = nlohmann::json::parse(tokenizer_json.begin(), tokenizer_json.end(),
+                                                    nullptr, /*allow_exceptions=*/false);
+  if (!json.is_object()) return absl::InvalidArgumentError("tokenizer.json is not a JSON object");
+  nlohmann::json config = nlohmann::json::object();
+  if (!config_json.empty()) {
+    config = nlohmann::json::parse(config_json.begin(), config_json.end(), nullptr, false);
+    if (!config.is_object()) {
+      return absl::InvalidArgumentError("tokenizer_config.json is not a JSON object");
+    }
+  }
+  Spec spec;
+  try {
+    const auto& model = json.at("model");
+    if (model.value("type", "") != "BPE" || model.value("byte_fallback", false)) {
+      return absl::InvalidArgumentError(
+          "tokenizer.json: only byte-level BPE models are supported (no byte_fallback)");
+    }
+    if (json.contains("normalizer") && !json.at("normalizer").is_null()) {
+      return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: normalizer '",
+                                                     json.at("normalizer").value("type", "?"),
+                                                     "' is not supported"));
+    }
+    spec.ignore_merges = model.value("ignore_merges", false);
+    const auto place = [&spec](int64_t id, const std::string& token) -> absl::Status {
+      if (id < 0 || static_cast<size_t>(id) >= kMaxVocabulary) {
+        return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: token id ", id));
+      }
+      if (static_cast<size_t>(id) >= spec.tokens.size())
+        spec.tokens.resize(static_cast<size_t>(id) + 1);
+      spec.tokens[static_cast<size_t>(id)] = token;
+      return absl::OkStatus();
+    };
+    for (const auto& [token, id] : model.at("vocab").items()) {
+      APE_RETURN_IF_ERROR(place(id.get<int64_t>(), token));
+    }
+    for (const auto& merge : model.at("merges")) {
+      if (merge.is_array() && merge.size() == 2) {
+        spec.merges.emplace_back(merge[0].get<std::string>(), merge[1].get<std::string>());
+        continue;
+      }
+      const std::string text = merge.get<std::string>();
+      const size_t space = text.find(' ');
+      if (space == std::string::npos) {
+        return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: merge '", text, "'"));
+      }
+      spec.merges.emplace_back(text.substr(0, space), text.substr(space + 1));
+    }
+    for (const auto& added : json.value("added_tokens", nlohmann::json::array())) {
+      const int64_t id = added.at("id").get<int64_t>();
+      const std::string content = added.at("content").get<std::string>();
+      if (static_cast<size_t>(id) >= spec.tokens.size() ||
+          spec.tokens[static_cast<size_t>(id)].empty()) {
+        APE_RETURN_IF_ERROR(place(id, SpellBytes(content)));
+      }
+      spec.added.push_back({content, static_cast<int32_t>(id), added.value("special", false)});
+    }
+    APE_RETURN_IF_ERROR(
+        ReadPreTokenizer(json.value("pre_tokenizer", nlohmann::json()), spec.split_patterns));
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: ", e.what()));
+  }
+  // BOS and EOS by their text, as tokenizer_config.json names them.
+  const auto id_of = [&spec](const std::string& text) {
+    for (const Spec::Added& added : spec.added) {
+      if (added.content == text) return added.id;
+    }
+    return -1;
+  };
+  spec.bos_id = id_of(TokenText(config, "bos_token"));
+  spec.eos_id = id_of(TokenText(config, "eos_token"));
+  spec.add_bos = config.value("add_bos_token", false) && spec.bos_id >= 0;
+  return FromSpec(std::move(spec));
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSpec(Spec spec) {
   std::unique_ptr<Tokenizer> t(new Tokenizer());
-  t->token_bytes_.resize(tokens.size());
-  t->special_.assign(tokens.size(), false);
+  const auto vocab = static_cast<int32_t>(spec.tokens.size());
+  t->token_bytes_.resize(spec.tokens.size());
+  t->special_.assign(spec.tokens.size(), false);
   for (int32_t id = 0; id < vocab; ++id) {
-    const std::string& token = tokens[static_cast<size_t>(id)];
-    // Tokens are spelled in the byte alphabet; one that is not (a mislabelled control
-    // token, say) stands for its own UTF-8 bytes, as the reference converter reads it.
+    const std::string& token = spec.tokens[static_cast<size_t>(id)];
+    if (token.empty()) continue;
+    // Tokens are spelled in the byte alphabet; one that is not stands for its own
+    // UTF-8 bytes, as the reference converter reads it.
     const std::optional<std::string> raw = UnspellBytes(token);
     t->token_bytes_[static_cast<size_t>(id)] = raw.has_value() ? *raw : token;
     t->spelled_to_id_[raw.has_value() ? token : SpellBytes(token)] = id;  // later ids win
-    const int64_t type = types[static_cast<size_t>(id)];
-    if ((type == kControlToken && raw.has_value()) || type == kUserDefinedToken) {
-      t->added_.emplace_back(token, id);
-      t->special_[static_cast<size_t>(id)] = type == kControlToken;
+  }
+  for (const Spec::Added& added : spec.added) {
+    if (added.id < 0 || added.id >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("added token '", added.content, "' has id ",
+                                                     added.id, " outside the vocabulary"));
     }
+    t->token_bytes_[static_cast<size_t>(added.id)] = added.content;
+    t->special_[static_cast<size_t>(added.id)] = added.special;
+    t->added_.emplace_back(added.content, added.id);
   }
   // Longest first, so that a token is never cut short by one of its own prefixes.
   std::stable_sort(t->added_.begin(), t->added_.end(),
                    [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
 
-  // Some vocabularies leave out rare control bytes; like the reference (BPE without
-  // an unknown token), those bytes are dropped from the input.
+  // Some vocabularies leave out rare control bytes; like the reference (BPE without an
+  // unknown token), those bytes are dropped from the input.
   for (int b = 0; b < 256; ++b) {
     const auto it = t->spelled_to_id_.find(ByteSpelling(static_cast<uint8_t>(b)));
     t->byte_token_[b] = it == t->spelled_to_id_.end() ? -1 : it->second;
   }
-  for (size_t rank = 0; rank < merges.size(); ++rank) {
-    const std::string& merge = merges[rank];
-    const size_t space = merge.find(' ');
-    const auto find = [&t](const std::string& s) {
-      const auto it = t->spelled_to_id_.find(s);
-      return it == t->spelled_to_id_.end() ? -1 : it->second;
-    };
-    if (space == std::string::npos || merge.find(' ', space + 1) != std::string::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("merge #", rank, " '", merge, "' is not two tokens"));
-    }
-    const std::string left = merge.substr(0, space), right = merge.substr(space + 1);
+  const auto find = [&t](const std::string& s) {
+    const auto it = t->spelled_to_id_.find(s);
+    return it == t->spelled_to_id_.end() ? -1 : it->second;
+  };
+  for (size_t rank = 0; rank < spec.merges.size(); ++rank) {
+    const auto& [left, right] = spec.merges[rank];
     const int32_t left_id = find(left), right_id = find(right), merged_id = find(left + right);
     if (left_id < 0 || right_id < 0 || merged_id < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("merge #", rank, " '", merge, "' uses a token outside the vocabulary"));
+      return absl::InvalidArgumentError(absl::StrCat("merge #", rank, " '", left, " ", right,
+                                                     "' uses a token outside the vocabulary"));
     }
     t->merges_[PairKey(left_id, right_id)] = {static_cast<int32_t>(rank), merged_id};
   }
-
-  std::string pre = "default";
-  if (file.Find("tokenizer.ggml.pre") != nullptr) {
-    APE_ASSIGN_OR_RETURN(pre, file.GetString("tokenizer.ggml.pre"));
+  for (const std::string& pattern : spec.split_patterns) {
+    APE_ASSIGN_OR_RETURN(std::unique_ptr<RegexSplitter> splitter, RegexSplitter::Create(pattern));
+    t->splitters_.push_back(std::move(splitter));
   }
-  APE_ASSIGN_OR_RETURN(t->splitter_, RegexSplitter::Create(PreTokenizerPattern(pre)));
-  APE_ASSIGN_OR_RETURN(t->bos_id_, OptionalId(file, "tokenizer.ggml.bos_token_id", vocab));
-  APE_ASSIGN_OR_RETURN(t->eos_id_, OptionalId(file, "tokenizer.ggml.eos_token_id", vocab));
-  if (file.Find("tokenizer.ggml.add_bos_token") != nullptr) {
-    APE_ASSIGN_OR_RETURN(t->add_bos_, file.GetBool("tokenizer.ggml.add_bos_token"));
-  }
+  t->ignore_merges_ = spec.ignore_merges;
+  t->bos_id_ = spec.bos_id;
+  t->eos_id_ = spec.eos_id;
+  t->add_bos_ = spec.add_bos;
   return t;
 }
 
@@ -124,9 +279,15 @@ std::vector<int32_t> Tokenizer::Encode(absl::string_view text, bool parse_specia
   std::vector<int32_t> ids;
   size_t plain_start = 0;  // start of the text not yet tokenized
   const auto flush_plain = [&](size_t end) {
-    for (absl::string_view piece : splitter_->Split(text.substr(plain_start, end - plain_start))) {
-      EncodePiece(piece, ids);
+    std::vector<absl::string_view> pieces = {text.substr(plain_start, end - plain_start)};
+    for (const auto& splitter : splitters_) {
+      std::vector<absl::string_view> finer;
+      for (absl::string_view piece : pieces) {
+        for (absl::string_view part : splitter->Split(piece)) finer.push_back(part);
+      }
+      pieces = std::move(finer);
     }
+    for (absl::string_view piece : pieces) EncodePiece(piece, ids);
   };
   for (size_t i = 0; i < text.size();) {
     const std::pair<std::string, int32_t>* match = nullptr;
@@ -154,6 +315,13 @@ std::vector<int32_t> Tokenizer::Encode(absl::string_view text, bool parse_specia
 // pair of lowest rank (leftmost first) until no pair has a merge.
 void Tokenizer::EncodePiece(absl::string_view piece, std::vector<int32_t>& out) const {
   if (piece.empty()) return;
+  if (ignore_merges_) {
+    const auto whole = spelled_to_id_.find(SpellBytes(piece));
+    if (whole != spelled_to_id_.end()) {
+      out.push_back(whole->second);
+      return;
+    }
+  }
   struct Symbol {
     int32_t id;
     int prev;
@@ -167,6 +335,7 @@ void Tokenizer::EncodePiece(absl::string_view piece, std::vector<int32_t>& out) 
   }
   if (symbols.empty()) return;
   for (size_t i = 0; i + 1 < symbols.size(); ++i) symbols[i].next = static_cast<int>(i) + 1;
+
   using Candidate = std::tuple<int32_t, int, int32_t, int32_t>;  // rank, position, left, right
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> queue;
   const auto consider = [&](int position) {

@@ -1,9 +1,10 @@
 // Text to token ids and back, exactly as the model's reference tokenizer does it.
 //
-// Byte-level BPE (GPT-2 style: SmolLM2, Llama 3, Qwen2) read from GGUF metadata:
-// special and added tokens written in the text are matched first (longest first),
-// the rest is cut into pre-tokens by the vocabulary's regular expression, spelled in
-// the byte alphabet, and merged by rank. Thread-safety: immutable after construction.
+// Byte-level BPE (GPT-2 style: SmolLM2, Llama 3, Qwen2) read from GGUF metadata or a
+// Hugging Face tokenizer.json: special and added tokens written in the text are matched
+// first (longest first), the rest is cut into pre-tokens by the vocabulary's regular
+// expressions, spelled in the byte alphabet, and merged by rank.
+// Thread-safety: immutable after construction.
 #ifndef APESERVE_MODEL_TOKENIZER_H_
 #define APESERVE_MODEL_TOKENIZER_H_
 
@@ -27,6 +28,31 @@ class Tokenizer {
   // INVALID_ARGUMENT: a tokenizer model other than "gpt2" (byte-level BPE), or a
   // vocabulary whose tokens, types or merges are inconsistent.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromGguf(const GgufFile& file);
+
+  // From a Hugging Face tokenizer.json and, optionally, tokenizer_config.json (BOS,
+  // EOS, add_bos_token). INVALID_ARGUMENT names what we do not read: a model other than
+  // byte-level BPE, a normalizer, a pre-tokenizer other than ByteLevel, Split, Digits
+  // and Sequence of those.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromHfJson(absl::string_view tokenizer_json,
+                                                               absl::string_view config_json);
+
+  // What both readers produce: the vocabulary in byte-alphabet spelling.
+  struct Spec {
+    std::vector<std::string> tokens;                          // by id; "" for unused ids
+    std::vector<std::pair<std::string, std::string>> merges;  // by rank
+    struct Added {
+      std::string content;  // as written in text
+      int32_t id;
+      bool special;
+    };
+    std::vector<Added> added;
+    std::vector<std::string> split_patterns;  // applied one after the other
+    bool ignore_merges = false;  // a pre-token found whole in the vocabulary is one token
+    int32_t bos_id = -1;
+    int32_t eos_id = -1;
+    bool add_bos = false;
+  };
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromSpec(Spec spec);
 
   Tokenizer(const Tokenizer&) = delete;
   Tokenizer& operator=(const Tokenizer&) = delete;
@@ -59,7 +85,8 @@ class Tokenizer {
       merges_;                                          // (left, right) -> (rank, id)
   std::vector<std::pair<std::string, int32_t>> added_;  // matched whole in text, longest first
   std::vector<bool> special_;
-  std::unique_ptr<RegexSplitter> splitter_;
+  std::vector<std::unique_ptr<RegexSplitter>> splitters_;
+  bool ignore_merges_ = false;
   int32_t byte_token_[256] = {};  // the token of each single byte; -1 if none
   int32_t bos_id_ = -1;
   int32_t eos_id_ = -1;
