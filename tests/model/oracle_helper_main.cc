@@ -1,13 +1,17 @@
 // oracle_helper: our tokenizer and chat template, driven by the Python oracle tests.
-// Reads JSON lines on standard input and writes one JSON line per input line:
+// Reads JSON lines on standard input and writes one JSON line per input line. MODEL is
+// a GGUF file or a Hugging Face folder (its tokenizer.json).
 //
-//   oracle_helper tokenize MODEL.gguf   {"text": ...} -> {"ids": [...], "decoded": ...,
+//   oracle_helper tokenize MODEL        {"text": ...} -> {"ids": [...], "decoded": ...,
 //                                        "streamed": [pieces of a StreamingDecoder]}
 //   oracle_helper chat MODEL.gguf       {"messages": [{"role", "content"}...],
 //                                        "add_generation_prompt": bool} -> {"text": ...}
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 
 #include "model/chat_template.h"
@@ -30,15 +34,29 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string mode = argv[1];
-  auto file = apeserve::model::GgufFile::Open(argv[2]);
-  if (!file.ok()) return Fail(file.status().ToString());
-  auto tokenizer = apeserve::model::Tokenizer::FromGguf(**file);
+  const std::string path = argv[2];
+  // A folder is a Hugging Face model: its tokenizer.json; a file is GGUF.
+  std::unique_ptr<apeserve::model::GgufFile> file;
+  absl::StatusOr<std::unique_ptr<apeserve::model::Tokenizer>> tokenizer;
+  if (std::filesystem::is_directory(path)) {
+    std::ifstream json(path + "/tokenizer.json"), config(path + "/tokenizer_config.json");
+    std::stringstream json_text, config_text;
+    json_text << json.rdbuf();
+    config_text << config.rdbuf();
+    tokenizer = apeserve::model::Tokenizer::FromHfJson(json_text.str(), config_text.str());
+  } else {
+    auto opened = apeserve::model::GgufFile::Open(path);
+    if (!opened.ok()) return Fail(opened.status().ToString());
+    file = *std::move(opened);
+    tokenizer = apeserve::model::Tokenizer::FromGguf(*file);
+  }
   if (!tokenizer.ok()) return Fail(tokenizer.status().ToString());
   const apeserve::model::Tokenizer& t = **tokenizer;
 
   std::unique_ptr<apeserve::model::ChatTemplate> chat;
   if (mode == "chat") {
-    const auto jinja = (*file)->GetString("tokenizer.chat_template");
+    if (file == nullptr) return Fail("chat mode reads a GGUF file");
+    const auto jinja = file->GetString("tokenizer.chat_template");
     if (!jinja.ok()) return Fail(jinja.status().ToString());
     auto parsed = apeserve::model::ChatTemplate::FromJinja(
         *jinja, std::string(t.TokenBytes(t.bos_id())), std::string(t.TokenBytes(t.eos_id())));

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import subprocess
+import tempfile
 import unittest
 
 from transformers import AutoTokenizer
@@ -90,19 +91,26 @@ CORPUS = (ENGLISH + CODE + WHITESPACE + DIGITS + PUNCTUATION + CJK + EMOJI + ACC
           random_mixtures(160, 20261122))
 
 
+def tokenize_with_ours(path):
+    """Our tokenizer of `path` (a GGUF file or a folder with tokenizer.json) over CORPUS."""
+    run = subprocess.run([os.environ["ORACLE_HELPER"], "tokenize", path], capture_output=True,
+                         text=True, input="".join(json.dumps({"text": s}) + "\n" for s in CORPUS),
+                         check=False)
+    if run.returncode != 0:
+        raise RuntimeError("oracle_helper failed:\n" + run.stderr)
+    # Not splitlines(): that would also split at U+2028 inside a JSON string.
+    ours = [json.loads(line) for line in run.stdout.split("\n") if line]
+    assert len(ours) == len(CORPUS)
+    return ours
+
+
 class TokenizerOracleTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         path = os.environ["APESERVE_TEST_MODEL"]
         folder, name = os.path.split(path)
         cls.reference = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        run = subprocess.run([os.environ["ORACLE_HELPER"], "tokenize", path], capture_output=True, text=True,
-                             input="".join(json.dumps({"text": s}) + "\n" for s in CORPUS),
-                             check=False)
-        if run.returncode != 0:
-            raise RuntimeError("oracle_helper failed:\n" + run.stderr)
-        cls.ours = [json.loads(line) for line in run.stdout.split("\n") if line]
-        assert len(cls.ours) == len(CORPUS)
+        cls.ours = tokenize_with_ours(path)
 
     def test_corpus_is_large_enough(self):
         self.assertGreaterEqual(len(set(CORPUS)), 300)
@@ -118,6 +126,15 @@ class TokenizerOracleTest(unittest.TestCase):
     def test_decode_inverts_encode(self):
         for text, ours in zip(CORPUS, self.ours):
             self.assertEqual(ours["decoded"], text)
+
+    def test_tokenizer_json_reads_the_same(self):
+        # The reference tokenizer saved as a Hugging Face folder: our tokenizer.json
+        # reader must give the same ids as the GGUF one.
+        with tempfile.TemporaryDirectory(prefix="apeserve-tok-") as folder:
+            self.reference.save_pretrained(folder)
+            from_json = tokenize_with_ours(folder)
+        for text, ours, gguf in zip(CORPUS, from_json, self.ours):
+            self.assertEqual(ours["ids"], gguf["ids"], repr(text))
 
     def test_streaming_decode_gives_the_text_back(self):
         for text, ours in zip(CORPUS, self.ours):

@@ -1,0 +1,115 @@
+"""Hugging Face folders: tiny random-weight models written by transformers, read by the
+engine from config.json + safetensors, must give transformers' logits (max |diff| <=
+1e-3) and greedy tokens. Covers Llama with grouped-query attention and Llama 3 rope
+scaling in sharded F32, tied embeddings in BF16, Qwen2 with q/k/v bias in F16, and
+Mistral. Run by CTest, which sets APESERVE_TEST_MODEL (for its tokenizer) and APEGEN.
+"""
+
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+
+import numpy as np
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig,
+                          Qwen2Config)
+
+VOCAB = 49152  # the embedded model's tokenizer is saved beside each model
+SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+CASES = {
+    "llama_gqa_llama3_rope_sharded_f32": (
+        LlamaConfig(**SMALL, tie_word_embeddings=False, rope_theta=500000.0,
+                    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0,
+                                  "original_max_position_embeddings": 64}),
+        torch.float32, "2MB"),
+    "llama_tied_bf16": (LlamaConfig(**SMALL, tie_word_embeddings=True), torch.bfloat16, None),
+    "qwen2_bias_f16": (Qwen2Config(**SMALL, tie_word_embeddings=False), torch.float16, None),
+    "mistral_f32": (MistralConfig(**SMALL, sliding_window=None, tie_word_embeddings=False),
+                    torch.float32, None),
+}
+GREEDY_TOKENS = 16
+TOLERANCE = 1e-3
+
+
+class SafetensorsParityTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="apeserve-hf-")
+        folder, name = os.path.split(os.environ["APESERVE_TEST_MODEL"])
+        cls.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        rng = np.random.default_rng(7)
+        cls.prompts = [rng.integers(0, VOCAB, size=n).tolist() for n in (5, 17, 33)]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def check(self, case):
+        config, dtype, shard = CASES[case]
+        folder = os.path.join(self.tmp.name, case)
+        torch.manual_seed(1234)
+        model = AutoModelForCausalLM.from_config(config)
+        # Random weights attend almost uniformly, which would hide a wrong position
+        # encoding; sharper queries and keys make every rotary angle count.
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.weight.mul_(8)
+                layer.self_attn.k_proj.weight.mul_(8)
+        model = model.to(dtype)
+        model.save_pretrained(folder, **({"max_shard_size": shard} if shard else {}))
+        self.tokenizer.save_pretrained(folder)
+        if shard:
+            self.assertTrue(os.path.exists(os.path.join(folder, "model.safetensors.index.json")))
+        reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+        batch = os.path.join(folder, "prompts.jsonl")
+        with open(batch, "w") as f:
+            for ids in self.prompts:
+                f.write(json.dumps({"token_ids": ids}) + "\n")
+        logits_path = os.path.join(folder, "logits.f32")
+        run = subprocess.run(
+            [os.environ["APEGEN"], "--model=" + folder, "--device=cpu", "--dtype=float32",
+             "--batch_file=" + batch, "--logits_out=" + logits_path,
+             f"--max_tokens={GREEDY_TOKENS}"],
+            capture_output=True, text=True, check=False)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        generated = [json.loads(line)["tokens"] for line in run.stdout.split("\n") if line]
+        flat = np.fromfile(logits_path, dtype=np.float32)
+
+        offset = 0
+        for i, ids in enumerate(self.prompts):
+            ours = flat[offset:offset + len(ids) * VOCAB].reshape(len(ids), VOCAB)
+            offset += len(ids) * VOCAB
+            with torch.no_grad():
+                out = reference(torch.tensor([ids]), use_cache=True)
+                want = out.logits[0].numpy()
+                tokens = []
+                for _ in range(GREEDY_TOKENS):
+                    token = int(out.logits[0, -1].argmax())
+                    tokens.append(token)
+                    out = reference(torch.tensor([[token]]), past_key_values=out.past_key_values,
+                                    use_cache=True)
+            diff = float(np.abs(ours - want).max())
+            self.assertLessEqual(diff, TOLERANCE, f"{case}, prompt {i}: max |diff| {diff}")
+            self.assertEqual(generated[i], tokens, f"{case}, prompt {i}")
+        self.assertEqual(offset, flat.size)
+
+    def test_llama_gqa_llama3_rope_sharded_f32(self):
+        self.check("llama_gqa_llama3_rope_sharded_f32")
+
+    def test_llama_tied_bf16(self):
+        self.check("llama_tied_bf16")
+
+    def test_qwen2_bias_f16(self):
+        self.check("qwen2_bias_f16")
+
+    def test_mistral_f32(self):
+        self.check("mistral_f32")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
