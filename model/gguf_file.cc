@@ -68,7 +68,8 @@ absl::Status ReadInteger(ByteReader& reader, absl::string_view what, GgufValue& 
       return absl::InvalidArgumentError(absl::StrCat(what, " is ", value, ", beyond int64"));
     }
   }
-  out.integer = static_cast<int64_t>(value);
+  // Signed widths widen with their sign, as the format defines them.
+  out.integer = static_cast<int64_t>(value);  // NOLINT(bugprone-signed-char-misuse)
   return absl::OkStatus();
 }
 

@@ -19,11 +19,13 @@ using ::testing::HasSubstr;
 // Logits whose softmax (temperature 1) is exactly `probs`.
 std::vector<float> LogitsOf(const std::vector<double>& probs) {
   std::vector<float> logits;
+  logits.reserve(probs.size());
   for (double p : probs) logits.push_back(static_cast<float>(std::log(p)));
   return logits;
 }
 
-std::map<int32_t, int> Draw(SamplingOptions options, const std::vector<float>& logits, int n) {
+std::map<int32_t, int> Draw(const SamplingOptions& options, const std::vector<float>& logits,
+                            int n) {
   Sampler sampler(options);
   std::map<int32_t, int> counts;
   for (int i = 0; i < n; ++i) ++counts[sampler.Next(logits, {}).token];
