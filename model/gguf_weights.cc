@@ -5,7 +5,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "model/gguf_file.h"
@@ -60,7 +59,8 @@ std::string GgufName(const std::string& name) {
 
 class GgufSource final : public WeightSource {
  public:
-  GgufSource(const GgufFile& file, const ModelConfig& config) : file_(file), config_(config) {}
+  // The config is copied: the source may outlive (or move with) the caller's.
+  GgufSource(const GgufFile& file, ModelConfig config) : file_(file), config_(std::move(config)) {}
 
   bool Has(const std::string& name) const override {
     return file_.FindTensor(GgufName(name)) != nullptr;
@@ -70,15 +70,8 @@ class GgufSource final : public WeightSource {
                                      const std::vector<int64_t>& shape) const override {
     const std::string gguf_name = GgufName(name);
     const GgufTensor* tensor = file_.FindTensor(gguf_name);
-    if (tensor == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("model file '", file_.path(), "' has no tensor '", gguf_name, "'"));
-    }
-    if (tensor->shape != shape) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", gguf_name, "' has shape [", absl::StrJoin(tensor->shape, ", "),
-                       "]; the model config needs [", absl::StrJoin(shape, ", "), "]"));
-    }
+    APE_RETURN_IF_ERROR(CheckTensor(absl::StrCat("model file '", file_.path(), "'"), gguf_name,
+                                    tensor != nullptr, tensor ? tensor->shape : shape, shape));
     torch::Tensor values = torch::empty(shape, torch::kFloat32);
     APE_RETURN_IF_ERROR(Dequantize(tensor->type->type, tensor->bytes, tensor->element_count,
                                    values.data_ptr<float>()));
@@ -94,7 +87,7 @@ class GgufSource final : public WeightSource {
 
  private:
   const GgufFile& file_;
-  const ModelConfig& config_;
+  const ModelConfig config_;
 };
 
 }  // namespace

@@ -3,7 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
 #include "model/hf_checkpoint.h"
 #include "model/llama_weights.h"
 
@@ -19,15 +19,8 @@ class HfSource final : public WeightSource {
   absl::StatusOr<torch::Tensor> Read(const std::string& name,
                                      const std::vector<int64_t>& shape) const override {
     const SafetensorsTensor* tensor = checkpoint_.Find(name);
-    if (tensor == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("model folder '", checkpoint_.dir(), "' has no tensor '", name, "'"));
-    }
-    if (tensor->shape != shape) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", name, "' has shape [", absl::StrJoin(tensor->shape, ", "),
-                       "]; the model config needs [", absl::StrJoin(shape, ", "), "]"));
-    }
+    APE_RETURN_IF_ERROR(CheckTensor(absl::StrCat("model folder '", checkpoint_.dir(), "'"), name,
+                                    tensor != nullptr, tensor ? tensor->shape : shape, shape));
     torch::ScalarType type;
     if (tensor->dtype == "F32") {
       type = torch::kFloat32;

@@ -1,9 +1,23 @@
 #include "model/llama_weights.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 
 namespace apeserve::model {
+
+absl::Status CheckTensor(absl::string_view where, absl::string_view name, bool found,
+                         const std::vector<int64_t>& actual, const std::vector<int64_t>& expected) {
+  if (!found) {
+    return absl::InvalidArgumentError(absl::StrCat(where, " has no tensor '", name, "'"));
+  }
+  if (actual != expected) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "' has shape [", absl::StrJoin(actual, ", "),
+                     "]; the model config needs [", absl::StrJoin(expected, ", "), "]"));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<LlamaWeights> LoadLlamaWeights(const WeightSource& source, const ModelConfig& config,
                                               torch::Device device, torch::ScalarType dtype) {

@@ -51,16 +51,22 @@ struct LlamaWeights {
   torch::Tensor rope_freq_factors;
 };
 
+// The checks every WeightSource makes before reading `name` (as its file calls it) from
+// `where`: that it exists (`found`) and has the shape the config needs.
+absl::Status CheckTensor(absl::string_view where, absl::string_view name, bool found,
+                         const std::vector<int64_t>& actual, const std::vector<int64_t>& expected);
+
 // Reads every parameter `config` calls for from `source` into `dtype` on `device`.
 // INVALID_ARGUMENT: a tensor is missing (named) or has the wrong shape.
 absl::StatusOr<LlamaWeights> LoadLlamaWeights(const WeightSource& source, const ModelConfig& config,
                                               torch::Device device, torch::ScalarType dtype);
 
-// The tensors of a GGUF file, dequantized; Q and K projections of llama-type files are
-// permuted back from llama.cpp's interleaved rotary layout to the half-split one.
+// The tensors of a GGUF file (which must outlive the source), dequantized; Q and K projections of
+// llama-type files are permuted back from llama.cpp's interleaved rotary layout to the half-split
+// one.
 std::unique_ptr<WeightSource> GgufWeightSource(const GgufFile& file, const ModelConfig& config);
 
-// The tensors of a Hugging Face safetensors checkpoint.
+// The tensors of a Hugging Face safetensors checkpoint (which must outlive the source).
 std::unique_ptr<WeightSource> HfWeightSource(const HfCheckpoint& checkpoint);
 
 }  // namespace apeserve::model

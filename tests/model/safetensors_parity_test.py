@@ -16,6 +16,8 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig,
                           Qwen2Config)
 
+from reference import greedy_tokens
+
 VOCAB = 49152  # the embedded model's tokenizer is saved beside each model
 SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
@@ -84,15 +86,7 @@ class SafetensorsParityTest(unittest.TestCase):
         for i, ids in enumerate(self.prompts):
             ours = flat[offset:offset + len(ids) * VOCAB].reshape(len(ids), VOCAB)
             offset += len(ids) * VOCAB
-            with torch.no_grad():
-                out = reference(torch.tensor([ids]), use_cache=True)
-                want = out.logits[0].numpy()
-                tokens = []
-                for _ in range(GREEDY_TOKENS):
-                    token = int(out.logits[0, -1].argmax())
-                    tokens.append(token)
-                    out = reference(torch.tensor([[token]]), past_key_values=out.past_key_values,
-                                    use_cache=True)
+            want, tokens = greedy_tokens(reference, ids, GREEDY_TOKENS)
             diff = float(np.abs(ours - want).max())
             self.assertLessEqual(diff, TOLERANCE, f"{case}, prompt {i}: max |diff| {diff}")
             self.assertEqual(generated[i], tokens, f"{case}, prompt {i}")
