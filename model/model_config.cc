@@ -77,6 +77,16 @@ absl::StatusOr<ModelConfig> ConfigFromGguf(const GgufFile& file) {
   if (file.Find(a + ".attention.key_length") != nullptr) {
     APE_ASSIGN_OR_RETURN(config.head_dim, file.GetInt(a + ".attention.key_length"));
   }
+  // Rotary embedding over part of each head (as in some Phi and GPT-NeoX models) is
+  // not implemented; refuse it rather than compute wrong positions.
+  if (file.Find(a + ".rope.dimension_count") != nullptr) {
+    APE_ASSIGN_OR_RETURN(const int64_t rotary, file.GetInt(a + ".rope.dimension_count"));
+    if (rotary != config.head_dim) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model file '", file.path(), "' rotates ", rotary, " of ", config.head_dim,
+                       " head dimensions; partial rotary embedding is not supported"));
+    }
+  }
   if (file.Find(a + ".vocab_size") != nullptr) {
     APE_ASSIGN_OR_RETURN(config.vocab_size, file.GetInt(a + ".vocab_size"));
   } else {

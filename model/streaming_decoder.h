@@ -24,8 +24,12 @@ class StreamingDecoder {
   std::string Finish();
 
  private:
+  // Drops the leading space of the stream's first text, as Tokenizer::Decode does.
+  std::string StripAtStart(std::string text);
+
   const Tokenizer& tokenizer_;
-  std::string pending_;  // bytes of an unfinished character
+  std::string pending_;   // bytes of an unfinished character
+  bool at_start_ = true;  // nothing emitted yet (SentencePiece strips one leading space)
 };
 
 }  // namespace apeserve::model

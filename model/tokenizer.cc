@@ -6,14 +6,32 @@
 #include <tuple>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "common/status_macros.h"
 #include "model/byte_level.h"
 #include "model/gguf_file.h"
 #include "model/regex_splitter.h"
+#include "model/sentencepiece_merges.h"
+#include "model/utf8.h"
 
 namespace apeserve::model {
 namespace {
+
+// SentencePiece's stand-in for a space, U+2581.
+constexpr absl::string_view kSpaceMark = "\xE2\x96\x81";
+
+// The byte of a "<0xXX>" token.
+std::optional<uint8_t> ByteToken(absl::string_view token) {
+  int value = 0;
+  if (token.size() != 6 || !absl::StartsWith(token, "<0x") || token[5] != '>' ||
+      !absl::SimpleHexAtoi(token.substr(3, 2), &value)) {
+    return std::nullopt;
+  }
+  return static_cast<uint8_t>(value);
+}
 
 // GGUF token types (llama.cpp's llama_token_type).
 constexpr int64_t kControlToken = 3;
@@ -89,19 +107,31 @@ Tokenizer::~Tokenizer() = default;
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& file) {
   APE_ASSIGN_OR_RETURN(const std::string model, file.GetString("tokenizer.ggml.model"));
-  if (model != "gpt2") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model file '", file.path(), "' has a '", model,
-                     "' tokenizer; apeserve reads byte-level BPE ('gpt2') vocabularies"));
+  if (model != "gpt2" && model != "llama") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model file '", file.path(), "' has a '", model,
+        "' tokenizer; apeserve reads byte-level ('gpt2') and SentencePiece ('llama') BPE"));
   }
   Spec spec;
+  spec.sentencepiece = model == "llama";
   APE_ASSIGN_OR_RETURN(spec.tokens, file.GetStringArray("tokenizer.ggml.tokens"));
   if (spec.tokens.empty() || spec.tokens.size() > kMaxVocabulary) {
     return absl::InvalidArgumentError(
         absl::StrCat("vocabulary of ", spec.tokens.size(), " tokens"));
   }
-  APE_ASSIGN_OR_RETURN(const std::vector<std::string> merges,
-                       file.GetStringArray("tokenizer.ggml.merges"));
+  std::vector<std::string> merges;
+  if (file.Find("tokenizer.ggml.merges") != nullptr) {
+    APE_ASSIGN_OR_RETURN(merges, file.GetStringArray("tokenizer.ggml.merges"));
+  } else if (spec.sentencepiece) {
+    // SentencePiece files rank merges by score instead of listing them.
+    APE_ASSIGN_OR_RETURN(const std::vector<double> scores,
+                         file.GetFloatArray("tokenizer.ggml.scores"));
+    spec.merges =
+        SentencePieceMerges(spec.tokens, std::vector<float>(scores.begin(), scores.end()));
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model file '", file.path(), "' has no tokenizer.ggml.merges"));
+  }
   for (size_t rank = 0; rank < merges.size(); ++rank) {
     const size_t space = merges[rank].find(' ');
     if (space == std::string::npos || merges[rank].find(' ', space + 1) != std::string::npos) {
@@ -122,7 +152,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& f
       const std::string& token = spec.tokens[id];
       // A control token spelled outside the byte alphabet is a mislabel; the reference
       // converter leaves it out of the added tokens, and so do we.
-      const bool control = types[id] == kControlToken && UnspellBytes(token).has_value();
+      const bool control =
+          types[id] == kControlToken && (spec.sentencepiece || UnspellBytes(token).has_value());
       if (control || types[id] == kUserDefinedToken) {
         spec.added.push_back({token, static_cast<int32_t>(id), control});
       }
@@ -136,9 +167,16 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& f
   const auto vocab = static_cast<int32_t>(spec.tokens.size());
   APE_ASSIGN_OR_RETURN(spec.bos_id, OptionalId(file, "tokenizer.ggml.bos_token_id", vocab));
   APE_ASSIGN_OR_RETURN(spec.eos_id, OptionalId(file, "tokenizer.ggml.eos_token_id", vocab));
+  APE_ASSIGN_OR_RETURN(spec.unk_id, OptionalId(file, "tokenizer.ggml.unknown_token_id", vocab));
+  // llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise.
+  spec.add_bos = spec.sentencepiece;
   if (file.Find("tokenizer.ggml.add_bos_token") != nullptr) {
     APE_ASSIGN_OR_RETURN(spec.add_bos, file.GetBool("tokenizer.ggml.add_bos_token"));
   }
+  if (file.Find("tokenizer.ggml.add_space_prefix") != nullptr) {
+    APE_ASSIGN_OR_RETURN(spec.add_prefix_space, file.GetBool("tokenizer.ggml.add_space_prefix"));
+  }
+  if (spec.sentencepiece) spec.split_patterns.clear();  // one pre-token per text span
   return FromSpec(std::move(spec));
 }
 
@@ -226,6 +264,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSpec(Spec spec) {
   for (int32_t id = 0; id < vocab; ++id) {
     const std::string& token = spec.tokens[static_cast<size_t>(id)];
     if (token.empty()) continue;
+    if (spec.sentencepiece) {
+      // "▁" stands for a space; "<0xXX>" for one byte.
+      const std::optional<uint8_t> byte = ByteToken(token);
+      t->token_bytes_[static_cast<size_t>(id)] =
+          byte.has_value() ? std::string(1, static_cast<char>(*byte))
+                           : absl::StrReplaceAll(token, {{kSpaceMark, " "}});
+      t->spelled_to_id_[token] = id;
+      continue;
+    }
     // Tokens are spelled in the byte alphabet; one that is not stands for its own
     // UTF-8 bytes, as the reference converter reads it.
     const std::optional<std::string> raw = UnspellBytes(token);
@@ -248,7 +295,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSpec(Spec spec) {
   // Some vocabularies leave out rare control bytes; like the reference (BPE without an
   // unknown token), those bytes are dropped from the input.
   for (int b = 0; b < 256; ++b) {
-    const auto it = t->spelled_to_id_.find(ByteSpelling(static_cast<uint8_t>(b)));
+    const auto it =
+        t->spelled_to_id_.find(spec.sentencepiece ? absl::StrFormat("<0x%02X>", b)
+                                                  : ByteSpelling(static_cast<uint8_t>(b)));
     t->byte_token_[b] = it == t->spelled_to_id_.end() ? -1 : it->second;
   }
   const auto find = [&t](const std::string& s) {
@@ -269,6 +318,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSpec(Spec spec) {
     t->splitters_.push_back(std::move(splitter));
   }
   t->ignore_merges_ = spec.ignore_merges;
+  t->sentencepiece_ = spec.sentencepiece;
+  t->add_prefix_space_ = spec.add_prefix_space;
+  t->unk_id_ = spec.unk_id;
   t->bos_id_ = spec.bos_id;
   t->eos_id_ = spec.eos_id;
   t->add_bos_ = spec.add_bos;
@@ -279,6 +331,17 @@ std::vector<int32_t> Tokenizer::Encode(absl::string_view text, bool parse_specia
   std::vector<int32_t> ids;
   size_t plain_start = 0;  // start of the text not yet tokenized
   const auto flush_plain = [&](size_t end) {
+    if (sentencepiece_) {
+      if (end == plain_start) return;
+      // Spaces become "▁", and text that starts the input gets one in front.
+      std::string word =
+          absl::StrReplaceAll(text.substr(plain_start, end - plain_start), {{" ", kSpaceMark}});
+      if (add_prefix_space_ && plain_start == 0 && !absl::StartsWith(word, kSpaceMark)) {
+        word.insert(0, kSpaceMark.data(), kSpaceMark.size());
+      }
+      EncodePiece(word, ids);
+      return;
+    }
     std::vector<absl::string_view> pieces = {text.substr(plain_start, end - plain_start)};
     for (const auto& splitter : splitters_) {
       std::vector<absl::string_view> finer;
@@ -328,10 +391,8 @@ void Tokenizer::EncodePiece(absl::string_view piece, std::vector<int32_t>& out) 
     int next;
   };
   std::vector<Symbol> symbols;
-  symbols.reserve(piece.size());
-  for (char c : piece) {
-    const int32_t id = byte_token_[static_cast<uint8_t>(c)];
-    if (id >= 0) symbols.push_back({id, static_cast<int>(symbols.size()) - 1, -1});
+  for (int32_t id : InitialSymbols(piece)) {
+    symbols.push_back({id, static_cast<int>(symbols.size()) - 1, -1});
   }
   if (symbols.empty()) return;
   for (size_t i = 0; i + 1 < symbols.size(); ++i) symbols[i].next = static_cast<int>(i) + 1;
@@ -371,12 +432,51 @@ void Tokenizer::EncodePiece(absl::string_view piece, std::vector<int32_t>& out) 
   }
 }
 
+std::vector<int32_t> Tokenizer::InitialSymbols(absl::string_view piece) const {
+  std::vector<int32_t> ids;
+  ids.reserve(piece.size());
+  if (!sentencepiece_) {
+    // Byte-level: one symbol per byte; a byte the vocabulary lacks is dropped, as the
+    // reference (BPE without an unknown token) drops it.
+    for (char c : piece) {
+      const int32_t id = byte_token_[static_cast<uint8_t>(c)];
+      if (id >= 0) ids.push_back(id);
+    }
+    return ids;
+  }
+  // SentencePiece: one symbol per character; a character outside the vocabulary falls
+  // back to its bytes' <0xXX> tokens, or else to one unknown token for a run of them.
+  bool last_unknown = false;
+  size_t offset = 0;
+  while (offset < piece.size()) {
+    const size_t start = offset;
+    if (!DecodeUtf8(piece, offset).has_value()) offset = start + 1;
+    const absl::string_view character = piece.substr(start, offset - start);
+    if (const auto it = spelled_to_id_.find(character); it != spelled_to_id_.end()) {
+      ids.push_back(it->second);
+      last_unknown = false;
+      continue;
+    }
+    bool all_bytes = true;
+    for (char c : character) all_bytes = all_bytes && byte_token_[static_cast<uint8_t>(c)] >= 0;
+    if (all_bytes) {
+      for (char c : character) ids.push_back(byte_token_[static_cast<uint8_t>(c)]);
+      last_unknown = false;
+    } else if (unk_id_ >= 0 && !last_unknown) {
+      ids.push_back(unk_id_);
+      last_unknown = true;
+    }
+  }
+  return ids;
+}
+
 std::string Tokenizer::Decode(absl::Span<const int32_t> ids) const {
   std::string text;
   for (int32_t id : ids) {
     const absl::string_view bytes = TokenBytes(id);
     text.append(bytes.data(), bytes.size());
   }
+  if (strips_leading_space() && absl::StartsWith(text, " ")) text.erase(0, 1);
   return text;
 }
 

@@ -4,6 +4,10 @@
 // Hugging Face tokenizer.json: special and added tokens written in the text are matched
 // first (longest first), the rest is cut into pre-tokens by the vocabulary's regular
 // expressions, spelled in the byte alphabet, and merged by rank.
+// SentencePiece-style BPE (Llama 2, Mistral v0.1) read from GGUF metadata: spaces
+// become "▁", a "▁" starts the input, pieces start as UTF-8 characters, characters
+// outside the vocabulary fall back to <0xXX> byte tokens, and merges are ranked by
+// the vocabulary's scores.
 // Thread-safety: immutable after construction.
 #ifndef APESERVE_MODEL_TOKENIZER_H_
 #define APESERVE_MODEL_TOKENIZER_H_
@@ -25,8 +29,8 @@ class RegexSplitter;
 
 class Tokenizer {
  public:
-  // INVALID_ARGUMENT: a tokenizer model other than "gpt2" (byte-level BPE), or a
-  // vocabulary whose tokens, types or merges are inconsistent.
+  // INVALID_ARGUMENT: a tokenizer model other than "gpt2" (byte-level BPE) and "llama"
+  // (SentencePiece BPE), or a vocabulary whose tokens, types or merges are inconsistent.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromGguf(const GgufFile& file);
 
   // From a Hugging Face tokenizer.json and, optionally, tokenizer_config.json (BOS,
@@ -47,7 +51,10 @@ class Tokenizer {
     };
     std::vector<Added> added;
     std::vector<std::string> split_patterns;  // applied one after the other
-    bool ignore_merges = false;  // a pre-token found whole in the vocabulary is one token
+    bool ignore_merges = false;    // a pre-token found whole in the vocabulary is one token
+    bool sentencepiece = false;    // tokens are spelled with "▁", not the byte alphabet
+    bool add_prefix_space = true;  // SentencePiece: "▁" before text that starts the input
+    int32_t unk_id = -1;           // SentencePiece: for bytes without a token
     int32_t bos_id = -1;
     int32_t eos_id = -1;
     bool add_bos = false;
@@ -74,10 +81,15 @@ class Tokenizer {
   int32_t eos_id() const { return eos_id_; }  // -1 when the model has none
   bool add_bos() const { return add_bos_; }   // whether prompts start with BOS
   bool IsSpecial(int32_t id) const;
+  // Whether decoding drops one leading space (SentencePiece's prefix space).
+  bool strips_leading_space() const { return sentencepiece_ && add_prefix_space_; }
 
  private:
   Tokenizer();
   void EncodePiece(absl::string_view piece, std::vector<int32_t>& out) const;
+  // The starting symbols of a pre-token: its bytes (byte-level) or its characters with
+  // byte fallback (SentencePiece).
+  std::vector<int32_t> InitialSymbols(absl::string_view piece) const;
 
   std::vector<std::string> token_bytes_;                     // raw bytes of each token
   absl::flat_hash_map<std::string, int32_t> spelled_to_id_;  // vocabulary, byte-alphabet spelling
@@ -87,6 +99,9 @@ class Tokenizer {
   std::vector<bool> special_;
   std::vector<std::unique_ptr<RegexSplitter>> splitters_;
   bool ignore_merges_ = false;
+  bool sentencepiece_ = false;
+  bool add_prefix_space_ = true;
+  int32_t unk_id_ = -1;
   int32_t byte_token_[256] = {};  // the token of each single byte; -1 if none
   int32_t bos_id_ = -1;
   int32_t eos_id_ = -1;
