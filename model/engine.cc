@@ -100,8 +100,11 @@ absl::StatusOr<ModelParts> OpenHf(const std::string& dir) {
   APE_ASSIGN_OR_RETURN(parts.config, ConfigFromHfJson(config_json));
   APE_ASSIGN_OR_RETURN(const std::string tokenizer_json, parts.hf->ReadText("tokenizer.json"));
   const absl::StatusOr<std::string> tokenizer_config = parts.hf->ReadText("tokenizer_config.json");
+  const absl::StatusOr<std::string> generation_config =
+      parts.hf->ReadText("generation_config.json");
   APE_ASSIGN_OR_RETURN(parts.tokenizer,
-                       Tokenizer::FromHfJson(tokenizer_json, tokenizer_config.value_or("")));
+                       Tokenizer::FromHfJson(tokenizer_json, tokenizer_config.value_or(""),
+                                             generation_config.value_or("")));
   // The template lives in chat_template.jinja (newer) or tokenizer_config.json.
   if (auto jinja = parts.hf->ReadText("chat_template.jinja"); jinja.ok()) {
     parts.chat_jinja = *std::move(jinja);

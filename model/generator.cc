@@ -98,7 +98,7 @@ absl::StatusOr<GenerationResult> Generate(const Engine& engine, Engine::Sequence
     result.tokens.push_back(choice.token);
     result.logprobs.push_back(choice.logprob);
     history.push_back(choice.token);
-    const bool eos = !options.ignore_eos && choice.token == tokenizer.eos_id();
+    const bool eos = !options.ignore_eos && tokenizer.IsEndOfSequence(choice.token);
     // The end-of-sequence token ends the text; it is not part of it.
     std::string released = eos ? "" : matcher.Add(decoder.Push(choice.token));
     if (eos ||

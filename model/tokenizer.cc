@@ -180,8 +180,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& f
   return FromSpec(std::move(spec));
 }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromHfJson(absl::string_view tokenizer_json,
-                                                                 absl::string_view config_json) {
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromHfJson(
+    absl::string_view tokenizer_json, absl::string_view config_json,
+    absl::string_view generation_config_json) {
   const nlohmann::json json = nlohmann::json::parse(tokenizer_json.begin(), tokenizer_json.end(),
                                                     nullptr, /*allow_exceptions=*/false);
   if (!json.is_object()) return absl::InvalidArgumentError("tokenizer.json is not a JSON object");
@@ -252,6 +253,25 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromHfJson(absl::string_vi
   };
   spec.bos_id = id_of(TokenText(config, "bos_token"));
   spec.eos_id = id_of(TokenText(config, "eos_token"));
+  if (!generation_config_json.empty()) {
+    const nlohmann::json generation = nlohmann::json::parse(
+        generation_config_json.begin(), generation_config_json.end(), nullptr, false);
+    if (!generation.is_object()) {
+      return absl::InvalidArgumentError("generation_config.json is not a JSON object");
+    }
+    // "eos_token_id" is one id or a list of them.
+    nlohmann::json ids = generation.value("eos_token_id", nlohmann::json());
+    if (ids.is_number_integer()) ids = nlohmann::json::array({ids});
+    for (const auto& id : ids.is_array() ? ids : nlohmann::json::array()) {
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
+          static_cast<size_t>(id.get<int64_t>()) >= spec.tokens.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("generation_config.json: eos_token_id ",
+                                                       id.dump(), " is outside the vocabulary"));
+      }
+      if (spec.eos_id < 0) spec.eos_id = id.get<int32_t>();
+      spec.extra_eos_ids.push_back(id.get<int32_t>());
+    }
+  }
   spec.add_bos = config.value("add_bos_token", false) && spec.bos_id >= 0;
   return FromSpec(std::move(spec));
 }
@@ -323,6 +343,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSpec(Spec spec) {
   t->unk_id_ = spec.unk_id;
   t->bos_id_ = spec.bos_id;
   t->eos_id_ = spec.eos_id;
+  t->extra_eos_ids_ = spec.extra_eos_ids;
   t->add_bos_ = spec.add_bos;
   return t;
 }
@@ -483,6 +504,11 @@ std::string Tokenizer::Decode(absl::Span<const int32_t> ids) const {
 absl::string_view Tokenizer::TokenBytes(int32_t id) const {
   if (id < 0 || id >= vocab_size()) return {};
   return token_bytes_[static_cast<size_t>(id)];
+}
+
+bool Tokenizer::IsEndOfSequence(int32_t id) const {
+  return id >= 0 && (id == eos_id_ || std::find(extra_eos_ids_.begin(), extra_eos_ids_.end(), id) !=
+                                          extra_eos_ids_.end());
 }
 
 bool Tokenizer::IsSpecial(int32_t id) const {

@@ -33,12 +33,14 @@ class Tokenizer {
   // (SentencePiece BPE), or a vocabulary whose tokens, types or merges are inconsistent.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromGguf(const GgufFile& file);
 
-  // From a Hugging Face tokenizer.json and, optionally, tokenizer_config.json (BOS,
-  // EOS, add_bos_token). INVALID_ARGUMENT names what we do not read: a model other than
-  // byte-level BPE, a normalizer, a pre-tokenizer other than ByteLevel, Split, Digits
-  // and Sequence of those.
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromHfJson(absl::string_view tokenizer_json,
-                                                               absl::string_view config_json);
+  // From a Hugging Face tokenizer.json and, optionally ("" when absent),
+  // tokenizer_config.json (BOS, EOS, add_bos_token) and generation_config.json (the
+  // ids that end generation, which may be several). INVALID_ARGUMENT names what we do
+  // not read: a model other than byte-level BPE, a normalizer, a pre-tokenizer other
+  // than ByteLevel, Split, Digits and Sequence of those.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromHfJson(
+      absl::string_view tokenizer_json, absl::string_view config_json,
+      absl::string_view generation_config_json = "");
 
   // What both readers produce: the vocabulary in byte-alphabet spelling.
   struct Spec {
@@ -57,6 +59,7 @@ class Tokenizer {
     int32_t unk_id = -1;           // SentencePiece: for bytes without a token
     int32_t bos_id = -1;
     int32_t eos_id = -1;
+    std::vector<int32_t> extra_eos_ids;  // further ids that end generation
     bool add_bos = false;
   };
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromSpec(Spec spec);
@@ -81,6 +84,9 @@ class Tokenizer {
   int32_t eos_id() const { return eos_id_; }  // -1 when the model has none
   bool add_bos() const { return add_bos_; }   // whether prompts start with BOS
   bool IsSpecial(int32_t id) const;
+  // Whether `id` ends generation: the EOS token or another the model names (Llama 3's
+  // <|eot_id|>, say).
+  bool IsEndOfSequence(int32_t id) const;
   // Whether decoding drops one leading space (SentencePiece's prefix space).
   bool strips_leading_space() const { return sentencepiece_ && add_prefix_space_; }
 
@@ -105,6 +111,7 @@ class Tokenizer {
   int32_t byte_token_[256] = {};  // the token of each single byte; -1 if none
   int32_t bos_id_ = -1;
   int32_t eos_id_ = -1;
+  std::vector<int32_t> extra_eos_ids_;
   bool add_bos_ = false;
 };
 
