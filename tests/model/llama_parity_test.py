@@ -6,17 +6,14 @@ prompt position (max |diff| <= 1e-3) and the same 64 greedy tokens. Run by CTest
 sets APESERVE_TEST_MODEL and APEGEN.
 """
 
-import json
 import os
-import subprocess
-import tempfile
 import unittest
 
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reference import greedy_tokens
+from reference import engine_logits_and_tokens, greedy_tokens
 
 GREEDY_TOKENS = 64
 TOLERANCE = 1e-3
@@ -64,27 +61,8 @@ class LlamaParityTest(unittest.TestCase):
                 tokenize=True, return_dict=False))
         assert len(cls.prompts) >= 20
 
-        with tempfile.TemporaryDirectory(prefix="apeserve-parity-") as tmp:
-            batch = os.path.join(tmp, "prompts.jsonl")
-            with open(batch, "w") as f:
-                for ids in cls.prompts:
-                    f.write(json.dumps({"token_ids": list(ids)}) + "\n")
-            logits = os.path.join(tmp, "logits.f32")
-            run = subprocess.run(
-                [os.environ["APEGEN"], "--model=" + path, "--device=cpu", "--dtype=float32",
-                 "--batch_file=" + batch, "--logits_out=" + logits,
-                 f"--max_tokens={GREEDY_TOKENS}"],
-                capture_output=True, text=True, check=False)
-            if run.returncode != 0:
-                raise RuntimeError("apegen failed:\n" + run.stderr)
-            cls.generated = [json.loads(line) for line in run.stdout.splitlines()]
-            flat = np.fromfile(logits, dtype=np.float32)
-        vocab = cls.model.config.vocab_size
-        cls.logits, offset = [], 0
-        for ids in cls.prompts:
-            cls.logits.append(flat[offset:offset + len(ids) * vocab].reshape(len(ids), vocab))
-            offset += len(ids) * vocab
-        assert offset == flat.size, "apegen wrote an unexpected number of logits"
+        cls.logits, cls.generated = engine_logits_and_tokens(
+            path, cls.prompts, cls.model.config.vocab_size, GREEDY_TOKENS)
 
     def test_logits_and_greedy_generation_match(self):
         worst = 0.0
@@ -93,7 +71,7 @@ class LlamaParityTest(unittest.TestCase):
             diff = float(np.abs(self.logits[i] - want_logits).max())
             worst = max(worst, diff)
             self.assertLessEqual(diff, TOLERANCE, f"prompt {i}: max |diff| {diff}")
-            self.assertEqual(self.generated[i]["tokens"], want_tokens,
+            self.assertEqual(self.generated[i], want_tokens,
                              f"prompt {i} diverges: {self.tokenizer.decode(want_tokens)!r}")
         print(f"\nmax |logit diff| over {len(self.prompts)} prompts: {worst:.3g}")
 

@@ -1,10 +1,44 @@
-"""Helpers the Python parity tests share: greedy decoding with transformers' KV cache."""
+"""Helpers the Python parity tests share: the engine's side (apegen in parity mode) and
+the reference's side (transformers' greedy decoding with its KV cache)."""
 
+import json
+import os
+import subprocess
+import tempfile
+
+import numpy as np
 import torch
 
 
+def engine_logits_and_tokens(model, prompts, vocab, count):
+    """Runs apegen (path in $APEGEN) on `prompts` (lists of ids) with `model` on the CPU in
+    fp32; returns, per prompt, the logits of every position ([len, vocab]) and `count`
+    greedy tokens."""
+    with tempfile.TemporaryDirectory(prefix="apeserve-apegen-") as tmp:
+        batch = os.path.join(tmp, "prompts.jsonl")
+        with open(batch, "w") as f:
+            for ids in prompts:
+                f.write(json.dumps({"token_ids": list(ids)}) + "\n")
+        logits_path = os.path.join(tmp, "logits.f32")
+        run = subprocess.run(
+            [os.environ["APEGEN"], "--model=" + model, "--device=cpu", "--dtype=float32",
+             "--batch_file=" + batch, "--logits_out=" + logits_path, f"--max_tokens={count}"],
+            capture_output=True, text=True, check=False)
+        if run.returncode != 0:
+            raise RuntimeError("apegen failed:\n" + run.stderr)
+        tokens = [json.loads(line)["tokens"] for line in run.stdout.split("\n") if line]
+        flat = np.fromfile(logits_path, dtype=np.float32)
+    logits, offset = [], 0
+    for ids in prompts:
+        logits.append(flat[offset:offset + len(ids) * vocab].reshape(len(ids), vocab))
+        offset += len(ids) * vocab
+    if offset != flat.size or len(tokens) != len(prompts):
+        raise RuntimeError("apegen wrote an unexpected number of logits or results")
+    return logits, tokens
+
+
 def greedy_tokens(model, ids, count):
-    """The first logits of `ids` ([len(ids), vocab], numpy) and `count` greedy tokens."""
+    """The logits of `ids` ([len(ids), vocab], numpy) and `count` greedy tokens."""
     tokens = []
     with torch.no_grad():
         out = model(torch.tensor([ids]), use_cache=True)

@@ -5,9 +5,7 @@ scaling in sharded F32, tied embeddings in BF16, Qwen2 with q/k/v bias in F16, a
 Mistral. Run by CTest, which sets APESERVE_TEST_MODEL (for its tokenizer) and APEGEN.
 """
 
-import json
 import os
-import subprocess
 import tempfile
 import unittest
 
@@ -16,7 +14,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig,
                           Qwen2Config)
 
-from reference import greedy_tokens
+from reference import engine_logits_and_tokens, greedy_tokens
 
 VOCAB = 49152  # the embedded model's tokenizer is saved beside each model
 SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -68,29 +66,12 @@ class SafetensorsParityTest(unittest.TestCase):
             self.assertTrue(os.path.exists(os.path.join(folder, "model.safetensors.index.json")))
         reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
-        batch = os.path.join(folder, "prompts.jsonl")
-        with open(batch, "w") as f:
-            for ids in self.prompts:
-                f.write(json.dumps({"token_ids": ids}) + "\n")
-        logits_path = os.path.join(folder, "logits.f32")
-        run = subprocess.run(
-            [os.environ["APEGEN"], "--model=" + folder, "--device=cpu", "--dtype=float32",
-             "--batch_file=" + batch, "--logits_out=" + logits_path,
-             f"--max_tokens={GREEDY_TOKENS}"],
-            capture_output=True, text=True, check=False)
-        self.assertEqual(run.returncode, 0, run.stderr)
-        generated = [json.loads(line)["tokens"] for line in run.stdout.split("\n") if line]
-        flat = np.fromfile(logits_path, dtype=np.float32)
-
-        offset = 0
+        logits, generated = engine_logits_and_tokens(folder, self.prompts, VOCAB, GREEDY_TOKENS)
         for i, ids in enumerate(self.prompts):
-            ours = flat[offset:offset + len(ids) * VOCAB].reshape(len(ids), VOCAB)
-            offset += len(ids) * VOCAB
             want, tokens = greedy_tokens(reference, ids, GREEDY_TOKENS)
-            diff = float(np.abs(ours - want).max())
+            diff = float(np.abs(logits[i] - want).max())
             self.assertLessEqual(diff, TOLERANCE, f"{case}, prompt {i}: max |diff| {diff}")
             self.assertEqual(generated[i], tokens, f"{case}, prompt {i}")
-        self.assertEqual(offset, flat.size)
 
     def test_llama_gqa_llama3_rope_sharded_f32(self):
         self.check("llama_gqa_llama3_rope_sharded_f32")
