@@ -4,6 +4,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <memory>
 #include <string>
 
@@ -164,6 +166,32 @@ TEST_F(EngineTest, RefusesBadTokensAndFullContexts) {
   SamplingOptions bad;
   bad.top_p = 2;
   EXPECT_THAT(Run({1}, bad), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_p")));
+}
+
+// The GPU's reduced-precision path, run on the CPU: the same answer as fp32.
+TEST_F(EngineTest, Bfloat16AgreesWithFloat32) {
+  EngineOptions options;
+  options.model_path = apeserve::testing::TestModelPath();
+  options.device = "cpu";
+  options.dtype = "bfloat16";
+  auto bf16 = Engine::Load(options);
+  ASSERT_THAT(bf16, IsOk());
+  EXPECT_EQ((*bf16)->dtype(), "bfloat16");
+  const std::vector<int32_t> prompt = ChatPrompt("What is the capital of France?");
+  auto a = engine_->NewSequence();
+  auto b = (*bf16)->NewSequence();
+  const auto full = engine_->Feed(*a, prompt);
+  const auto reduced = (*bf16)->Feed(*b, prompt);
+  ASSERT_THAT(full, IsOk());
+  ASSERT_THAT(reduced, IsOk());
+  const auto argmax = [](const std::vector<float>& v) {
+    return std::max_element(v.begin(), v.end()) - v.begin();
+  };
+  EXPECT_EQ(argmax(*full), argmax(*reduced));
+  float worst = 0;
+  for (size_t i = 0; i < full->size(); ++i)
+    worst = std::max(worst, std::abs((*full)[i] - (*reduced)[i]));
+  EXPECT_LT(worst, 1.5F);  // bf16 keeps 8 bits of mantissa through 30 layers
 }
 
 TEST(EngineLoadTest, RefusesBadOptionsAndUnsupportedModels) {
