@@ -20,3 +20,30 @@ torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k,
 }
 
 }  // namespace apeserve::model
+
+namespace apeserve::model {
+
+torch::Tensor ApeAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           const ApeLayout& layout) {
+  const int64_t prefix = layout.prefix_length, contexts = layout.context_length;
+  const int64_t local = k.size(1) - prefix - contexts;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(2)));
+  const auto segment = [&](int64_t start, int64_t length, double logit_scale, bool causal) {
+    return AttendWithLse(q, k.narrow(1, start, length), v.narrow(1, start, length), logit_scale,
+                         causal, layout.kernel, layout.block);
+  };
+  std::vector<PartialAttention> parts;
+  if (prefix > 0) parts.push_back(segment(0, prefix, scale, /*causal=*/false));
+  if (contexts > 0) {
+    // softmax(a / T) is attention with the scale divided by T; its log-sum-exp is
+    // logsumexp(a / T), which APE multiplies by T and shifts by ln S.
+    PartialAttention context =
+        segment(prefix, contexts, scale / layout.temperature, /*causal=*/false);
+    context.lse = context.lse * layout.temperature + std::log(layout.scale);
+    parts.push_back(std::move(context));
+  }
+  parts.push_back(segment(prefix + contexts, local, scale, /*causal=*/true));
+  return MergeByLse(parts).output.to(q.scalar_type());
+}
+
+}  // namespace apeserve::model

@@ -1,9 +1,12 @@
-// Attention of new query tokens over a sequence's cached keys and values.
-// Internal to model/ (torch types). Pure functions; thread-safe.
+// Attention of new query tokens over a sequence's cached keys and values: causal
+// attention over one sequence (SEQUENTIAL and PARALLEL), and APE's merge of three
+// segments (DESIGN.md §3). Internal to model/ (torch types). Pure functions; thread-safe.
 #ifndef APESERVE_MODEL_ATTENTION_H_
 #define APESERVE_MODEL_ATTENTION_H_
 
 #include <torch/torch.h>
+
+#include "model/attention_lse.h"
 
 namespace apeserve::model {
 
@@ -12,6 +15,27 @@ namespace apeserve::model {
 // keys 0 .. past + t. Returns [heads, T, head_dim].
 torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k,
                               const torch::Tensor& v);
+
+// How an APE sequence's cache is laid out and attended: keys [0, prefix_length) are the
+// prefix, the next context_length keys all contexts side by side, the rest the query's
+// and generated tokens ("local", ending with the T queries).
+struct ApeLayout {
+  int64_t prefix_length = 0;
+  int64_t context_length = 0;
+  double temperature = 1.0;  // T
+  double scale = 1.0;        // S
+  AttentionKernel kernel = AttentionKernel::kAuto;
+  int64_t block = 1024;  // keys per block of AttentionKernel::kBlocked
+};
+
+// APE attention of `q` ([heads, T, head_dim]) over `k`, `v` ([kv_heads, S, head_dim]):
+//   prefix:   LSE_P = logsumexp(a_P),                 o_P = softmax(a_P) V_P
+//   contexts: LSE_C = T logsumexp(a_C / T) + ln S,    o_C = softmax(a_C / T) V_C
+//   local:    causal, LSE_Q and o_Q
+//   o = sum over segments of softmax([LSE_P, LSE_C, LSE_Q]) o_segment
+// with a = q·k / sqrt(head_dim). Returns [heads, T, head_dim] in q's dtype.
+torch::Tensor ApeAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           const ApeLayout& layout);
 
 }  // namespace apeserve::model
 

@@ -12,26 +12,37 @@
 #include "model/fingerprint.h"
 #include "model/gguf_file.h"
 #include "model/hf_checkpoint.h"
-#include "model/kv_cache.h"
-#include "model/llama_model.h"
+#include "model/engine_impl.h"
 #include "model/runtime.h"
 
 namespace apeserve::model {
 
-struct Engine::Sequence::State {
-  KvCache cache;
-};
-
 Engine::Sequence::Sequence(std::unique_ptr<State> state) : state_(std::move(state)) {}
 Engine::Sequence::~Sequence() = default;
 int64_t Engine::Sequence::length() const { return state_->cache.length(); }
+int64_t Engine::Sequence::next_position() const { return state_->NextPosition(); }
+void Engine::Sequence::Truncate(int64_t length) {
+  state_->cache.Truncate(std::max(length, state_->fixed_length));
+}
 
-struct Engine::Impl {
-  std::string fingerprint;
-  std::unique_ptr<Tokenizer> tokenizer;
-  absl::StatusOr<ChatTemplate> chat_template = absl::FailedPreconditionError("no chat template");
-  std::unique_ptr<LlamaModel> model;
-};
+absl::Status FromTorchError(const c10::Error& error, absl::string_view what) {
+  const std::string message = absl::StrCat(what, ": ", error.what_without_backtrace());
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&error) != nullptr) {
+    return absl::ResourceExhaustedError(message);
+  }
+  return absl::InternalError(message);
+}
+
+absl::Status CheckTokenIds(absl::Span<const int32_t> tokens, int64_t vocab_size,
+                           absl::string_view what) {
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " token #", i, " is id ", tokens[i],
+                                                     ", outside the vocabulary of ", vocab_size));
+    }
+  }
+  return absl::OkStatus();
+}
 
 namespace {
 
@@ -42,15 +53,6 @@ absl::StatusOr<torch::ScalarType> ResolveDtype(const std::string& name, const De
   if (name == "float16") return torch::kFloat16;
   return absl::InvalidArgumentError(
       absl::StrCat("dtype '", name, "' is not one of auto, float32, bfloat16, float16"));
-}
-
-// The one place where libtorch's exceptions become statuses.
-absl::Status FromTorchError(const c10::Error& error, absl::string_view what) {
-  const std::string message = absl::StrCat(what, ": ", error.what_without_backtrace());
-  if (dynamic_cast<const c10::OutOfMemoryError*>(&error) != nullptr) {
-    return absl::ResourceExhaustedError(message);
-  }
-  return absl::InternalError(message);
 }
 
 std::string DtypeName(torch::ScalarType dtype) {
@@ -123,6 +125,17 @@ absl::StatusOr<ModelParts> OpenHf(const std::string& dir) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& options) {
+  AttentionKernel kernel = AttentionKernel::kAuto;
+  if (options.attention_kernel == "blocked") {
+    kernel = AttentionKernel::kBlocked;
+  } else if (options.attention_kernel != "auto") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "attention kernel '", options.attention_kernel, "' is not one of auto, blocked"));
+  }
+  if (options.attention_block < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("attention block ", options.attention_block, " is below 1"));
+  }
   APE_ASSIGN_OR_RETURN(const Device device, ResolveDevice(options.device));
   APE_ASSIGN_OR_RETURN(const torch::ScalarType dtype, ResolveDtype(options.dtype, device));
   std::error_code error;
@@ -137,6 +150,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
     APE_ASSIGN_OR_RETURN(LlamaWeights weights,
                          LoadLlamaWeights(*parts.weights, parts.config, torch_device, dtype));
     auto impl = std::make_unique<Impl>();
+    impl->attention_kernel = kernel;
+    impl->attention_block = options.attention_block;
     const Tokenizer& tokenizer = *parts.tokenizer;
     if (!parts.chat_jinja.empty()) {
       impl->chat_template = ChatTemplate::FromJinja(
@@ -181,7 +196,7 @@ std::string Engine::dtype() const { return DtypeName(impl_->model->dtype()); }
 
 std::unique_ptr<Engine::Sequence> Engine::NewSequence() const {
   return std::unique_ptr<Sequence>(
-      new Sequence(std::make_unique<Sequence::State>(Sequence::State{impl_->model->NewCache()})));
+      new Sequence(std::make_unique<Sequence::State>(impl_->model->NewCache())));
 }
 
 absl::StatusOr<std::vector<float>> Engine::Feed(Sequence& sequence,
@@ -189,31 +204,31 @@ absl::StatusOr<std::vector<float>> Engine::Feed(Sequence& sequence,
                                                 bool all_logits) const {
   const ModelConfig& config = impl_->model->config();
   if (tokens.empty()) return absl::InvalidArgumentError("no tokens to feed");
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    if (tokens[i] < 0 || tokens[i] >= config.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "token #", i, " is id ", tokens[i], ", outside the vocabulary of ", config.vocab_size));
-    }
-  }
-  const int64_t start = sequence.state_->cache.length();
+  APE_RETURN_IF_ERROR(CheckTokenIds(tokens, config.vocab_size, "fed"));
+  Sequence::State& state = *sequence.state_;
+  const int64_t start = state.cache.length();
+  const int64_t position = state.NextPosition();
   const auto count = static_cast<int64_t>(tokens.size());
-  if (start + count > config.max_position) {
-    return absl::OutOfRangeError(absl::StrCat("the sequence would hold ", start + count,
-                                              " tokens; the model's context is ",
+  if (position + count > config.max_position) {
+    return absl::OutOfRangeError(absl::StrCat("the sequence would reach position ",
+                                              position + count, "; the model's context is ",
                                               config.max_position));
   }
   try {
     const torch::Tensor ids =
         torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()), torch::kInt64);
-    const torch::Tensor positions = torch::arange(start, start + count, torch::kInt64);
+    const torch::Tensor positions = torch::arange(position, position + count, torch::kInt64);
     const torch::Tensor logits =
-        impl_->model->Forward(ids, positions, sequence.state_->cache, all_logits)
+        impl_->model
+            ->Forward(ids, positions, state.cache,
+                      all_logits ? LlamaModel::Logits::kAll : LlamaModel::Logits::kLast,
+                      state.ape ? &*state.ape : nullptr)
             .contiguous()
             .cpu();
     const float* data = logits.data_ptr<float>();
     return std::vector<float>(data, data + logits.numel());
   } catch (const c10::Error& e) {
-    sequence.state_->cache.Truncate(start);  // a failed pass leaves the sequence as it was
+    state.cache.Truncate(start);  // a failed pass leaves the sequence as it was
     return FromTorchError(e, "forward pass");
   }
 }

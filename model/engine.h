@@ -14,7 +14,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "model/ape_options.h"
 #include "model/chat_template.h"
+#include "model/encoded_context.h"
 #include "model/model_config.h"
 #include "model/tokenizer.h"
 
@@ -29,6 +31,12 @@ struct EngineOptions {
   // Compute dtype: "auto", "float32", "bfloat16" or "float16".
   // Default: "auto" (float32 on the CPU, bfloat16 on a GPU).
   std::string dtype = "auto";
+  // How APE attends over a segment: "auto" (a fused kernel that returns the
+  // log-sum-exp where the device has one, else blocked) or "blocked". Default: "auto".
+  std::string attention_kernel = "auto";
+  // Keys per block of the blocked kernel; memory grows with queries x block.
+  // Default: 1024.
+  int attention_block = 1024;
 };
 
 class Engine {
@@ -60,10 +68,34 @@ class Engine {
 
   std::unique_ptr<Sequence> NewSequence() const;
 
-  // Feeds `tokens` at the next positions of `sequence`. Returns fp32 logits of the
-  // last token ([vocab]), or of every fed token ([tokens.size() * vocab]) when
-  // `all_logits`. INVALID_ARGUMENT: no tokens, or an id outside the vocabulary.
-  // OUT_OF_RANGE: the sequence would pass the model's context length.
+  // --- Pre-encoded contexts (DESIGN.md §3) ---
+
+  // Encodes the shared prefix at positions 0 .. p-1 (no tokens is a valid, empty prefix).
+  // INVALID_ARGUMENT: an id outside the vocabulary. OUT_OF_RANGE: longer than the
+  // model's context.
+  absl::StatusOr<EncodedPrefix> EncodePrefix(absl::Span<const int32_t> tokens) const;
+
+  // Encodes one context against `prefix`: its tokens attend causally to the prefix and
+  // to each other, at positions p .. p+L-1. INVALID_ARGUMENT: no tokens, a bad id, or a
+  // prefix that is not this model's. OUT_OF_RANGE: p + L passes the model's context.
+  absl::StatusOr<EncodedContext> EncodeContext(const EncodedPrefix& prefix,
+                                               absl::Span<const int32_t> tokens) const;
+
+  // A sequence holding the prefix and `contexts` in `options.mode`, ready for the query:
+  // SEQUENTIAL computes the contexts' tokens after the prefix, one causal sequence;
+  // PARALLEL and APE take their stored KV, and the query starts at position
+  // p + max L_i. Contexts may repeat. INVALID_ARGUMENT: bad options, or a context or
+  // prefix whose KV does not fit this model and this prefix (the message names it).
+  // OUT_OF_RANGE: the contexts pass the model's context length.
+  absl::StatusOr<std::unique_ptr<Sequence>> StartSequence(
+      const EncodedPrefix& prefix, absl::Span<const EncodedContext* const> contexts,
+      const ApeOptions& options) const;
+
+  // Feeds `tokens` at the next positions of `sequence`, attending as its mode says.
+  // Returns fp32 logits of the last token ([vocab]), or of every fed token
+  // ([tokens.size() * vocab]) when `all_logits`. INVALID_ARGUMENT: no tokens, or an id
+  // outside the vocabulary. OUT_OF_RANGE: the sequence would pass the model's context
+  // length.
   absl::StatusOr<std::vector<float>> Feed(Sequence& sequence, absl::Span<const int32_t> tokens,
                                           bool all_logits = false) const;
 
@@ -79,8 +111,14 @@ class Engine::Sequence {
   Sequence& operator=(const Sequence&) = delete;
   ~Sequence();
 
-  // Tokens fed so far.
+  // Tokens held: prefix, contexts (all of them, side by side, outside SEQUENTIAL) and
+  // the tokens fed since.
   int64_t length() const;
+  // The rotary position of the next token fed.
+  int64_t next_position() const;
+  // Forgets the tokens fed after the first `length` (e.g. to score another
+  // continuation of the same query); never the prefix and contexts it started with.
+  void Truncate(int64_t length);
 
  private:
   friend class Engine;

@@ -44,6 +44,16 @@ std::string FingerprintBuilder::Finish() {
   return hex;
 }
 
+std::string FingerprintTokens(absl::string_view model_fingerprint,
+                              absl::Span<const int32_t> tokens) {
+  FingerprintBuilder builder;
+  builder.AddField(model_fingerprint);
+  // Little-endian 32-bit ids, as on every platform we build for.
+  builder.AddField(absl::string_view(reinterpret_cast<const char*>(tokens.data()),
+                                     tokens.size() * sizeof(int32_t)));
+  return builder.Finish();
+}
+
 std::string FingerprintGguf(const GgufFile& file) {
   std::vector<const GgufTensor*> tensors;
   for (const GgufTensor& tensor : file.tensors()) tensors.push_back(&tensor);

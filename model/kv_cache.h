@@ -31,15 +31,7 @@ class KvCache {
     torch::Tensor& keys = keys_[layer];
     torch::Tensor& values = values_[layer];
     if (!keys.defined() || keys.size(1) < needed) {
-      const int64_t capacity = std::max<int64_t>(needed, keys.defined() ? 2 * keys.size(1) : 64);
-      torch::Tensor grown_k = torch::empty({kv_heads_, capacity, head_dim_}, options_);
-      torch::Tensor grown_v = torch::empty({kv_heads_, capacity, head_dim_}, options_);
-      if (length_ > 0) {
-        grown_k.narrow(1, 0, length_).copy_(keys.narrow(1, 0, length_));
-        grown_v.narrow(1, 0, length_).copy_(values.narrow(1, 0, length_));
-      }
-      keys = grown_k;
-      values = grown_v;
+      Grow(layer, std::max<int64_t>(needed, keys.defined() ? 2 * keys.size(1) : 64));
     }
     keys.narrow(1, length_, k.size(1)).copy_(k);
     values.narrow(1, length_, v.size(1)).copy_(v);
@@ -47,10 +39,36 @@ class KvCache {
     return {keys.narrow(1, 0, needed), values.narrow(1, 0, needed)};
   }
 
+  // Makes room for `tokens` in every layer, so that appends up to that length copy
+  // nothing already cached.
+  void Reserve(int64_t tokens) {
+    for (size_t layer = 0; layer < keys_.size(); ++layer) {
+      if (!keys_[layer].defined() || keys_[layer].size(1) < tokens) Grow(layer, tokens);
+    }
+  }
+
+  // Views of `length` cached tokens of `layer` from `start`: [kv_heads, length, head_dim].
+  std::pair<torch::Tensor, torch::Tensor> Slice(size_t layer, int64_t start, int64_t length) const {
+    return {keys_[layer].narrow(1, start, length), values_[layer].narrow(1, start, length)};
+  }
+
   // Forgets everything after the first `length` tokens (e.g. a rejected draft).
   void Truncate(int64_t length) { length_ = std::min(length_, length); }
 
  private:
+  void Grow(size_t layer, int64_t capacity) {
+    torch::Tensor& keys = keys_[layer];
+    torch::Tensor& values = values_[layer];
+    torch::Tensor grown_k = torch::empty({kv_heads_, capacity, head_dim_}, options_);
+    torch::Tensor grown_v = torch::empty({kv_heads_, capacity, head_dim_}, options_);
+    if (length_ > 0) {
+      grown_k.narrow(1, 0, length_).copy_(keys.narrow(1, 0, length_));
+      grown_v.narrow(1, 0, length_).copy_(values.narrow(1, 0, length_));
+    }
+    keys = grown_k;
+    values = grown_v;
+  }
+
   int64_t kv_heads_;
   int64_t head_dim_;
   torch::TensorOptions options_;

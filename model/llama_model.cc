@@ -75,7 +75,7 @@ torch::Tensor LlamaModel::Rotate(const torch::Tensor& x, const torch::Tensor& co
 }
 
 torch::Tensor LlamaModel::Forward(const torch::Tensor& tokens, const torch::Tensor& positions,
-                                  KvCache& cache, bool all_logits) const {
+                                  KvCache& cache, Logits logits, const ApeLayout* ape) const {
   torch::NoGradGuard no_grad;
   const int64_t count = tokens.size(0);
   const int64_t heads = config_.num_heads, kv_heads = config_.num_kv_heads, d = config_.head_dim;
@@ -99,14 +99,17 @@ torch::Tensor LlamaModel::Forward(const torch::Tensor& tokens, const torch::Tens
     k = Rotate(k, cos, sin);
     const auto [keys, values] =
         cache.Append(i, k.transpose(0, 1), v.transpose(0, 1));                        // [Hkv, S, D]
-    const torch::Tensor attended = CausalAttention(q.transpose(0, 1), keys, values);  // [H, T, D]
+    const torch::Tensor attended = ape != nullptr
+                                       ? ApeAttention(q.transpose(0, 1), keys, values, *ape)
+                                       : CausalAttention(q.transpose(0, 1), keys, values);  // [H, T, D]
     x = x + Linear(attended.transpose(0, 1).reshape({count, heads * d}), w.wo);
 
     // Feed-forward block (SwiGLU).
     const torch::Tensor g = RmsNorm(x, w.ffn_norm);
     x = x + Linear(F::silu(Linear(g, w.w_gate)) * Linear(g, w.w_up), w.w_down);
   }
-  if (!all_logits) x = x.narrow(0, count - 1, 1);
+  if (logits == Logits::kNone) return {};
+  if (logits == Logits::kLast) x = x.narrow(0, count - 1, 1);
   return Linear(RmsNorm(x, weights_.output_norm), weights_.output).to(torch::kFloat32);
 }
 

@@ -7,6 +7,7 @@
 
 #include <torch/torch.h>
 
+#include "model/attention.h"
 #include "model/kv_cache.h"
 #include "model/llama_weights.h"
 #include "model/model_config.h"
@@ -15,6 +16,9 @@ namespace apeserve::model {
 
 class LlamaModel {
  public:
+  // Which logits a forward pass computes.
+  enum class Logits { kNone, kLast, kAll };
+
   LlamaModel(ModelConfig config, LlamaWeights weights, torch::Device device,
              torch::ScalarType dtype);
 
@@ -26,10 +30,11 @@ class LlamaModel {
 
   // Runs `tokens` ([T], int64) at `positions` ([T], int64) after what `cache` holds,
   // appending their keys and values to it. Each token attends to the cache and to the
-  // tokens before it. Returns fp32 logits: [T, vocab], or [1, vocab] for the last
-  // token when `all_logits` is false.
+  // tokens before it: with one causal softmax, or, given `ape`, by APE's merge of the
+  // cache's segments. Returns fp32 logits: [T, vocab] for kAll, [1, vocab] (the last
+  // token) for kLast, an undefined tensor for kNone.
   torch::Tensor Forward(const torch::Tensor& tokens, const torch::Tensor& positions, KvCache& cache,
-                        bool all_logits) const;
+                        Logits logits, const ApeLayout* ape = nullptr) const;
 
  private:
   torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& weight) const;

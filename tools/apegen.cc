@@ -2,13 +2,20 @@
 //
 //   apegen --model=M.gguf --prompt="Tell me a joke" --chat [--temperature=0.7 --seed=1]
 //   apegen --model=M.gguf --token_ids=1,2,3 [--max_tokens=64]
+//   apegen --model=M.gguf --contexts_file=docs.jsonl --prompt="Who built it?" --mode=ape
+//          [--ape_temperature=0.8 --ape_scale=1.0 --system="..."]
 //   apegen --model=M.gguf --batch_file=prompts.jsonl --logits_out=prefill.f32
 //
 // Prints one JSON object per prompt: the generated text, token ids, per-token
-// log-probabilities, the finish reason, and timings. A batch file holds one JSON
-// object per line, {"token_ids": [...]}; --logits_out then writes the fp32 logits of
-// every prompt position, prompt after prompt, and generation is greedy for
-// --max_tokens tokens regardless of end-of-sequence (for parity checks).
+// log-probabilities, the finish reason, and timings. With --contexts_file (one JSON
+// object per line, {"text": "..."}), the documents are encoded once against the chat
+// template's prefix and the question attends to them in --mode (sequential, parallel
+// or ape). A batch file holds one JSON object per line, {"token_ids": [...]}, or, for an
+// APE prompt, {"prefix": [...], "contexts": [[...], ...], "token_ids": [...] (the
+// query), "mode": "ape", "temperature": T, "scale": S}; --logits_out then writes the
+// fp32 logits of every prompt (query) position and of each greedy token fed after it,
+// prompt after prompt, generating --max_tokens tokens regardless of end-of-sequence
+// (for parity checks).
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -20,10 +27,12 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
 #include "model/engine.h"
 #include "model/generator.h"
+#include "model/prompt_pieces.h"
 
 ABSL_FLAG(std::string, model, "", "GGUF model file (required)");
 ABSL_FLAG(std::string, device, "auto", "auto, cpu, cuda or cuda:N");
@@ -43,9 +52,15 @@ ABSL_FLAG(float, repetition_penalty, 1.0F, "penalty on tokens already seen (1: o
 ABSL_FLAG(uint64_t, seed, 0, "random seed");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "comma-separated stop strings");
 ABSL_FLAG(bool, ignore_eos, false, "keep generating past end-of-sequence");
+ABSL_FLAG(std::string, contexts_file, "",
+          "JSON lines of {\"text\": ...}: documents the --prompt question attends to");
+ABSL_FLAG(std::string, mode, "ape", "with --contexts_file: sequential, parallel or ape");
+ABSL_FLAG(float, ape_temperature, 1.0F, "APE attention temperature T over the contexts");
+ABSL_FLAG(float, ape_scale, 1.0F, "APE scaling factor S of the contexts");
 
 namespace {
 
+using apeserve::model::EncodedContext;
 using apeserve::model::Engine;
 using Clock = std::chrono::steady_clock;
 
@@ -72,13 +87,67 @@ apeserve::model::SamplingOptions SamplingFromFlags() {
   return options;
 }
 
+// A prompt: plain token ids, or an APE prompt whose `tokens` are the query.
+struct Prompt {
+  std::vector<int32_t> tokens = {};
+  bool ape = false;
+  std::vector<int32_t> prefix = {};
+  std::vector<std::vector<int32_t>> contexts = {};
+  apeserve::model::ApeOptions options = {};
+};
+
+// A sequence ready for the prompt's own tokens: empty, or holding prefix and contexts.
+absl::StatusOr<std::unique_ptr<Engine::Sequence>> StartFor(const Engine& engine,
+                                                           const Prompt& prompt) {
+  if (!prompt.ape) return engine.NewSequence();
+  auto prefix = engine.EncodePrefix(prompt.prefix);
+  if (!prefix.ok()) return prefix.status();
+  std::vector<EncodedContext> contexts;
+  for (const std::vector<int32_t>& tokens : prompt.contexts) {
+    auto context = engine.EncodeContext(*prefix, tokens);
+    if (!context.ok()) return context.status();
+    contexts.push_back(*std::move(context));
+  }
+  std::vector<const EncodedContext*> pointers;
+  for (const EncodedContext& context : contexts) pointers.push_back(&context);
+  return engine.StartSequence(*prefix, pointers, prompt.options);
+}
+
+// One line of --batch_file.
+absl::StatusOr<Prompt> ParseBatchLine(const std::string& line) {
+  const nlohmann::json json = nlohmann::json::parse(line, nullptr, false);
+  if (!json.is_object() || !json.contains("token_ids")) {
+    return absl::InvalidArgumentError("bad batch line (want {\"token_ids\": ...}): " + line);
+  }
+  Prompt prompt;
+  try {
+    prompt.tokens = json.at("token_ids").get<std::vector<int32_t>>();
+    if (json.contains("contexts") || json.contains("mode")) {
+      prompt.ape = true;
+      prompt.prefix = json.value("prefix", std::vector<int32_t>{});
+      prompt.contexts = json.value("contexts", std::vector<std::vector<int32_t>>{});
+      auto mode = apeserve::model::ParseEncodingMode(json.value("mode", std::string("ape")));
+      if (!mode.ok()) return mode.status();
+      prompt.options = {.mode = *mode,
+                        .temperature = json.value("temperature", 1.0F),
+                        .scale = json.value("scale", 1.0F)};
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("bad batch line: ", e.what()));
+  }
+  return prompt;
+}
+
 // Generates for one prompt and prints the JSON result.
-int GenerateOne(const Engine& engine, const std::vector<int32_t>& prompt,
+int GenerateOne(const Engine& engine, const Prompt& prompt,
                 const apeserve::model::SamplingOptions& options) {
-  auto sequence = engine.NewSequence();
   const Clock::time_point start = Clock::now();
+  auto started = StartFor(engine, prompt);
+  if (!started.ok()) return Fail(started.status().ToString());
+  Engine::Sequence& sequence = **started;
+  const double encode_seconds = Seconds(start);
   double first_token_seconds = 0;
-  const auto result = apeserve::model::Generate(engine, *sequence, prompt, options,
+  const auto result = apeserve::model::Generate(engine, sequence, prompt.tokens, options,
                                                 [&](int32_t, float, absl::string_view) {
                                                   if (first_token_seconds == 0)
                                                     first_token_seconds = Seconds(start);
@@ -92,7 +161,8 @@ int GenerateOne(const Engine& engine, const std::vector<int32_t>& prompt,
       {"tokens", result->tokens},
       {"logprobs", result->logprobs},
       {"finish_reason", std::string(apeserve::model::FinishReasonName(result->finish_reason))},
-      {"prompt_tokens", prompt.size()},
+      {"prompt_tokens", sequence.length() - static_cast<int64_t>(result->tokens.size()) + 1},
+      {"encode_s", encode_seconds},
       {"time_to_first_token_s", first_token_seconds},
       {"decode_tokens_per_s", decoded > 0 ? decoded / (total - first_token_seconds) : 0.0}};
   std::puts(out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
@@ -100,30 +170,35 @@ int GenerateOne(const Engine& engine, const std::vector<int32_t>& prompt,
 }
 
 // Parity mode: every prompt position's logits, then greedy tokens regardless of EOS.
-int ParityBatch(const Engine& engine, const std::vector<std::vector<int32_t>>& prompts,
+int ParityBatch(const Engine& engine, const std::vector<Prompt>& prompts,
                 const std::string& logits_path) {
   std::ofstream logits_out(logits_path, std::ios::binary | std::ios::trunc);
   const int64_t vocab = engine.config().vocab_size;
   apeserve::model::SamplingOptions greedy;
   greedy.max_tokens = absl::GetFlag(FLAGS_max_tokens);
   greedy.ignore_eos = true;
-  for (const std::vector<int32_t>& prompt : prompts) {
-    auto sequence = engine.NewSequence();
-    auto logits = engine.Feed(*sequence, prompt, /*all_logits=*/true);
+  const auto write = [&](const std::vector<float>& logits) {
+    logits_out.write(reinterpret_cast<const char*>(logits.data()),
+                     static_cast<std::streamsize>(logits.size() * sizeof(float)));
+  };
+  for (const Prompt& prompt : prompts) {
+    auto sequence = StartFor(engine, prompt);
+    if (!sequence.ok()) return Fail(sequence.status().ToString());
+    auto logits = engine.Feed(**sequence, prompt.tokens, /*all_logits=*/true);
     if (!logits.ok()) return Fail(logits.status().ToString());
-    logits_out.write(reinterpret_cast<const char*>(logits->data()),
-                     static_cast<std::streamsize>(logits->size() * sizeof(float)));
+    write(*logits);
     // Continue from the last position's logits through the generator's greedy path.
     apeserve::model::Sampler sampler(greedy);
     std::vector<int32_t> tokens;
     std::vector<float> last(logits->end() - vocab, logits->end());
     for (int step = 0; step < greedy.max_tokens; ++step) {
-      const auto choice = sampler.Next(last, prompt);
+      const auto choice = sampler.Next(last, prompt.tokens);
       tokens.push_back(choice.token);
       if (step + 1 == greedy.max_tokens) break;
-      auto next = engine.Feed(*sequence, {choice.token});
+      auto next = engine.Feed(**sequence, {choice.token});
       if (!next.ok()) return Fail(next.status().ToString());
       last = *std::move(next);
+      write(last);
     }
     std::puts(nlohmann::json({{"tokens", tokens}}).dump().c_str());
   }
@@ -135,8 +210,8 @@ int ParityBatch(const Engine& engine, const std::vector<std::vector<int32_t>>& p
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "apegen: generate with the engine alone.\n"
-      "Usage: apegen --model=M.gguf (--prompt=TEXT [--chat] | --token_ids=1,2,3 | "
-      "--batch_file=F.jsonl) [flags]");
+      "Usage: apegen --model=M.gguf (--prompt=TEXT [--chat | --contexts_file=F.jsonl] | "
+      "--token_ids=1,2,3 | --batch_file=F.jsonl) [flags]");
   absl::ParseCommandLine(argc, argv);
   apeserve::LogToStderr();
   if (absl::GetFlag(FLAGS_model).empty()) return Fail("--model is required");
@@ -148,8 +223,34 @@ int main(int argc, char** argv) {
   auto engine = Engine::Load(options);
   if (!engine.ok()) return Fail(engine.status().ToString());
 
-  std::vector<std::vector<int32_t>> prompts;
-  if (!absl::GetFlag(FLAGS_prompt).empty()) {
+  std::vector<Prompt> prompts;
+  const apeserve::model::Tokenizer& tokenizer = (*engine)->tokenizer();
+  if (!absl::GetFlag(FLAGS_prompt).empty() && !absl::GetFlag(FLAGS_contexts_file).empty()) {
+    // An APE prompt from documents: the chat template cuts it into pieces.
+    const auto chat = (*engine)->chat_template();
+    if (!chat.ok()) return Fail(chat.status().ToString());
+    const apeserve::model::PromptPieces pieces(tokenizer, **chat);
+    Prompt prompt;
+    prompt.ape = true;
+    const auto mode = apeserve::model::ParseEncodingMode(absl::GetFlag(FLAGS_mode));
+    if (!mode.ok()) return Fail(mode.status().ToString());
+    prompt.options = {.mode = *mode,
+                      .temperature = absl::GetFlag(FLAGS_ape_temperature),
+                      .scale = absl::GetFlag(FLAGS_ape_scale)};
+    prompt.prefix = pieces.Prefix(absl::GetFlag(FLAGS_system));
+    std::ifstream in(absl::GetFlag(FLAGS_contexts_file));
+    if (!in) return Fail("cannot read --contexts_file");
+    for (std::string line; std::getline(in, line);) {
+      if (line.empty()) continue;
+      const nlohmann::json json = nlohmann::json::parse(line, nullptr, false);
+      if (!json.is_object() || !json.contains("text") || !json["text"].is_string()) {
+        return Fail("bad --contexts_file line (want {\"text\": ...}): " + line);
+      }
+      prompt.contexts.push_back(pieces.Context(json["text"].get<std::string>()));
+    }
+    prompt.tokens = pieces.Query(absl::GetFlag(FLAGS_prompt));
+    prompts.push_back(std::move(prompt));
+  } else if (!absl::GetFlag(FLAGS_prompt).empty()) {
     std::string text = absl::GetFlag(FLAGS_prompt);
     if (absl::GetFlag(FLAGS_chat)) {
       const auto chat = (*engine)->chat_template();
@@ -161,9 +262,9 @@ int main(int argc, char** argv) {
       messages.push_back({"user", text});
       text = (*chat)->Render(messages, /*add_generation_prompt=*/true);
     }
-    std::vector<int32_t> ids = (*engine)->tokenizer().Encode(text);
-    if ((*engine)->tokenizer().add_bos()) ids.insert(ids.begin(), (*engine)->tokenizer().bos_id());
-    prompts.push_back(std::move(ids));
+    std::vector<int32_t> ids = tokenizer.Encode(text);
+    if (tokenizer.add_bos()) ids.insert(ids.begin(), tokenizer.bos_id());
+    prompts.push_back({.tokens = std::move(ids)});
   }
   if (!absl::GetFlag(FLAGS_token_ids).empty()) {
     std::vector<int32_t> ids;
@@ -172,16 +273,16 @@ int main(int argc, char** argv) {
       if (!absl::SimpleAtoi(part, &id)) return Fail("--token_ids must be integers");
       ids.push_back(id);
     }
-    prompts.push_back(std::move(ids));
+    prompts.push_back({.tokens = std::move(ids)});
   }
   if (!absl::GetFlag(FLAGS_batch_file).empty()) {
     std::ifstream in(absl::GetFlag(FLAGS_batch_file));
     if (!in) return Fail("cannot read --batch_file");
     for (std::string line; std::getline(in, line);) {
       if (line.empty()) continue;
-      const nlohmann::json json = nlohmann::json::parse(line, nullptr, false);
-      if (!json.is_object() || !json.contains("token_ids")) return Fail("bad batch line: " + line);
-      prompts.push_back(json.at("token_ids").get<std::vector<int32_t>>());
+      auto prompt = ParseBatchLine(line);
+      if (!prompt.ok()) return Fail(prompt.status().ToString());
+      prompts.push_back(*std::move(prompt));
     }
   }
   if (prompts.empty()) return Fail("give --prompt, --token_ids or --batch_file");

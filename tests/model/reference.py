@@ -10,15 +10,18 @@ import numpy as np
 import torch
 
 
-def engine_logits_and_tokens(model, prompts, vocab, count):
-    """Runs apegen (path in $APEGEN) on `prompts` (lists of ids) with `model` on the CPU in
-    fp32; returns, per prompt, the logits of every position ([len, vocab]) and `count`
-    greedy tokens."""
+def engine_logits_and_tokens(model, prompts, vocab, count, decode_logits=False):
+    """Runs apegen (path in $APEGEN) on `prompts` with `model` on the CPU in fp32: each a
+    list of ids, or a batch-line dict (an APE prompt: prefix, contexts, token_ids as the
+    query, mode, temperature, scale). Returns, per prompt, the logits of every prompt
+    (query) position ([len, vocab]) — followed by those after each of the first
+    count - 1 greedy tokens when `decode_logits` — and `count` greedy tokens."""
     with tempfile.TemporaryDirectory(prefix="apeserve-apegen-") as tmp:
         batch = os.path.join(tmp, "prompts.jsonl")
         with open(batch, "w") as f:
-            for ids in prompts:
-                f.write(json.dumps({"token_ids": list(ids)}) + "\n")
+            for prompt in prompts:
+                line = prompt if isinstance(prompt, dict) else {"token_ids": list(prompt)}
+                f.write(json.dumps(line) + "\n")
         logits_path = os.path.join(tmp, "logits.f32")
         run = subprocess.run(
             [os.environ["APEGEN"], "--model=" + model, "--device=cpu", "--dtype=float32",
@@ -29,9 +32,12 @@ def engine_logits_and_tokens(model, prompts, vocab, count):
         tokens = [json.loads(line)["tokens"] for line in run.stdout.split("\n") if line]
         flat = np.fromfile(logits_path, dtype=np.float32)
     logits, offset = [], 0
-    for ids in prompts:
-        logits.append(flat[offset:offset + len(ids) * vocab].reshape(len(ids), vocab))
-        offset += len(ids) * vocab
+    for prompt in prompts:
+        length = len(prompt["token_ids"] if isinstance(prompt, dict) else prompt)
+        rows = length + max(count - 1, 0)
+        block = flat[offset:offset + rows * vocab].reshape(rows, vocab)
+        logits.append(block if decode_logits else block[:length])
+        offset += rows * vocab
     if offset != flat.size or len(tokens) != len(prompts):
         raise RuntimeError("apegen wrote an unexpected number of logits or results")
     return logits, tokens

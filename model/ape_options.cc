@@ -1,0 +1,42 @@
+#include "model/ape_options.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace apeserve::model {
+
+absl::string_view EncodingModeName(EncodingMode mode) {
+  switch (mode) {
+    case EncodingMode::kSequential:
+      return "sequential";
+    case EncodingMode::kParallel:
+      return "parallel";
+    case EncodingMode::kApe:
+      return "ape";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<EncodingMode> ParseEncodingMode(absl::string_view name) {
+  for (const EncodingMode mode :
+       {EncodingMode::kSequential, EncodingMode::kParallel, EncodingMode::kApe}) {
+    if (name == EncodingModeName(mode)) return mode;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("mode '", name, "' is not one of sequential, parallel, ape"));
+}
+
+absl::Status ApeOptions::Validate() const {
+  // Written as !(in range) so that NaN fails too.
+  if (!(temperature > 0.0F && temperature <= 4.0F)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("temperature ", temperature, " is outside (0, 4]"));
+  }
+  if (!(scale > 0.0F && scale <= 16.0F)) {
+    return absl::InvalidArgumentError(absl::StrCat("scale ", scale, " is outside (0, 16]"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace apeserve::model

@@ -1,0 +1,263 @@
+// The engine's pre-encoded contexts: the shared prefix, contexts encoded against it,
+// and sequences that start from them in each encoding mode (DESIGN.md §3).
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "model/engine.h"
+#include "model/engine_impl.h"
+#include "model/fingerprint.h"
+
+namespace apeserve::model {
+namespace {
+
+// Tokens per forward pass when SEQUENTIAL recomputes the contexts: bounds the attention's
+// working memory for long context lists.
+constexpr int64_t kPrefillChunk = 512;
+
+absl::StatusOr<torch::ScalarType> TorchDtype(KvDtype dtype) {
+  switch (dtype) {
+    case KvDtype::kFloat32:
+      return torch::kFloat32;
+    case KvDtype::kBFloat16:
+      return torch::kBFloat16;
+    case KvDtype::kFloat16:
+      return torch::kFloat16;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("KV dtype code ", static_cast<int>(dtype), " is unknown"));
+}
+
+KvDtype ToKvDtype(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kBFloat16:
+      return KvDtype::kBFloat16;
+    case torch::kFloat16:
+      return KvDtype::kFloat16;
+    default:
+      return KvDtype::kFloat32;
+  }
+}
+
+// INVALID_ARGUMENT unless `kv` is well formed and shaped for `config`.
+absl::Status CheckKvFits(const KvSegment& kv, const ModelConfig& config, absl::string_view what) {
+  if (absl::Status valid = kv.Validate(); !valid.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", valid.message()));
+  }
+  if (kv.num_layers != config.num_layers || kv.kv_heads != config.num_kv_heads ||
+      kv.head_dim != config.head_dim) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " has ", kv.num_layers, " layers x ", kv.kv_heads, " KV heads x ",
+                     kv.head_dim, "; the model has ", config.num_layers, " x ",
+                     config.num_kv_heads, " x ", config.head_dim));
+  }
+  return absl::OkStatus();
+}
+
+// Appends `kv` to every layer of `cache`, converted to the cache's device and dtype.
+void AppendSegment(const KvSegment& kv, KvCache& cache, const torch::TensorOptions& options) {
+  const torch::ScalarType stored = *TorchDtype(kv.dtype);  // checked by CheckKvFits
+  const std::vector<int64_t> shape{kv.kv_heads, kv.length, kv.head_dim};
+  const size_t half = kv.LayerBytes() / 2;
+  for (size_t layer = 0; layer < kv.layers.size(); ++layer) {
+    // from_blob wants a mutable pointer; the tensors are only read.
+    char* bytes = const_cast<char*>(kv.layers[layer].data());
+    const torch::Tensor k = torch::from_blob(bytes, shape, stored).to(options);
+    const torch::Tensor v = torch::from_blob(bytes + half, shape, stored).to(options);
+    cache.Append(layer, k, v);
+  }
+}
+
+// Copies `length` cached tokens from `start` out of `cache` as a plain value.
+KvSegment ExportSegment(const KvCache& cache, const ModelConfig& config, torch::ScalarType dtype,
+                        int64_t start, int64_t length, int64_t start_position) {
+  KvSegment kv;
+  kv.dtype = ToKvDtype(dtype);
+  kv.num_layers = static_cast<int32_t>(config.num_layers);
+  kv.kv_heads = static_cast<int32_t>(config.num_kv_heads);
+  kv.head_dim = static_cast<int32_t>(config.head_dim);
+  kv.start_position = start_position;
+  kv.length = length;
+  const size_t half = kv.LayerBytes() / 2;
+  kv.layers.resize(static_cast<size_t>(config.num_layers));
+  for (size_t layer = 0; layer < kv.layers.size(); ++layer) {
+    std::string& bytes = kv.layers[layer];
+    bytes.resize(2 * half);
+    if (length == 0) continue;
+    const auto [k, v] = cache.Slice(layer, start, length);
+    const torch::Tensor host_k = k.to(torch::kCPU).contiguous();
+    const torch::Tensor host_v = v.to(torch::kCPU).contiguous();
+    std::memcpy(bytes.data(), host_k.data_ptr(), half);
+    std::memcpy(bytes.data() + half, host_v.data_ptr(), half);
+  }
+  return kv;
+}
+
+// Runs `tokens` through `model` after what `cache` holds, at positions from
+// `first_position`, in chunks, keeping only their KV.
+void Prefill(const LlamaModel& model, absl::Span<const int32_t> tokens, int64_t first_position,
+             KvCache& cache) {
+  for (size_t done = 0; done < tokens.size(); done += kPrefillChunk) {
+    const size_t count = std::min<size_t>(kPrefillChunk, tokens.size() - done);
+    const torch::Tensor ids = torch::tensor(
+        std::vector<int64_t>(tokens.begin() + done, tokens.begin() + done + count), torch::kInt64);
+    const auto position = first_position + static_cast<int64_t>(done);
+    const torch::Tensor positions =
+        torch::arange(position, position + static_cast<int64_t>(count), torch::kInt64);
+    model.Forward(ids, positions, cache, LlamaModel::Logits::kNone);
+  }
+}
+
+absl::Status CheckLength(int64_t end, const ModelConfig& config, absl::string_view what) {
+  if (end > config.max_position) {
+    return absl::OutOfRangeError(absl::StrCat(what, " would reach position ", end,
+                                              "; the model's context is ", config.max_position));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<EncodedPrefix> Engine::EncodePrefix(absl::Span<const int32_t> tokens) const {
+  const LlamaModel& model = *impl_->model;
+  const ModelConfig& config = model.config();
+  APE_RETURN_IF_ERROR(CheckTokenIds(tokens, config.vocab_size, "prefix"));
+  const auto length = static_cast<int64_t>(tokens.size());
+  APE_RETURN_IF_ERROR(CheckLength(length, config, "the prefix"));
+  try {
+    KvCache cache = model.NewCache();
+    cache.Reserve(length);
+    Prefill(model, tokens, 0, cache);
+    EncodedPrefix prefix;
+    prefix.tokens.assign(tokens.begin(), tokens.end());
+    prefix.hash = FingerprintTokens(impl_->fingerprint, tokens);
+    prefix.kv = ExportSegment(cache, config, model.dtype(), 0, length, 0);
+    return prefix;
+  } catch (const c10::Error& e) {
+    return FromTorchError(e, "encoding the prefix");
+  }
+}
+
+namespace {
+
+// INVALID_ARGUMENT unless `prefix` was encoded by this model from its own tokens.
+absl::Status CheckPrefix(const EncodedPrefix& prefix, const ModelConfig& config,
+                         const std::string& fingerprint) {
+  APE_RETURN_IF_ERROR(CheckTokenIds(prefix.tokens, config.vocab_size, "prefix"));
+  if (prefix.hash != FingerprintTokens(fingerprint, prefix.tokens)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefix hash '", prefix.hash, "' does not name its tokens under model ", fingerprint));
+  }
+  APE_RETURN_IF_ERROR(CheckKvFits(prefix.kv, config, "prefix KV"));
+  if (prefix.kv.start_position != 0 ||
+      prefix.kv.length != static_cast<int64_t>(prefix.tokens.size())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefix KV covers positions ", prefix.kv.start_position, " .. +", prefix.kv.length,
+        ", not its ", prefix.tokens.size(), " tokens from 0"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<EncodedContext> Engine::EncodeContext(const EncodedPrefix& prefix,
+                                                     absl::Span<const int32_t> tokens) const {
+  const LlamaModel& model = *impl_->model;
+  const ModelConfig& config = model.config();
+  APE_RETURN_IF_ERROR(CheckPrefix(prefix, config, impl_->fingerprint));
+  if (tokens.empty()) return absl::InvalidArgumentError("a context needs at least one token");
+  APE_RETURN_IF_ERROR(CheckTokenIds(tokens, config.vocab_size, "context"));
+  const int64_t start = prefix.kv.length;
+  const auto length = static_cast<int64_t>(tokens.size());
+  APE_RETURN_IF_ERROR(CheckLength(start + length, config, "the context"));
+  try {
+    KvCache cache = model.NewCache();
+    cache.Reserve(start + length);
+    const auto options = torch::TensorOptions().device(model.device()).dtype(model.dtype());
+    AppendSegment(prefix.kv, cache, options);
+    Prefill(model, tokens, start, cache);
+    EncodedContext context;
+    context.tokens.assign(tokens.begin(), tokens.end());
+    context.prefix_hash = prefix.hash;
+    context.kv = ExportSegment(cache, config, model.dtype(), start, length, start);
+    return context;
+  } catch (const c10::Error& e) {
+    return FromTorchError(e, "encoding a context");
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Engine::Sequence>> Engine::StartSequence(
+    const EncodedPrefix& prefix, absl::Span<const EncodedContext* const> contexts,
+    const ApeOptions& options) const {
+  const LlamaModel& model = *impl_->model;
+  const ModelConfig& config = model.config();
+  APE_RETURN_IF_ERROR(options.Validate());
+  APE_RETURN_IF_ERROR(CheckPrefix(prefix, config, impl_->fingerprint));
+  const int64_t prefix_length = prefix.kv.length;
+  int64_t total = 0, longest = 0;
+  for (size_t i = 0; i < contexts.size(); ++i) {
+    const EncodedContext& context = *contexts[i];
+    const std::string what = absl::StrCat("context #", i);
+    if (context.tokens.empty()) return absl::InvalidArgumentError(what + " has no tokens");
+    APE_RETURN_IF_ERROR(CheckTokenIds(context.tokens, config.vocab_size, what));
+    const auto length = static_cast<int64_t>(context.tokens.size());
+    if (options.mode != EncodingMode::kSequential) {
+      if (context.prefix_hash != prefix.hash) {
+        return absl::InvalidArgumentError(absl::StrCat(what, " was encoded after prefix ",
+                                                       context.prefix_hash, ", not ", prefix.hash));
+      }
+      APE_RETURN_IF_ERROR(CheckKvFits(context.kv, config, what + " KV"));
+      if (context.kv.start_position != prefix_length || context.kv.length != length) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            what, " KV covers positions ", context.kv.start_position, " .. +", context.kv.length,
+            ", not its ", length, " tokens from ", prefix_length));
+      }
+    }
+    total += length;
+    longest = std::max(longest, length);
+  }
+  const bool sequential = options.mode == EncodingMode::kSequential;
+  APE_RETURN_IF_ERROR(
+      CheckLength(prefix_length + (sequential ? total : longest), config, "the contexts"));
+
+  try {
+    auto state = std::make_unique<Sequence::State>(model.NewCache());
+    KvCache& cache = state->cache;
+    // Room for the query and some generated tokens too.
+    cache.Reserve(prefix_length + total + 256);
+    const auto tensor_options = torch::TensorOptions().device(model.device()).dtype(model.dtype());
+    if (prefix_length > 0) AppendSegment(prefix.kv, cache, tensor_options);
+    if (sequential) {
+      std::vector<int32_t> tokens;
+      tokens.reserve(static_cast<size_t>(total));
+      for (const EncodedContext* context : contexts) {
+        tokens.insert(tokens.end(), context->tokens.begin(), context->tokens.end());
+      }
+      Prefill(model, tokens, prefix_length, cache);
+      state->local_start = 0;  // one causal sequence from position 0
+      state->local_position = 0;
+    } else {
+      for (const EncodedContext* context : contexts) {
+        AppendSegment(context->kv, cache, tensor_options);
+      }
+      state->local_start = prefix_length + total;
+      state->local_position = prefix_length + longest;
+      if (options.mode == EncodingMode::kApe) {
+        state->ape = ApeLayout{.prefix_length = prefix_length,
+                               .context_length = total,
+                               .temperature = options.temperature,
+                               .scale = options.scale,
+                               .kernel = impl_->attention_kernel,
+                               .block = impl_->attention_block};
+      }
+    }
+    state->fixed_length = cache.length();
+    return std::unique_ptr<Sequence>(new Sequence(std::move(state)));
+  } catch (const c10::Error& e) {
+    return FromTorchError(e, "starting a sequence");
+  }
+}
+
+}  // namespace apeserve::model

@@ -1,0 +1,60 @@
+// What Engine and Engine::Sequence hold, shared by the engine's translation units.
+// Internal to model/ (torch types).
+#ifndef APESERVE_MODEL_ENGINE_IMPL_H_
+#define APESERVE_MODEL_ENGINE_IMPL_H_
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "model/attention.h"
+#include "model/chat_template.h"
+#include "model/engine.h"
+#include "model/kv_cache.h"
+#include "model/llama_model.h"
+#include "model/tokenizer.h"
+
+namespace apeserve::model {
+
+struct Engine::Impl {
+  std::string fingerprint;
+  std::unique_ptr<Tokenizer> tokenizer;
+  absl::StatusOr<ChatTemplate> chat_template = absl::FailedPreconditionError("no chat template");
+  std::unique_ptr<LlamaModel> model;
+  AttentionKernel attention_kernel = AttentionKernel::kAuto;
+  int64_t attention_block = 1024;
+};
+
+struct Engine::Sequence::State {
+  explicit State(KvCache empty) : cache(std::move(empty)) {}
+
+  KvCache cache;
+  // Tokens at cache indexes from `local_start` on are attended causally and sit at
+  // positions from `local_position` on; before them lie the prefix and contexts.
+  int64_t local_start = 0;
+  int64_t local_position = 0;
+  // Tokens Truncate() keeps whatever it is asked.
+  int64_t fixed_length = 0;
+  // Set in APE mode: how the query's attention reads the cache.
+  std::optional<ApeLayout> ape;
+
+  int64_t NextPosition() const { return local_position + cache.length() - local_start; }
+};
+
+// The one place where libtorch's exceptions become statuses.
+absl::Status FromTorchError(const c10::Error& error, absl::string_view what);
+
+// INVALID_ARGUMENT naming `what` and the first id outside [0, vocab_size).
+absl::Status CheckTokenIds(absl::Span<const int32_t> tokens, int64_t vocab_size,
+                           absl::string_view what);
+
+}  // namespace apeserve::model
+
+#endif  // APESERVE_MODEL_ENGINE_IMPL_H_
