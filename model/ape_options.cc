@@ -1,6 +1,7 @@
 #include "model/ape_options.h"
 
 #include <cmath>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 
@@ -37,6 +38,24 @@ absl::Status ApeOptions::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("scale ", scale, " is outside (0, 16]"));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<ApeOptions> ApeOptionsFromCalibration(absl::string_view json) {
+  const nlohmann::json parsed = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
+  if (!parsed.is_object()) return absl::InvalidArgumentError("calibration is not a JSON object");
+  ApeOptions options{.mode = EncodingMode::kApe};
+  for (const auto& [field, value] :
+       {std::pair{"temperature", &options.temperature}, std::pair{"scale", &options.scale}}) {
+    const auto found = parsed.find(field);
+    if (found == parsed.end() || !found->is_number()) {
+      return absl::InvalidArgumentError(absl::StrCat("calibration has no number '", field, "'"));
+    }
+    *value = found->get<float>();
+  }
+  if (absl::Status valid = options.Validate(); !valid.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("calibration: ", valid.message()));
+  }
+  return options;
 }
 
 }  // namespace apeserve::model

@@ -39,6 +39,11 @@ struct ApeOptions {
   absl::Status Validate() const;
 };
 
+// APE's parameters from the JSON that `apeeval calibrate` writes: an object with numbers
+// "temperature" and "scale" (other fields are ignored). Mode kApe. INVALID_ARGUMENT: not
+// such an object, or values that fail Validate().
+absl::StatusOr<ApeOptions> ApeOptionsFromCalibration(absl::string_view json);
+
 }  // namespace apeserve::model
 
 #endif  // APESERVE_MODEL_APE_OPTIONS_H_

@@ -49,6 +49,8 @@ ape::v1::ServerInfo DescribeServer(const ServerOptions& options, const model::Gg
   info.set_cuda_available(runtime.cuda_available);
   info.set_data_dir(options.data_dir);
   info.set_start_time_unix_ms(absl::ToUnixMillis(absl::Now()));
+  info.mutable_ape_defaults()->set_temperature(options.ape_defaults.temperature);
+  info.mutable_ape_defaults()->set_scale(options.ape_defaults.scale);
   ape::v1::ModelFile* model = info.mutable_model();
   model->set_path(options.model_path);
   model->set_size_bytes(header.file_size);

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -11,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/logging.h"
+#include "model/ape_options.h"
 #include "server/ape_server.h"
 #include "server/server_options.h"
 #include "spdlog/spdlog.h"
@@ -24,6 +26,12 @@ ABSL_FLAG(std::string, listen, kDefaults.listen_address,
 ABSL_FLAG(std::string, model, "", "GGUF model file (required)");
 ABSL_FLAG(std::string, data_dir, "", "folder of the document and KV store (required)");
 ABSL_FLAG(std::string, device, kDefaults.device, "compute device: auto, cpu, cuda or cuda:N");
+ABSL_FLAG(float, ape_temperature, kDefaults.ape_defaults.temperature,
+          "APE attention temperature T for requests that leave it unset, in (0, 4]");
+ABSL_FLAG(float, ape_scale, kDefaults.ape_defaults.scale,
+          "APE scaling factor S for requests that leave it unset, in (0, 16]");
+ABSL_FLAG(std::string, ape_calibration, "",
+          "take T and S from this file, written by `apeeval calibrate` (overrides the two above)");
 ABSL_FLAG(std::string, port_file, "",
           "once serving, write the port to this file (for scripts and tests)");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off");
@@ -77,6 +85,24 @@ int main(int argc, char** argv) {
   options.device = absl::GetFlag(FLAGS_device);
   if (options.model_path.empty()) return UsageError("--model is required");
   if (options.data_dir.empty()) return UsageError("--data_dir is required");
+  options.ape_defaults.temperature = absl::GetFlag(FLAGS_ape_temperature);
+  options.ape_defaults.scale = absl::GetFlag(FLAGS_ape_scale);
+  if (const std::string path = absl::GetFlag(FLAGS_ape_calibration); !path.empty()) {
+    std::ifstream in(path);
+    if (!in.is_open()) {
+      return UsageError(absl::StrCat("--ape_calibration='", path, "' cannot be read"));
+    }
+    std::ostringstream json;
+    json << in.rdbuf();
+    auto calibrated = apeserve::model::ApeOptionsFromCalibration(json.str());
+    if (!calibrated.ok()) {
+      return UsageError(absl::StrCat("--ape_calibration='", path, "': ", calibrated.status().message()));
+    }
+    options.ape_defaults = *calibrated;
+  }
+  if (absl::Status valid = options.ape_defaults.Validate(); !valid.ok()) {
+    return UsageError(absl::StrCat("APE defaults: ", valid.message()));
+  }
 
   // Block the stop signals before any thread starts, so that every thread inherits
   // the mask and only sigwait() below receives them.

@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "model/ape_options.h"
+
 namespace apeserve::server {
 
 struct ServerOptions {
@@ -19,6 +21,9 @@ struct ServerOptions {
   std::string device = "auto";
   // Largest request the server accepts, in bytes. Default: 64 MiB.
   int max_receive_message_bytes = 64 << 20;
+  // APE's temperature and scale for requests that leave them unset (e.g. the values
+  // `apeeval calibrate` chose for the model). Default: T = 1, S = 1 (mode APE).
+  model::ApeOptions ape_defaults;
 };
 
 }  // namespace apeserve::server

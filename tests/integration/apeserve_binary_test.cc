@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -32,13 +33,12 @@ using ::testing::HasSubstr;
 // An apeserve process on a free loopback port, stopped with SIGTERM at the end.
 class RunningServer {
  public:
-  RunningServer(const TempDir& dir, const std::string& data_dir, const std::string& tag)
+  RunningServer(const TempDir& dir, const std::string& data_dir, const std::string& tag,
+                const std::vector<std::string>& extra_flags = {})
       : port_file_(dir.Join(tag + ".port")),
         stderr_path_(dir.Join(tag + ".err")),
-        process_({apeserve::testing::ApeserveBinary(),
-                  "--model=" + apeserve::testing::TestModelPath(), "--data_dir=" + data_dir,
-                  "--listen=127.0.0.1:0", "--device=cpu", "--port_file=" + port_file_},
-                 dir.Join(tag + ".out"), stderr_path_) {}
+        process_(Command(data_dir, port_file_, extra_flags), dir.Join(tag + ".out"),
+                 stderr_path_) {}
 
   // Waits for the port file; nullopt if the server exited or took too long.
   std::optional<int> WaitForPort(absl::Duration timeout = absl::Seconds(120)) {
@@ -57,6 +57,16 @@ class RunningServer {
   std::string Stderr() const { return ReadFile(stderr_path_); }
 
  private:
+  static std::vector<std::string> Command(const std::string& data_dir, const std::string& port_file,
+                                          const std::vector<std::string>& extra_flags) {
+    std::vector<std::string> command = {
+        apeserve::testing::ApeserveBinary(), "--model=" + apeserve::testing::TestModelPath(),
+        "--data_dir=" + data_dir,           "--listen=127.0.0.1:0",
+        "--device=cpu",                     "--port_file=" + port_file};
+    command.insert(command.end(), extra_flags.begin(), extra_flags.end());
+    return command;
+  }
+
   std::string port_file_;
   std::string stderr_path_;
   Subprocess process_;
@@ -124,6 +134,40 @@ TEST_F(ApeserveBinaryTest, SecondServerOnTheSameDataDirectoryFails) {
   EXPECT_FALSE(second.WaitForPort().has_value());
   EXPECT_EQ(second.process().Wait(absl::Seconds(30)), std::optional<int>(1));
   EXPECT_THAT(second.Stderr(), HasSubstr("lock"));
+}
+
+TEST_F(ApeserveBinaryTest, TakesApeDefaultsFromACalibrationFile) {
+  const std::string calibration = dir_.Join("calibration.json");
+  ASSERT_TRUE(apeserve::testing::WriteFile(
+      calibration, R"({"model_fingerprint": "x", "temperature": 0.7, "scale": 0.9})"));
+  RunningServer server(dir_, dir_.Join("data"), "calibrated", {"--ape_calibration=" + calibration});
+  const std::optional<int> port = server.WaitForPort();
+  ASSERT_TRUE(port.has_value()) << server.Stderr();
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", *port),
+                                     grpc::InsecureChannelCredentials());
+  grpc::ClientContext context;
+  ape::v1::ServerInfo info;
+  ASSERT_TRUE(ape::v1::AdminService::NewStub(channel)
+                  ->GetServerInfo(&context, ape::v1::GetServerInfoRequest(), &info)
+                  .ok());
+  EXPECT_FLOAT_EQ(info.ape_defaults().temperature(), 0.7F);
+  EXPECT_FLOAT_EQ(info.ape_defaults().scale(), 0.9F);
+
+  // Values outside the allowed range are refused at start, naming the field.
+  ASSERT_TRUE(apeserve::testing::WriteFile(calibration, R"({"temperature": 0, "scale": 1})"));
+  const auto refused =
+      RunProgram({apeserve::testing::ApeserveBinary(),
+                  "--model=" + apeserve::testing::TestModelPath(),
+                  "--data_dir=" + dir_.Join("data2"), "--ape_calibration=" + calibration},
+                 dir_.path());
+  EXPECT_EQ(refused.exit_status, 2);
+  EXPECT_THAT(refused.err, HasSubstr("calibration: temperature 0 is outside (0, 4]"));
+  const auto bad_flag = RunProgram(
+      {apeserve::testing::ApeserveBinary(), "--model=" + apeserve::testing::TestModelPath(),
+       "--data_dir=" + dir_.Join("data2"), "--ape_scale=40"},
+      dir_.path());
+  EXPECT_EQ(bad_flag.exit_status, 2);
+  EXPECT_THAT(bad_flag.err, HasSubstr("APE defaults: scale 40 is outside (0, 16]"));
 }
 
 TEST_F(ApeserveBinaryTest, ExplainsMissingFlags) {

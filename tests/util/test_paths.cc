@@ -15,5 +15,6 @@ std::string FromEnvOr(const char* name, const char* built_in) {
 std::string TestModelPath() { return FromEnvOr("APESERVE_TEST_MODEL", APESERVE_TEST_MODEL); }
 std::string ApeserveBinary() { return FromEnvOr("APESERVE_BINARY", APESERVE_BINARY); }
 std::string ApectlBinary() { return FromEnvOr("APECTL_BINARY", APECTL_BINARY); }
+std::string ApeevalBinary() { return FromEnvOr("APEEVAL_BINARY", APEEVAL_BINARY); }
 
 }  // namespace apeserve::testing

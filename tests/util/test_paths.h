@@ -1,5 +1,6 @@
 // Files the tests use, fixed by the build (tests/CMakeLists.txt) and overridable
-// from the environment: APESERVE_TEST_MODEL, APESERVE_BINARY, APECTL_BINARY.
+// from the environment: APESERVE_TEST_MODEL, APESERVE_BINARY, APECTL_BINARY,
+// APEEVAL_BINARY.
 #ifndef APESERVE_TESTS_UTIL_TEST_PATHS_H_
 #define APESERVE_TESTS_UTIL_TEST_PATHS_H_
 
@@ -12,6 +13,8 @@ std::string TestModelPath();
 // The apeserve and apectl binaries of this build.
 std::string ApeserveBinary();
 std::string ApectlBinary();
+// The evaluation driver, tools/apeeval.
+std::string ApeevalBinary();
 
 }  // namespace apeserve::testing
 
