@@ -77,8 +77,7 @@ PartialAttention FusedCpu(const torch::Tensor& q, const torch::Tensor& k, const 
   }
   // With one query, causal attention sees every key: no mask at all.
   auto [output, lse] = at::_scaled_dot_product_flash_attention_for_cpu(
-      grouped, k.unsqueeze(0), v.unsqueeze(0), /*dropout_p=*/0.0, /*is_causal=*/false, mask,
-      scale);
+      grouped, k.unsqueeze(0), v.unsqueeze(0), /*dropout_p=*/0.0, /*is_causal=*/false, mask, scale);
   return {UngroupRows(output.squeeze(0).to(torch::kFloat32), heads),
           UngroupRows(lse.squeeze(0).to(torch::kFloat32), heads)};
 }
@@ -119,7 +118,7 @@ PartialAttention MergeByLse(const std::vector<PartialAttention>& parts) {
   const torch::Tensor stacked = torch::stack(lses);  // [n, ...]
   torch::Tensor top = std::get<0>(stacked.max(0));
   top = torch::where(top.isinf(), torch::zeros_like(top), top);  // all -inf: weights 0
-  const torch::Tensor exps = torch::exp(stacked - top);         // [n, ...]
+  const torch::Tensor exps = torch::exp(stacked - top);          // [n, ...]
   const torch::Tensor total = exps.sum(0);
   const torch::Tensor divisor = torch::where(total == 0, torch::ones_like(total), total);
   torch::Tensor output = torch::zeros_like(parts[0].output);

@@ -9,10 +9,10 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "model/engine_impl.h"
 #include "model/fingerprint.h"
 #include "model/gguf_file.h"
 #include "model/hf_checkpoint.h"
-#include "model/engine_impl.h"
 #include "model/runtime.h"
 
 namespace apeserve::model {
@@ -23,14 +23,6 @@ int64_t Engine::Sequence::length() const { return state_->cache.length(); }
 int64_t Engine::Sequence::next_position() const { return state_->NextPosition(); }
 void Engine::Sequence::Truncate(int64_t length) {
   state_->cache.Truncate(std::max(length, state_->fixed_length));
-}
-
-absl::Status FromTorchError(const c10::Error& error, absl::string_view what) {
-  const std::string message = absl::StrCat(what, ": ", error.what_without_backtrace());
-  if (dynamic_cast<const c10::OutOfMemoryError*>(&error) != nullptr) {
-    return absl::ResourceExhaustedError(message);
-  }
-  return absl::InternalError(message);
 }
 
 absl::Status CheckTokenIds(absl::Span<const int32_t> tokens, int64_t vocab_size,
@@ -129,8 +121,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   if (options.attention_kernel == "blocked") {
     kernel = AttentionKernel::kBlocked;
   } else if (options.attention_kernel != "auto") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "attention kernel '", options.attention_kernel, "' is not one of auto, blocked"));
+    return absl::InvalidArgumentError(absl::StrCat("attention kernel '", options.attention_kernel,
+                                                   "' is not one of auto, blocked"));
   }
   if (options.attention_block < 1) {
     return absl::InvalidArgumentError(

@@ -48,10 +48,9 @@ absl::Status CheckKvFits(const KvSegment& kv, const ModelConfig& config, absl::s
   }
   if (kv.num_layers != config.num_layers || kv.kv_heads != config.num_kv_heads ||
       kv.head_dim != config.head_dim) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " has ", kv.num_layers, " layers x ", kv.kv_heads, " KV heads x ",
-                     kv.head_dim, "; the model has ", config.num_layers, " x ",
-                     config.num_kv_heads, " x ", config.head_dim));
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " has ", kv.num_layers, " layers x ", kv.kv_heads, " KV heads x ", kv.head_dim,
+        "; the model has ", config.num_layers, " x ", config.num_kv_heads, " x ", config.head_dim));
   }
   return absl::OkStatus();
 }
@@ -153,9 +152,9 @@ absl::Status CheckPrefix(const EncodedPrefix& prefix, const ModelConfig& config,
   APE_RETURN_IF_ERROR(CheckKvFits(prefix.kv, config, "prefix KV"));
   if (prefix.kv.start_position != 0 ||
       prefix.kv.length != static_cast<int64_t>(prefix.tokens.size())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prefix KV covers positions ", prefix.kv.start_position, " .. +", prefix.kv.length,
-        ", not its ", prefix.tokens.size(), " tokens from 0"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("prefix KV covers positions ", prefix.kv.start_position, " .. +",
+                     prefix.kv.length, ", not its ", prefix.tokens.size(), " tokens from 0"));
   }
   return absl::OkStatus();
 }
@@ -210,9 +209,9 @@ absl::StatusOr<std::unique_ptr<Engine::Sequence>> Engine::StartSequence(
       }
       APE_RETURN_IF_ERROR(CheckKvFits(context.kv, config, what + " KV"));
       if (context.kv.start_position != prefix_length || context.kv.length != length) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            what, " KV covers positions ", context.kv.start_position, " .. +", context.kv.length,
-            ", not its ", length, " tokens from ", prefix_length));
+        return absl::InvalidArgumentError(
+            absl::StrCat(what, " KV covers positions ", context.kv.start_position, " .. +",
+                         context.kv.length, ", not its ", length, " tokens from ", prefix_length));
       }
     }
     total += length;

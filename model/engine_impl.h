@@ -20,6 +20,7 @@
 #include "model/kv_cache.h"
 #include "model/llama_model.h"
 #include "model/tokenizer.h"
+#include "model/torch_error.h"
 
 namespace apeserve::model {
 
@@ -47,9 +48,6 @@ struct Engine::Sequence::State {
 
   int64_t NextPosition() const { return local_position + cache.length() - local_start; }
 };
-
-// The one place where libtorch's exceptions become statuses.
-absl::Status FromTorchError(const c10::Error& error, absl::string_view what);
 
 // INVALID_ARGUMENT naming `what` and the first id outside [0, vocab_size).
 absl::Status CheckTokenIds(absl::Span<const int32_t> tokens, int64_t vocab_size,

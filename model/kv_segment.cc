@@ -54,8 +54,8 @@ absl::Status KvSegment::Validate() const {
   const size_t expected = LayerBytes();
   for (size_t i = 0; i < layers.size(); ++i) {
     if (layers[i].size() != expected) {
-      return absl::InvalidArgumentError(absl::StrCat("KV layer ", i, " holds ", layers[i].size(),
-                                                     " bytes, expected ", expected));
+      return absl::InvalidArgumentError(
+          absl::StrCat("KV layer ", i, " holds ", layers[i].size(), " bytes, expected ", expected));
     }
   }
   return absl::OkStatus();

@@ -36,8 +36,8 @@ struct KvSegment {
   int32_t num_layers = 0;
   int32_t kv_heads = 0;
   int32_t head_dim = 0;
-  int64_t start_position = 0;  // rotary position of the first token
-  int64_t length = 0;          // tokens
+  int64_t start_position = 0;       // rotary position of the first token
+  int64_t length = 0;               // tokens
   std::vector<std::string> layers;  // num_layers entries of LayerBytes() bytes
 
   // 2 * kv_heads * length * head_dim * KvDtypeSize(dtype).

@@ -98,10 +98,10 @@ torch::Tensor LlamaModel::Forward(const torch::Tensor& tokens, const torch::Tens
     q = Rotate(q, cos, sin);
     k = Rotate(k, cos, sin);
     const auto [keys, values] =
-        cache.Append(i, k.transpose(0, 1), v.transpose(0, 1));                        // [Hkv, S, D]
-    const torch::Tensor attended = ape != nullptr
-                                       ? ApeAttention(q.transpose(0, 1), keys, values, *ape)
-                                       : CausalAttention(q.transpose(0, 1), keys, values);  // [H, T, D]
+        cache.Append(i, k.transpose(0, 1), v.transpose(0, 1));  // [Hkv, S, D]
+    const torch::Tensor attended =
+        ape != nullptr ? ApeAttention(q.transpose(0, 1), keys, values, *ape)
+                       : CausalAttention(q.transpose(0, 1), keys, values);  // [H, T, D]
     x = x + Linear(attended.transpose(0, 1).reshape({count, heads * d}), w.wo);
 
     // Feed-forward block (SwiGLU).

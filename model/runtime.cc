@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "model/torch_error.h"
 
 namespace apeserve::model {
 
@@ -86,8 +87,9 @@ absl::Status SelfTest(const Device& device) {
     torch::Tensor tb = torch::from_blob(b.data(), {kInner, kCols}, options).to(ToTorch(device));
     product = torch::matmul(ta, tb).to(torch::kCPU).contiguous();  // [kRows, kCols]
   } catch (const c10::Error& e) {
+    // A device that fails a matmul cannot serve: UNAVAILABLE, whatever the cause.
     return absl::UnavailableError(
-        absl::StrCat("libtorch failed on ", device.ToString(), ": ", e.what_without_backtrace()));
+        FromTorchError(e, absl::StrCat("libtorch failed on ", device.ToString())).message());
   }
 
   const float* got = product.data_ptr<float>();

@@ -96,7 +96,8 @@ int main(int argc, char** argv) {
     json << in.rdbuf();
     auto calibrated = apeserve::model::ApeOptionsFromCalibration(json.str());
     if (!calibrated.ok()) {
-      return UsageError(absl::StrCat("--ape_calibration='", path, "': ", calibrated.status().message()));
+      return UsageError(
+          absl::StrCat("--ape_calibration='", path, "': ", calibrated.status().message()));
     }
     options.ape_defaults = *calibrated;
   }

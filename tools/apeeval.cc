@@ -13,8 +13,10 @@
 // the items to bring APE's first-token distribution closest to SEQUENTIAL's, reports
 // the held-out half, and writes the chosen values as JSON, which eval (and the server's
 // --ape_calibration) reads.
+#include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -48,7 +50,8 @@ ABSL_FLAG(std::vector<std::string>, temperatures,
           (std::vector<std::string>{"0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0"}),
           "calibrate: T grid");
 ABSL_FLAG(std::vector<std::string>, scales,
-          (std::vector<std::string>{"0.5", "0.75", "1.0", "1.25", "1.5"}), "calibrate: S grid");
+          (std::vector<std::string>{"0.25", "0.35", "0.5", "0.7", "1.0", "1.4"}),
+          "calibrate: S grid");
 ABSL_FLAG(std::string, out, "", "calibrate: write the chosen T and S here (JSON)");
 ABSL_FLAG(std::string, json_out, "", "eval: also write the results here (JSON)");
 
@@ -145,9 +148,9 @@ int Eval(const apeserve::model::Engine& engine, const EvalRunner& runner) {
         tally.first_token_seconds += outcome->first_token_seconds;
       }
     }
-    nlohmann::json family_json = {{"items", tallies[0].items},
-                                  {"context_encode_ms_per_item",
-                                   1000 * encode_seconds / std::max(tallies[0].items, 1)}};
+    nlohmann::json family_json = {
+        {"items", tallies[0].items},
+        {"context_encode_ms_per_item", 1000 * encode_seconds / std::max(tallies[0].items, 1)}};
     for (size_t m = 0; m < modes.size(); ++m) {
       const nlohmann::json row = tallies[m].ToJson();
       family_json[modes[m].first] = row;
@@ -163,6 +166,9 @@ int Eval(const apeserve::model::Engine& engine, const EvalRunner& runner) {
   }
   return 0;
 }
+
+// A float flag value as the decimal it was written as (0.9, not 0.8999999761581421).
+double Rounded(float value) { return std::round(static_cast<double>(value) * 1e4) / 1e4; }
 
 // Mean KL(SEQUENTIAL || options) over `items`, given SEQUENTIAL's distributions.
 absl::StatusOr<double> MeanKl(const EvalRunner& runner, const std::vector<PreparedItem>& items,
@@ -200,18 +206,20 @@ int Calibrate(const apeserve::model::Engine& engine, const EvalRunner& runner) {
   }
 
   ApeOptions best{.mode = EncodingMode::kApe};
-  double best_kl = INFINITY;
+  double best_kl = std::numeric_limits<double>::infinity();
   nlohmann::json grid = nlohmann::json::array();
   std::printf("%6s %6s %14s\n", "T", "S", "KL(seq||ape)");
   for (const float temperature : *temperatures) {
     for (const float scale : *scales) {
-      const ApeOptions options{.mode = EncodingMode::kApe, .temperature = temperature,
-                               .scale = scale};
+      const ApeOptions options{
+          .mode = EncodingMode::kApe, .temperature = temperature, .scale = scale};
       if (absl::Status valid = options.Validate(); !valid.ok()) return Fail(valid.ToString());
       auto kl = MeanKl(runner, search, search_sequential, options);
       if (!kl.ok()) return Fail(kl.status().ToString());
       std::printf("%6.2f %6.2f %14.4f\n", temperature, scale, *kl);
-      grid.push_back({{"temperature", temperature}, {"scale", scale}, {"kl_from_sequential", *kl}});
+      grid.push_back({{"temperature", Rounded(temperature)},
+                      {"scale", Rounded(scale)},
+                      {"kl_from_sequential", *kl}});
       std::fflush(stdout);
       if (*kl < best_kl) {
         best_kl = *kl;
@@ -221,8 +229,7 @@ int Calibrate(const apeserve::model::Engine& engine, const EvalRunner& runner) {
   }
 
   nlohmann::json held_out_json;
-  for (const auto& [name, options] :
-       std::vector<std::pair<std::string, ApeOptions>>{
+  for (const auto& [name, options] : std::vector<std::pair<std::string, ApeOptions>>{
            {"parallel", {.mode = EncodingMode::kParallel}},
            {"ape_default", {.mode = EncodingMode::kApe}},
            {"ape_calibrated", best}}) {
@@ -233,16 +240,15 @@ int Calibrate(const apeserve::model::Engine& engine, const EvalRunner& runner) {
   const nlohmann::json result = {
       {"model_fingerprint", engine.fingerprint()},
       {"family", absl::GetFlag(FLAGS_family)},
-      {"temperature", best.temperature},
-      {"scale", best.scale},
+      {"temperature", Rounded(best.temperature)},
+      {"scale", Rounded(best.scale)},
       {"search_items", search.size()},
       {"search_kl", best_kl},
       {"grid", grid},
       {"held_out_items", held_out.size()},
       {"held_out", held_out_json},
   };
-  std::printf("chosen T=%.2f S=%.2f\n%s\n", best.temperature, best.scale,
-              result.dump(2).c_str());
+  std::printf("chosen T=%.2f S=%.2f\n%s\n", best.temperature, best.scale, result.dump(2).c_str());
   if (!absl::GetFlag(FLAGS_out).empty()) {
     std::ofstream out(absl::GetFlag(FLAGS_out));
     out << result.dump(2) << "\n";

@@ -109,6 +109,7 @@ absl::StatusOr<std::unique_ptr<Engine::Sequence>> StartFor(const Engine& engine,
     contexts.push_back(*std::move(context));
   }
   std::vector<const EncodedContext*> pointers;
+  pointers.reserve(contexts.size());
   for (const EncodedContext& context : contexts) pointers.push_back(&context);
   return engine.StartSequence(*prefix, pointers, prompt.options);
 }

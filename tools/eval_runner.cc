@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -84,7 +85,7 @@ absl::StatusOr<ModeOutcome> EvalRunner::Run(const PreparedItem& item,
   outcome.first_token_logprobs = std::move(gold.first_token_logprobs);
 
   if (!item.choices.empty()) {
-    double best = -INFINITY;
+    double best = -std::numeric_limits<double>::infinity();
     for (size_t i = 0; i < item.choices.size(); ++i) {
       APE_ASSIGN_OR_RETURN(const model::ScoreResult choice, score(item.choices[i]));
       if (choice.total_logprob > best) {

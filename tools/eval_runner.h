@@ -32,8 +32,8 @@ struct PreparedItem {
 
 struct ModeOutcome {
   bool correct = false;
-  std::string prediction;      // generated text, or the chosen label
-  double answer_nll = 0;       // -log p(gold answer | prompt)
+  std::string prediction;                   // generated text, or the chosen label
+  double answer_nll = 0;                    // -log p(gold answer | prompt)
   std::vector<float> first_token_logprobs;  // log p(first answer token | prompt)
   double first_token_seconds = 0;           // sequence start + query prefill
 };

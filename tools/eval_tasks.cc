@@ -29,20 +29,21 @@ class Draw {
   std::mt19937_64 random_;
 };
 
-const std::vector<std::string> kFirstNames = {
-    "Aldo", "Brina", "Cato", "Delia", "Emrys", "Fenna", "Gideon", "Hesper", "Ivo", "Juna",
-    "Kasimir", "Liora", "Magnus", "Nell", "Orrin", "Pilar", "Quill", "Rosamund", "Silas", "Tamsin"};
+const std::vector<std::string> kFirstNames = {"Aldo",    "Brina",  "Cato",     "Delia", "Emrys",
+                                              "Fenna",   "Gideon", "Hesper",   "Ivo",   "Juna",
+                                              "Kasimir", "Liora",  "Magnus",   "Nell",  "Orrin",
+                                              "Pilar",   "Quill",  "Rosamund", "Silas", "Tamsin"};
 const std::vector<std::string> kLastNames = {
-    "Abernathy", "Blackwood", "Castellane", "Dunmore", "Everly", "Fairweather", "Greaves",
-    "Holloway", "Ingram", "Jessup", "Kettering", "Lockhart", "Marchbanks", "Northcott"};
+    "Abernathy", "Blackwood", "Castellane", "Dunmore",   "Everly",   "Fairweather", "Greaves",
+    "Holloway",  "Ingram",    "Jessup",     "Kettering", "Lockhart", "Marchbanks",  "Northcott"};
 const std::vector<std::string> kCities = {
-    "Oslo", "Lisbon", "Nairobi", "Toronto", "Kyoto", "Lima", "Dublin", "Cairo",
-    "Seville", "Hanoi", "Perth", "Bergen", "Quito", "Tbilisi", "Krakow", "Manila"};
-const std::vector<std::string> kJobs = {"baker", "pilot", "carpenter", "nurse", "librarian",
+    "Oslo",    "Lisbon", "Nairobi", "Toronto", "Kyoto", "Lima",    "Dublin", "Cairo",
+    "Seville", "Hanoi",  "Perth",   "Bergen",  "Quito", "Tbilisi", "Krakow", "Manila"};
+const std::vector<std::string> kJobs = {"baker",   "pilot",    "carpenter", "nurse",   "librarian",
                                         "chemist", "gardener", "architect", "teacher", "sailor"};
 const std::vector<std::string> kPets = {"cat", "dog", "parrot", "tortoise", "rabbit", "goat"};
-const std::vector<std::string> kPetNames = {"Biscuit", "Pepper", "Juniper", "Marble", "Waffles",
-                                            "Clover", "Sprocket", "Nutmeg", "Pickle", "Ziggy"};
+const std::vector<std::string> kPetNames = {"Biscuit", "Pepper",   "Juniper", "Marble", "Waffles",
+                                            "Clover",  "Sprocket", "Nutmeg",  "Pickle", "Ziggy"};
 
 struct Person {
   std::string name, city, job, pet, pet_name;
@@ -120,7 +121,8 @@ std::vector<EvalItem> Lookup(const TaskOptions& options) {
     for (int d = 0; d < documents; ++d) {
       std::string document = "Inventory records:";
       for (int r = 0; r < kRecordsPerDocument; ++r) {
-        const auto& [key, value] = records[static_cast<size_t>(d * kRecordsPerDocument + r)];
+        const auto& [key, value] =
+            records[(static_cast<size_t>(d) * kRecordsPerDocument) + static_cast<size_t>(r)];
         absl::StrAppend(&document, "\nRecord ", key, " has value ", value, ".");
       }
       item.documents.push_back(std::move(document));
@@ -151,20 +153,20 @@ const std::vector<Topic>& Topics() {
        {"The chef", "My grandmother", "The bakery", "The street vendor", "Our cook"},
        {"baked fresh bread for", "simmered a spicy soup for", "served roasted vegetables at",
         "sprinkled cinnamon over", "fried dumplings for"},
-       {"the dinner guests.", "the breakfast crowd.", "the harvest feast.",
-        "the lunch menu.", "the dessert course."}},
+       {"the dinner guests.", "the breakfast crowd.", "the harvest feast.", "the lunch menu.",
+        "the dessert course."}},
       {"weather",
        {"A cold front", "Heavy rain", "The morning fog", "A thunderstorm", "Strong wind"},
        {"swept across", "flooded", "lingered over", "rolled toward", "battered"},
-       {"the coastal towns.", "the valley overnight.", "the northern hills.",
-        "the city by noon.", "the airport runways."}},
+       {"the coastal towns.", "the valley overnight.", "the northern hills.", "the city by noon.",
+        "the airport runways."}},
       {"technology",
        {"The new laptop", "The software update", "The startup's app", "The robot arm",
         "The network router"},
        {"crashed while running", "doubled the speed of", "added encryption to",
         "was redesigned around", "now supports"},
-       {"the database server.", "the cloud storage.", "the video codec.",
-        "the touchscreen driver.", "the wireless protocol."}},
+       {"the database server.", "the cloud storage.", "the video codec.", "the touchscreen driver.",
+        "the wireless protocol."}},
   };
   return *topics;
 }
@@ -174,6 +176,7 @@ std::vector<EvalItem> Icl(const TaskOptions& options) {
   const int examples = options.contexts > 0 ? options.contexts : 32;
   const std::vector<Topic>& topics = Topics();
   std::vector<std::string> labels;
+  labels.reserve(topics.size());
   for (const Topic& topic : topics) labels.push_back(topic.label);
   const auto sentence = [&](const Topic& topic) {
     const std::string& subject = draw.Pick(topic.subjects);

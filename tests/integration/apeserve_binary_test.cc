@@ -37,8 +37,8 @@ class RunningServer {
                 const std::vector<std::string>& extra_flags = {})
       : port_file_(dir.Join(tag + ".port")),
         stderr_path_(dir.Join(tag + ".err")),
-        process_(Command(data_dir, port_file_, extra_flags), dir.Join(tag + ".out"),
-                 stderr_path_) {}
+        process_(Command(data_dir, port_file_, extra_flags), dir.Join(tag + ".out"), stderr_path_) {
+  }
 
   // Waits for the port file; nullopt if the server exited or took too long.
   std::optional<int> WaitForPort(absl::Duration timeout = absl::Seconds(120)) {
@@ -59,10 +59,12 @@ class RunningServer {
  private:
   static std::vector<std::string> Command(const std::string& data_dir, const std::string& port_file,
                                           const std::vector<std::string>& extra_flags) {
-    std::vector<std::string> command = {
-        apeserve::testing::ApeserveBinary(), "--model=" + apeserve::testing::TestModelPath(),
-        "--data_dir=" + data_dir,           "--listen=127.0.0.1:0",
-        "--device=cpu",                     "--port_file=" + port_file};
+    std::vector<std::string> command = {apeserve::testing::ApeserveBinary(),
+                                        "--model=" + apeserve::testing::TestModelPath(),
+                                        "--data_dir=" + data_dir,
+                                        "--listen=127.0.0.1:0",
+                                        "--device=cpu",
+                                        "--port_file=" + port_file};
     command.insert(command.end(), extra_flags.begin(), extra_flags.end());
     return command;
   }
@@ -143,8 +145,8 @@ TEST_F(ApeserveBinaryTest, TakesApeDefaultsFromACalibrationFile) {
   RunningServer server(dir_, dir_.Join("data"), "calibrated", {"--ape_calibration=" + calibration});
   const std::optional<int> port = server.WaitForPort();
   ASSERT_TRUE(port.has_value()) << server.Stderr();
-  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", *port),
-                                     grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", *port), grpc::InsecureChannelCredentials());
   grpc::ClientContext context;
   ape::v1::ServerInfo info;
   ASSERT_TRUE(ape::v1::AdminService::NewStub(channel)
@@ -155,11 +157,10 @@ TEST_F(ApeserveBinaryTest, TakesApeDefaultsFromACalibrationFile) {
 
   // Values outside the allowed range are refused at start, naming the field.
   ASSERT_TRUE(apeserve::testing::WriteFile(calibration, R"({"temperature": 0, "scale": 1})"));
-  const auto refused =
-      RunProgram({apeserve::testing::ApeserveBinary(),
-                  "--model=" + apeserve::testing::TestModelPath(),
-                  "--data_dir=" + dir_.Join("data2"), "--ape_calibration=" + calibration},
-                 dir_.path());
+  const auto refused = RunProgram(
+      {apeserve::testing::ApeserveBinary(), "--model=" + apeserve::testing::TestModelPath(),
+       "--data_dir=" + dir_.Join("data2"), "--ape_calibration=" + calibration},
+      dir_.path());
   EXPECT_EQ(refused.exit_status, 2);
   EXPECT_THAT(refused.err, HasSubstr("calibration: temperature 0 is outside (0, 4]"));
   const auto bad_flag = RunProgram(

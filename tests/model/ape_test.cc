@@ -150,8 +150,8 @@ TEST_F(ApeTest, OneContextAtUnitTemperatureAndScaleEqualsSequential) {
   const std::vector<int32_t> query = pieces_->Query("Who built the lighthouse of Varn?");
   const Trace sequential =
       Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kSequential}, query, 32);
-  const Trace ape = Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kApe}, query, 32,
-                        sequential.tokens);
+  const Trace ape =
+      Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kApe}, query, 32, sequential.tokens);
   ExpectSameTrace(sequential, ape, kTolerance);
   // And the sequence really is the prompt the chat template renders.
   EXPECT_EQ(sequential.steps.size(), 32U);
@@ -180,12 +180,12 @@ TEST_F(ApeTest, ParallelEqualsApeAtUnitTemperatureAndScale) {
   const std::vector<int32_t> query = pieces_->Query("When was the comet Ferrin-3 last seen?");
   const Trace parallel =
       Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kParallel}, query, 16);
-  const Trace ape = Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kApe}, query, 16,
-                        parallel.tokens);
+  const Trace ape =
+      Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kApe}, query, 16, parallel.tokens);
   ExpectSameTrace(parallel, ape, kTolerance);
   // Parallel encoding is not sequential encoding: the test would notice a mode mix-up.
-  const Trace sequential = Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kSequential},
-                               query, 0);
+  const Trace sequential =
+      Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kSequential}, query, 0);
   EXPECT_GT(MaxAbsDifference(parallel.prefill, sequential.prefill), 0.01F);
 }
 
@@ -203,9 +203,9 @@ TEST_F(ApeTest, ParallelAndApeIgnoreTheOrderOfContexts) {
   }
   // Whereas the temperature and scale do change the answer's distribution.
   const Trace plain = Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kApe}, query, 0);
-  const Trace tuned = Run(*engine_, Pointers(contexts),
-                          {.mode = EncodingMode::kApe, .temperature = 0.6F, .scale = 0.8F},
-                          query, 0);
+  const Trace tuned =
+      Run(*engine_, Pointers(contexts),
+          {.mode = EncodingMode::kApe, .temperature = 0.6F, .scale = 0.8F}, query, 0);
   EXPECT_GT(MaxAbsDifference(plain.prefill, tuned.prefill), 0.01F);
 }
 
@@ -232,8 +232,8 @@ TEST_F(ApeTest, ContextKvIsDeterministicAndIndependentOfOtherContexts) {
   EXPECT_EQ(once[0].kv.start_position, static_cast<int64_t>(prefix_.tokens.size()));
   EXPECT_EQ(once[0].kv.length, static_cast<int64_t>(once[0].tokens.size()));
   EXPECT_EQ(once[0].kv.num_layers, engine_->config().num_layers);
-  EXPECT_EQ(once[0].kv.TotalBytes(), static_cast<size_t>(engine_->config().num_layers) *
-                                         once[0].kv.LayerBytes());
+  EXPECT_EQ(once[0].kv.TotalBytes(),
+            static_cast<size_t>(engine_->config().num_layers) * once[0].kv.LayerBytes());
 }
 
 TEST_F(ApeTest, ScoreGivesTheTeacherForcedLogProbabilities) {
@@ -251,8 +251,8 @@ TEST_F(ApeTest, ScoreGivesTheTeacherForcedLogProbabilities) {
     ASSERT_EQ(score->token_logprobs.size(), answer.size());
 
     // Step by step: feed the query, then one answer token at a time.
-    const Trace steps = Run(*engine_, Pointers(contexts), options, query,
-                            static_cast<int>(answer.size()), answer);
+    const Trace steps =
+        Run(*engine_, Pointers(contexts), options, query, static_cast<int>(answer.size()), answer);
     double total = 0;
     std::vector<float> last(steps.prefill.end() - engine_->config().vocab_size,
                             steps.prefill.end());
@@ -314,7 +314,8 @@ TEST_F(ApeTest, RefusesMismatchedKvAndBadOptions) {
   wrong_heads.kv.kv_heads += 1;
   for (std::string& layer : wrong_heads.kv.layers) layer.resize(wrong_heads.kv.LayerBytes());
   EXPECT_THAT(engine_->StartSequence(prefix_, {&wrong_heads}, {}),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("4 KV heads x 64; the model has 30 x 3 x 64")));
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("4 KV heads x 64; the model has 30 x 3 x 64")));
 
   EncodedPrefix forged = prefix_;
   forged.tokens.push_back(5);

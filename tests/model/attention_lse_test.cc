@@ -22,8 +22,8 @@ PartialAttention Naive(const torch::Tensor& q, const torch::Tensor& k, const tor
   const torch::Tensor vv = v.repeat_interleave(group, 0).to(torch::kFloat64);
   torch::Tensor logits = torch::matmul(q.to(torch::kFloat64), kk.transpose(1, 2)) * scale;
   if (causal) {
-    const torch::Tensor visible = torch::arange(keys).unsqueeze(0) <=
-                                  torch::arange(queries).unsqueeze(1) + (keys - queries);
+    const torch::Tensor visible =
+        torch::arange(keys).unsqueeze(0) <= torch::arange(queries).unsqueeze(1) + (keys - queries);
     logits = logits.masked_fill(visible.logical_not(), -INFINITY);
   }
   return {torch::matmul(torch::softmax(logits, -1), vv).to(torch::kFloat32),
@@ -52,8 +52,8 @@ TEST_P(AttendWithLseTest, FusedAndBlockedEqualThePlainSoftmax) {
   for (const auto& [kernel, block] :
        {std::tuple{AttentionKernel::kAuto, 1024}, std::tuple{AttentionKernel::kBlocked, 1},
         std::tuple{AttentionKernel::kBlocked, 5}, std::tuple{AttentionKernel::kBlocked, 4096}}) {
-    SCOPED_TRACE(::testing::Message() << "kernel " << static_cast<int>(kernel) << " block "
-                                      << block);
+    SCOPED_TRACE(::testing::Message()
+                 << "kernel " << static_cast<int>(kernel) << " block " << block);
     const PartialAttention got = AttendWithLse(q, k, v, scale, shape.causal, kernel, block);
     ASSERT_EQ(got.output.sizes(), expected.output.sizes());
     ASSERT_EQ(got.lse.sizes(), expected.lse.sizes());
@@ -118,7 +118,8 @@ TEST(ApeAttentionTest, HalfPrecisionStaysCloseToFloat) {
   const torch::Tensor q = torch::randn({6, 3, 32});
   const torch::Tensor k = torch::randn({2, 50, 32});
   const torch::Tensor v = torch::randn({2, 50, 32});
-  const ApeLayout layout{.prefix_length = 5, .context_length = 30, .temperature = 0.8, .scale = 1.2};
+  const ApeLayout layout{
+      .prefix_length = 5, .context_length = 30, .temperature = 0.8, .scale = 1.2};
   const torch::Tensor full = ApeAttention(q, k, v, layout);
   for (const torch::ScalarType dtype : {torch::kBFloat16, torch::kFloat16}) {
     const torch::Tensor half =

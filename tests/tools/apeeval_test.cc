@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "absl/time/time.h"
 #include "model/ape_options.h"
 #include "tests/util/subprocess.h"
 #include "tests/util/temp_dir.h"
@@ -34,7 +35,8 @@ TEST_F(ApeevalTest, EvalReportsEveryModeConsistently) {
   const std::string out = dir_.Join("eval.json");
   command.insert(command.end(), {"--families=rag,icl", "--items=2", "--contexts=3",
                                  "--max_tokens=4", "--json_out=" + out});
-  const auto run = RunProgram(command, dir_.path());
+  // Minutes, not seconds, on a loaded 2-core machine (the default is 60 s).
+  const auto run = RunProgram(command, dir_.path(), absl::Minutes(5));
   ASSERT_EQ(run.exit_status, 0) << run.err;
   EXPECT_THAT(run.out, HasSubstr("KL(seq||m)"));
   const nlohmann::json results = nlohmann::json::parse(ReadFile(out));
@@ -64,7 +66,7 @@ TEST_F(ApeevalTest, CalibrateChoosesFromItsGridAndWritesWhatTheServerReads) {
   const std::string out = dir_.Join("calibration.json");
   command.insert(command.end(), {"--family=lookup", "--items=2", "--contexts=3",
                                  "--temperatures=0.5,1.0", "--scales=0.75,1.0", "--out=" + out});
-  const auto run = RunProgram(command, dir_.path());
+  const auto run = RunProgram(command, dir_.path(), absl::Minutes(5));
   ASSERT_EQ(run.exit_status, 0) << run.err;
   const nlohmann::json result = nlohmann::json::parse(ReadFile(out));
   const double temperature = result.at("temperature").get<double>();

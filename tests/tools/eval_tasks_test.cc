@@ -80,8 +80,7 @@ TEST(EvalTasksTest, IclExamplesAreBalancedAndTheAnswerIsALabel) {
   for (const EvalItem& item : MakeTasks(TaskFamily::kIcl, {.items = 10, .seed = 5})) {
     ASSERT_EQ(item.documents.size(), 32U);
     ASSERT_EQ(item.choices.size(), 4U);
-    EXPECT_NE(std::find(item.choices.begin(), item.choices.end(), item.answer),
-              item.choices.end());
+    EXPECT_NE(std::find(item.choices.begin(), item.choices.end(), item.answer), item.choices.end());
     std::map<std::string, int> per_label;
     for (const std::string& example : item.documents) {
       ++per_label[example.substr(example.rfind("Label: ") + 7)];
