@@ -36,26 +36,44 @@ absl::Status CheckTokenIds(absl::Span<const int32_t> tokens, int64_t vocab_size,
   return absl::OkStatus();
 }
 
+absl::StatusOr<torch::ScalarType> TorchDtype(KvDtype dtype) {
+  switch (dtype) {
+    case KvDtype::kFloat32:
+      return torch::kFloat32;
+    case KvDtype::kBFloat16:
+      return torch::kBFloat16;
+    case KvDtype::kFloat16:
+      return torch::kFloat16;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("KV dtype code ", static_cast<int>(dtype), " is unknown"));
+}
+
+KvDtype ToKvDtype(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kBFloat16:
+      return KvDtype::kBFloat16;
+    case torch::kFloat16:
+      return KvDtype::kFloat16;
+    default:
+      return KvDtype::kFloat32;
+  }
+}
+
 namespace {
 
 absl::StatusOr<torch::ScalarType> ResolveDtype(const std::string& name, const Device& device) {
   if (name == "auto") return device.type == DeviceType::kCuda ? torch::kBFloat16 : torch::kFloat32;
-  if (name == "float32") return torch::kFloat32;
-  if (name == "bfloat16") return torch::kBFloat16;
-  if (name == "float16") return torch::kFloat16;
-  return absl::InvalidArgumentError(
-      absl::StrCat("dtype '", name, "' is not one of auto, float32, bfloat16, float16"));
+  const absl::StatusOr<KvDtype> dtype = ParseKvDtype(name);
+  if (!dtype.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("dtype '", name, "' is not one of auto, float32, bfloat16, float16"));
+  }
+  return TorchDtype(*dtype);
 }
 
 std::string DtypeName(torch::ScalarType dtype) {
-  switch (dtype) {
-    case torch::kBFloat16:
-      return "bfloat16";
-    case torch::kFloat16:
-      return "float16";
-    default:
-      return "float32";
-  }
+  return std::string(KvDtypeName(ToKvDtype(dtype)));
 }
 
 }  // namespace

@@ -17,30 +17,6 @@ namespace {
 // working memory for long context lists.
 constexpr int64_t kPrefillChunk = 512;
 
-absl::StatusOr<torch::ScalarType> TorchDtype(KvDtype dtype) {
-  switch (dtype) {
-    case KvDtype::kFloat32:
-      return torch::kFloat32;
-    case KvDtype::kBFloat16:
-      return torch::kBFloat16;
-    case KvDtype::kFloat16:
-      return torch::kFloat16;
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("KV dtype code ", static_cast<int>(dtype), " is unknown"));
-}
-
-KvDtype ToKvDtype(torch::ScalarType dtype) {
-  switch (dtype) {
-    case torch::kBFloat16:
-      return KvDtype::kBFloat16;
-    case torch::kFloat16:
-      return KvDtype::kFloat16;
-    default:
-      return KvDtype::kFloat32;
-  }
-}
-
 // INVALID_ARGUMENT unless `kv` is well formed and shaped for `config`.
 absl::Status CheckKvFits(const KvSegment& kv, const ModelConfig& config, absl::string_view what) {
   if (absl::Status valid = kv.Validate(); !valid.ok()) {

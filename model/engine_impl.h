@@ -18,6 +18,7 @@
 #include "model/chat_template.h"
 #include "model/engine.h"
 #include "model/kv_cache.h"
+#include "model/kv_segment.h"
 #include "model/llama_model.h"
 #include "model/tokenizer.h"
 #include "model/torch_error.h"
@@ -48,6 +49,11 @@ struct Engine::Sequence::State {
 
   int64_t NextPosition() const { return local_position + cache.length() - local_start; }
 };
+
+// The compute and storage dtypes the engine knows (KvDtype names them as the store
+// does). TorchDtype: INVALID_ARGUMENT for a code outside KvDtype.
+absl::StatusOr<torch::ScalarType> TorchDtype(KvDtype dtype);
+KvDtype ToKvDtype(torch::ScalarType dtype);
 
 // INVALID_ARGUMENT naming `what` and the first id outside [0, vocab_size).
 absl::Status CheckTokenIds(absl::Span<const int32_t> tokens, int64_t vocab_size,

@@ -26,20 +26,24 @@ absl::StatusOr<ScoreResult> Score(const Engine& engine, Engine::Sequence& sequen
   if (query.empty()) {
     return absl::InvalidArgumentError("scoring needs the query, or its last token at least");
   }
+  const auto vocab = static_cast<size_t>(engine.config().vocab_size);
+  // The last token is never fed, so Feed does not check it: check them all before
+  // spending a forward pass.
+  for (const int32_t token : continuation) {
+    if (token < 0 || static_cast<size_t>(token) >= vocab) {
+      return absl::InvalidArgumentError("continuation token outside the vocabulary");
+    }
+  }
   // The last continuation token predicts nothing we score: feed all but it.
   std::vector<int32_t> fed(query.begin(), query.end());
   fed.insert(fed.end(), continuation.begin(), continuation.end() - 1);
   APE_ASSIGN_OR_RETURN(const std::vector<float> logits,
                        engine.Feed(sequence, fed, /*all_logits=*/true));
-  const auto vocab = static_cast<size_t>(engine.config().vocab_size);
   ScoreResult result;
   for (size_t i = 0; i < continuation.size(); ++i) {
     const absl::Span<const float> row(logits.data() + (query.size() - 1 + i) * vocab, vocab);
     std::vector<float> logprobs = LogSoftmax(row);
     const auto token = static_cast<size_t>(continuation[i]);
-    if (token >= vocab) {
-      return absl::InvalidArgumentError("continuation token outside the vocabulary");
-    }
     result.token_logprobs.push_back(logprobs[token]);
     result.total_logprob += logprobs[token];
     result.greedy.push_back(std::max_element(row.begin(), row.end()) - row.begin() ==

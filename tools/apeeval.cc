@@ -18,6 +18,7 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -103,17 +104,15 @@ int Eval(const apeserve::model::Engine& engine, const EvalRunner& runner) {
                  .scale = absl::GetFlag(FLAGS_ape_scale)};
   if (!absl::GetFlag(FLAGS_calibration).empty()) {
     std::ifstream in(absl::GetFlag(FLAGS_calibration));
-    const nlohmann::json calibration = nlohmann::json::parse(in, nullptr, false);
-    if (!calibration.is_object() || !calibration.contains("temperature") ||
-        !calibration.contains("scale") || !calibration["temperature"].is_number() ||
-        !calibration["scale"].is_number()) {
-      return Fail("--calibration holds no temperature and scale");
-    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    auto calibrated = apeserve::model::ApeOptionsFromCalibration(text.str());
+    if (!calibrated.ok()) return Fail("--calibration: " + calibrated.status().ToString());
+    const nlohmann::json calibration = nlohmann::json::parse(text.str(), nullptr, false);
     if (calibration.value("model_fingerprint", "") != engine.fingerprint()) {
       apeserve::LogWarning("--calibration was made for another model");
     }
-    ape.temperature = calibration["temperature"].get<float>();
-    ape.scale = calibration["scale"].get<float>();
+    ape = *calibrated;
   }
   if (absl::Status valid = ape.Validate(); !valid.ok()) return Fail(valid.ToString());
   const std::vector<std::pair<std::string, ApeOptions>> modes = {

@@ -153,7 +153,7 @@ TEST_F(ApeTest, OneContextAtUnitTemperatureAndScaleEqualsSequential) {
   const Trace ape =
       Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kApe}, query, 32, sequential.tokens);
   ExpectSameTrace(sequential, ape, kTolerance);
-  // And the sequence really is the prompt the chat template renders.
+  // All 32 decoded steps were compared.
   EXPECT_EQ(sequential.steps.size(), 32U);
 }
 
