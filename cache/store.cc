@@ -8,8 +8,11 @@
 #include "absl/strings/str_cat.h"
 #include "cache/rocksdb_status.h"
 #include "common/status_macros.h"
+#include "rocksdb/cache.h"
 #include "rocksdb/db.h"
+#include "rocksdb/filter_policy.h"
 #include "rocksdb/options.h"
+#include "rocksdb/table.h"
 #include "spdlog/spdlog.h"
 
 namespace apeserve::cache {
@@ -52,7 +55,68 @@ absl::StatusOr<uint32_t> ReadOrInitSchemaVersion(rocksdb::DB& db, bool created,
   return version;
 }
 
+rocksdb::CompressionType ToRocksDb(KvCompression compression) {
+  switch (compression) {
+    case KvCompression::kLz4:
+      return rocksdb::kLZ4Compression;
+    case KvCompression::kZstd:
+      return rocksdb::kZSTD;
+    case KvCompression::kNone:
+      break;
+  }
+  return rocksdb::kNoCompression;
+}
+
+// Options of the "docs" family: small values, read by point lookups and prefix scans.
+rocksdb::ColumnFamilyOptions DocsFamilyOptions(const rocksdb::Options& db_options,
+                                               const std::shared_ptr<rocksdb::Cache>& cache) {
+  rocksdb::ColumnFamilyOptions options(db_options);
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = cache;
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  options.compression = rocksdb::kLZ4Compression;
+  return options;
+}
+
+// Options of the "kv" family: large values kept in blob files, small metadata in the
+// LSM tree.
+rocksdb::ColumnFamilyOptions KvFamilyOptions(const rocksdb::Options& db_options,
+                                             const std::shared_ptr<rocksdb::Cache>& cache,
+                                             const StoreOptions& store) {
+  rocksdb::ColumnFamilyOptions options = DocsFamilyOptions(db_options, cache);
+  options.write_buffer_size = store.kv_write_buffer_bytes;
+  options.enable_blob_files = true;
+  options.min_blob_size = store.min_blob_bytes;
+  options.blob_compression_type = ToRocksDb(store.kv_compression);
+  // Blob files whose values were deleted (evicted, superseded) are rewritten by
+  // compaction once they are old; without this they would only ever grow.
+  options.enable_blob_garbage_collection = true;
+  return options;
+}
+
 }  // namespace
+
+absl::string_view KvCompressionName(KvCompression compression) {
+  switch (compression) {
+    case KvCompression::kNone:
+      return "none";
+    case KvCompression::kLz4:
+      return "lz4";
+    case KvCompression::kZstd:
+      return "zstd";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<KvCompression> ParseKvCompression(absl::string_view name) {
+  for (const KvCompression compression :
+       {KvCompression::kNone, KvCompression::kLz4, KvCompression::kZstd}) {
+    if (name == KvCompressionName(compression)) return compression;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("KV compression '", name, "' is not one of none, lz4, zstd"));
+}
 
 struct Store::Handles {
   std::unique_ptr<rocksdb::DB> db;
@@ -84,10 +148,12 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
   rocksdb::Options db_options;
   db_options.create_if_missing = options.create_if_missing;
   db_options.create_missing_column_families = options.create_if_missing;
+  const std::shared_ptr<rocksdb::Cache> block_cache =
+      rocksdb::NewLRUCache(options.block_cache_bytes);
   const std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {
       {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions(db_options)},
-      {kDocsFamily, rocksdb::ColumnFamilyOptions(db_options)},
-      {kKvFamily, rocksdb::ColumnFamilyOptions(db_options)},
+      {kDocsFamily, DocsFamilyOptions(db_options, block_cache)},
+      {kKvFamily, KvFamilyOptions(db_options, block_cache, options)},
   };
 
   auto handles = std::make_unique<Handles>();
@@ -108,5 +174,9 @@ Store::Store(std::string path, uint32_t schema_version, std::unique_ptr<Handles>
     : path_(std::move(path)), schema_version_(schema_version), handles_(std::move(handles)) {}
 
 Store::~Store() = default;
+
+rocksdb::DB& Store::db() const { return *handles_->db; }
+rocksdb::ColumnFamilyHandle* Store::docs() const { return handles_->families[1]; }
+rocksdb::ColumnFamilyHandle* Store::kv() const { return handles_->families[2]; }
 
 }  // namespace apeserve::cache

@@ -32,7 +32,7 @@ size_t KvSegment::LayerBytes() const {
          static_cast<size_t>(head_dim) * KvDtypeSize(dtype);
 }
 
-absl::Status KvSegment::Validate() const {
+absl::Status KvSegment::ValidateShape() const {
   if (KvDtypeName(dtype) == "unknown") {
     return absl::InvalidArgumentError(
         absl::StrCat("KV dtype code ", static_cast<int>(dtype), " is unknown"));
@@ -47,6 +47,11 @@ absl::Status KvSegment::Validate() const {
         absl::StrCat("KV shape is invalid: ", num_layers, " layers, ", kv_heads, " heads, ",
                      head_dim, " head dim, ", length, " tokens from position ", start_position));
   }
+  return absl::OkStatus();
+}
+
+absl::Status KvSegment::Validate() const {
+  if (absl::Status shape = ValidateShape(); !shape.ok()) return shape;
   if (layers.size() != static_cast<size_t>(num_layers)) {
     return absl::InvalidArgumentError(
         absl::StrCat("KV holds ", layers.size(), " layers, expected ", num_layers));

@@ -47,6 +47,8 @@ struct KvSegment {
   // OK when the shape is positive where it must be and every layer holds exactly
   // LayerBytes() bytes; INVALID_ARGUMENT naming the first mismatch otherwise.
   absl::Status Validate() const;
+  // The shape part of Validate(): dtype and dimensions in bounds, whatever `layers` holds.
+  absl::Status ValidateShape() const;
 };
 
 }  // namespace apeserve::model

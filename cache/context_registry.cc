@@ -1,0 +1,505 @@
+#include "cache/context_registry.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <limits>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "cache/rocksdb_status.h"
+#include "cache/store_keys.h"
+#include "cache/stored_kv.h"
+#include "common/status_macros.h"
+#include "rocksdb/db.h"
+#include "rocksdb/write_batch.h"
+#include "spdlog/spdlog.h"
+
+namespace apeserve::cache {
+namespace {
+
+using ContextPtr = std::shared_ptr<const model::EncodedContext>;
+
+size_t ContextBytes(const model::EncodedContext& context) {
+  return context.kv.TotalBytes() + context.tokens.size() * sizeof(int32_t);
+}
+
+std::string DocumentName(absl::string_view namespace_id, absl::string_view id) {
+  return absl::StrCat(namespace_id, "/", absl::CHexEscape(id));
+}
+
+// Every tier name of one content starts with this (KvKey::Name()).
+std::string ContentNamePrefix(absl::string_view content_hash) {
+  return absl::StrCat(content_hash, "/");
+}
+
+}  // namespace
+
+absl::string_view KvSourceName(KvSource source) {
+  switch (source) {
+    case KvSource::kDevice:
+      return "device";
+    case KvSource::kHost:
+      return "host";
+    case KvSource::kStore:
+      return "store";
+    case KvSource::kRebuilt:
+      return "rebuilt";
+  }
+  return "unknown";
+}
+
+class ContextRegistry::Impl {
+ public:
+  Impl(const ContextRegistryOptions& options, std::unique_ptr<Store> store, KvEncoder encoder,
+       DeviceUploader uploader)
+      : options_(options),
+        store_(std::move(store)),
+        encoder_(std::move(encoder)),
+        uploader_(std::move(uploader)),
+        device_({.capacity_bytes = uploader_ ? options.device_cache_bytes : 0,
+                 .ttl = options.kv_ttl,
+                 .clock = options.clock}),
+        host_({.capacity_bytes = options.host_cache_bytes,
+               .ttl = options.kv_ttl,
+               .clock = options.clock}),
+        stored_({.capacity_bytes = options.stored_kv_bytes > 0 ? options.stored_kv_bytes
+                                                               : std::numeric_limits<size_t>::max(),
+                 .ttl = options.kv_ttl,
+                 .clock = options.clock}) {}
+
+  absl::Status IndexStoredKv();
+  absl::StatusOr<StoredDocument> Put(const DocumentInput& input, absl::string_view prefix_hash,
+                                     const model::KvSegment* kv);
+  absl::StatusOr<StoredDocument> Get(absl::string_view namespace_id, absl::string_view id) const;
+  absl::StatusOr<bool> Delete(absl::string_view namespace_id, absl::string_view id);
+  absl::StatusOr<LoadedContext> Load(absl::string_view namespace_id, absl::string_view id,
+                                     absl::string_view prefix_hash);
+  void Sweep();
+  RegistryStats stats() const;
+
+ private:
+  rocksdb::DB& db() const { return store_->db(); }
+  rocksdb::WriteOptions WriteOptions() const {
+    rocksdb::WriteOptions write;
+    write.sync = options_.sync_writes;
+    return write;
+  }
+
+  // Whether a document other than the one whose reference key is `except` refers to
+  // `content_hash`.
+  absl::StatusOr<bool> Referenced(absl::string_view content_hash, absl::string_view except) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mutex_);
+  // Deletes stored KV entries by tier name (evicted or expired).
+  void DropStored(const std::vector<std::string>& names)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mutex_);
+  // Drops every tier's copies of a content no document references any more.
+  void ForgetContent(absl::string_view content_hash);
+  // Stores rebuilt KV if a document still refers to it.
+  void WriteBack(const KvKey& key, const model::KvSegment& kv) ABSL_LOCKS_EXCLUDED(write_mutex_);
+  // The stored KV of `key`, or nullopt when it has to be rebuilt.
+  absl::StatusOr<std::optional<model::KvSegment>> ReadStored(const KvKey& key);
+  // Hands out `context` from the fastest tier it may go to.
+  LoadedContext Serve(const std::string& name, ContextPtr context, KvSource source);
+
+  const ContextRegistryOptions options_;
+  const std::unique_ptr<Store> store_;
+  const KvEncoder encoder_;
+  const DeviceUploader uploader_;
+  LruTier<ContextPtr> device_;
+  LruTier<ContextPtr> host_;
+  LruTier<KvKey> stored_;  // the KV in RocksDB, bytes as stored
+
+  // Serializes every write so that reference checks and the writes they decide on
+  // cannot interleave.
+  mutable absl::Mutex write_mutex_;
+
+  std::atomic<uint64_t> rebuilds_{0};
+  std::atomic<uint64_t> corrupt_kv_{0};
+  std::atomic<uint64_t> documents_put_{0};
+  std::atomic<uint64_t> documents_deleted_{0};
+  std::atomic<uint64_t> kv_shared_{0};
+  mutable absl::Mutex load_stats_mutex_;
+  uint64_t store_bytes_loaded_ ABSL_GUARDED_BY(load_stats_mutex_) = 0;
+  double store_load_seconds_ ABSL_GUARDED_BY(load_stats_mutex_) = 0;
+};
+
+absl::Status ContextRegistry::Impl::IndexStoredKv() {
+  struct Entry {
+    KvKey key;
+    KvEntryInfo info;
+  };
+  std::vector<Entry> entries;
+  rocksdb::WriteBatch purge;
+  size_t purged = 0;
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db().NewIterator(rocksdb::ReadOptions(), store_->kv()));
+    for (it->Seek(std::string(1, kKvEntryTag)); it->Valid() && it->key()[0] == kKvEntryTag;
+         it->Next()) {
+      absl::StatusOr<KvKey> key = ParseKvEntryKey(View(it->key()));
+      if (!key.ok()) {
+        // A key we never write: leave it alone rather than guess what it is.
+        spdlog::warn("store: skipping unknown KV key '{}'",
+                     std::string(absl::CHexEscape(View(it->key()))));
+        continue;
+      }
+      absl::StatusOr<KvEntryInfo> info = DecodeKvEntryRecord(View(it->value()));
+      const bool foreign = key->model_fingerprint != options_.model_fingerprint;
+      if (!info.ok() || (foreign && options_.purge_other_models)) {
+        APE_RETURN_IF_ERROR(DeleteKvEntry(purge, store_->kv(), *key));
+        ++purged;
+        if (!info.ok()) corrupt_kv_.fetch_add(1);
+        continue;
+      }
+      if (!foreign) entries.push_back({*std::move(key), *info});
+    }
+    APE_RETURN_IF_ERROR(FromRocksDb(it->status(), "index the stored KV"));
+  }
+  if (purged > 0) {
+    APE_RETURN_IF_ERROR(FromRocksDb(db().Write(WriteOptions(), &purge), "purge stale KV"));
+    spdlog::info("store: dropped {} KV entries of other models or damaged", purged);
+  }
+  // Oldest first, so that the index's least recently used end holds the oldest.
+  std::sort(entries.begin(), entries.end(),
+            [](const Entry& a, const Entry& b) { return a.info.created < b.info.created; });
+  absl::MutexLock lock(&write_mutex_);
+  for (Entry& entry : entries) {
+    const std::string name = entry.key.Name();
+    DropStored(
+        stored_.Insert(name, std::move(entry.key), entry.info.stored_bytes, entry.info.created));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> ContextRegistry::Impl::Referenced(absl::string_view content_hash,
+                                                       absl::string_view except) const {
+  const std::string prefix = ReferencePrefix(content_hash);
+  std::unique_ptr<rocksdb::Iterator> it(db().NewIterator(rocksdb::ReadOptions(), store_->docs()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    if (View(it->key()) != except) return true;
+  }
+  APE_RETURN_IF_ERROR(FromRocksDb(it->status(), "look up references"));
+  return false;
+}
+
+void ContextRegistry::Impl::DropStored(const std::vector<std::string>& names) {
+  if (names.empty()) return;
+  rocksdb::WriteBatch batch;
+  for (const std::string& name : names) {
+    absl::StatusOr<KvKey> key = ParseKvEntryKey(absl::StrCat(std::string(1, kKvEntryTag), name));
+    if (!key.ok() || !DeleteKvEntry(batch, store_->kv(), *key).ok()) continue;
+    stored_.Erase(name);
+  }
+  // Eviction is not an acknowledgement: no sync. A failure leaves KV behind that the
+  // next start-up indexes again; the budget then evicts it anew.
+  const rocksdb::Status written = db().Write(rocksdb::WriteOptions(), &batch);
+  if (!written.ok()) spdlog::warn("store: evicting KV failed: {}", written.ToString());
+}
+
+void ContextRegistry::Impl::ForgetContent(absl::string_view content_hash) {
+  const std::string prefix = ContentNamePrefix(content_hash);
+  stored_.EraseWithPrefix(prefix);
+  host_.EraseWithPrefix(prefix);
+  device_.EraseWithPrefix(prefix);
+}
+
+absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& input,
+                                                          absl::string_view prefix_hash,
+                                                          const model::KvSegment* kv) {
+  APE_RETURN_IF_ERROR(ValidateDocumentInput(input));
+  APE_RETURN_IF_ERROR(ValidateHash("prefix hash", prefix_hash));
+  const std::string content_hash = ContentHash(input.tokens);
+  const KvKey key{content_hash, options_.model_fingerprint, std::string(prefix_hash)};
+  const std::string name = key.Name();
+  if (kv != nullptr) {
+    APE_RETURN_IF_ERROR(kv->Validate());
+    if (kv->length != static_cast<int64_t>(input.tokens.size())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the KV given covers ", kv->length, " tokens; the document has ", input.tokens.size()));
+    }
+  }
+
+  // Encode outside the lock: it is the slow part, and the result depends only on the key.
+  std::optional<model::KvSegment> encoded;
+  ContextPtr cached;
+  if (kv == nullptr && !stored_.Contains(name)) {
+    if (std::optional<ContextPtr> hit = host_.Lookup(name)) {
+      cached = *std::move(hit);
+      kv = &cached->kv;
+    } else {
+      APE_ASSIGN_OR_RETURN(encoded, encoder_(prefix_hash, input.tokens));
+      APE_RETURN_IF_ERROR(encoded->Validate());
+      kv = &*encoded;
+    }
+  }
+
+  StoredDocument document{.namespace_id = input.namespace_id,
+                          .id = input.id,
+                          .content_hash = content_hash,
+                          .tokens = input.tokens,
+                          .text = input.text,
+                          .labels = input.labels,
+                          .created = options_.clock()};
+  const std::string document_key = DocumentKey(input.namespace_id, input.id);
+  const std::string reference_key = ReferenceKey(content_hash, input.namespace_id, input.id);
+  absl::MutexLock lock(&write_mutex_);
+  rocksdb::WriteBatch batch;
+  std::optional<std::string> dropped_content;
+  const absl::StatusOr<StoredDocument> existing = Get(input.namespace_id, input.id);
+  if (existing.ok() && existing->content_hash != content_hash) {
+    const std::string old_reference =
+        ReferenceKey(existing->content_hash, input.namespace_id, input.id);
+    APE_RETURN_IF_ERROR(
+        FromRocksDb(batch.Delete(store_->docs(), old_reference), "batch a reference delete"));
+    APE_ASSIGN_OR_RETURN(const bool shared, Referenced(existing->content_hash, old_reference));
+    if (!shared) {
+      APE_RETURN_IF_ERROR(DeleteKvContent(batch, store_->kv(), existing->content_hash));
+      dropped_content = existing->content_hash;
+    }
+  } else if (existing.status().code() == absl::StatusCode::kDataLoss) {
+    // Its content is unknown, so its reference stays and keeps that KV alive: space
+    // lost, nothing served wrongly.
+    spdlog::warn("store: replacing an unreadable document record: {}",
+                 std::string(existing.status().message()));
+  } else if (!existing.ok() && existing.status().code() != absl::StatusCode::kNotFound) {
+    return existing.status();
+  }
+  APE_RETURN_IF_ERROR(FromRocksDb(
+      batch.Put(store_->docs(), document_key, EncodeDocumentRecord(document)), "batch a document"));
+  APE_RETURN_IF_ERROR(
+      FromRocksDb(batch.Put(store_->docs(), reference_key, ""), "batch a reference"));
+  std::optional<size_t> stored_bytes;
+  if (stored_.Contains(name)) {
+    kv_shared_.fetch_add(1);
+  } else if (kv != nullptr) {
+    APE_ASSIGN_OR_RETURN(stored_bytes, AddKvEntry(batch, store_->kv(), key, *kv,
+                                                  options_.kv_quantization, document.created));
+  }
+  APE_RETURN_IF_ERROR(
+      FromRocksDb(db().Write(WriteOptions(), &batch),
+                  absl::StrCat("store document ", DocumentName(input.namespace_id, input.id))));
+  documents_put_.fetch_add(1);
+  if (dropped_content.has_value()) ForgetContent(*dropped_content);
+  if (stored_bytes.has_value()) DropStored(stored_.Insert(name, key, *stored_bytes));
+  return document;
+}
+
+absl::StatusOr<StoredDocument> ContextRegistry::Impl::Get(absl::string_view namespace_id,
+                                                          absl::string_view id) const {
+  APE_RETURN_IF_ERROR(ValidateNamespace(namespace_id));
+  APE_RETURN_IF_ERROR(ValidateContextId(id));
+  std::string value;
+  const rocksdb::Status read =
+      db().Get(rocksdb::ReadOptions(), store_->docs(), DocumentKey(namespace_id, id), &value);
+  if (read.IsNotFound()) {
+    return absl::NotFoundError(
+        absl::StrCat("document ", DocumentName(namespace_id, id), " does not exist"));
+  }
+  APE_RETURN_IF_ERROR(
+      FromRocksDb(read, absl::StrCat("read document ", DocumentName(namespace_id, id))));
+  return DecodeDocumentRecord(value, namespace_id, id);
+}
+
+absl::StatusOr<bool> ContextRegistry::Impl::Delete(absl::string_view namespace_id,
+                                                   absl::string_view id) {
+  absl::MutexLock lock(&write_mutex_);
+  const absl::StatusOr<StoredDocument> existing = Get(namespace_id, id);
+  if (existing.status().code() == absl::StatusCode::kNotFound) return false;
+  rocksdb::WriteBatch batch;
+  std::optional<std::string> dropped_content;
+  if (existing.ok()) {
+    const std::string reference = ReferenceKey(existing->content_hash, namespace_id, id);
+    APE_RETURN_IF_ERROR(
+        FromRocksDb(batch.Delete(store_->docs(), reference), "batch a reference delete"));
+    APE_ASSIGN_OR_RETURN(const bool shared, Referenced(existing->content_hash, reference));
+    if (!shared) {
+      APE_RETURN_IF_ERROR(DeleteKvContent(batch, store_->kv(), existing->content_hash));
+      dropped_content = existing->content_hash;
+    }
+  } else if (existing.status().code() == absl::StatusCode::kDataLoss) {
+    spdlog::warn("store: deleting an unreadable document record: {}",
+                 std::string(existing.status().message()));
+  } else {
+    return existing.status();
+  }
+  APE_RETURN_IF_ERROR(
+      FromRocksDb(batch.Delete(store_->docs(), DocumentKey(namespace_id, id)), "batch a delete"));
+  APE_RETURN_IF_ERROR(
+      FromRocksDb(db().Write(WriteOptions(), &batch),
+                  absl::StrCat("delete document ", DocumentName(namespace_id, id))));
+  documents_deleted_.fetch_add(1);
+  if (dropped_content.has_value()) ForgetContent(*dropped_content);
+  return true;
+}
+
+absl::StatusOr<std::optional<model::KvSegment>> ContextRegistry::Impl::ReadStored(
+    const KvKey& key) {
+  const std::string name = key.Name();
+  if (!stored_.Lookup(name).has_value()) return std::nullopt;
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<model::KvSegment> kv = ReadKvEntry(db(), store_->kv(), key);
+  if (kv.ok()) {
+    const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
+    absl::MutexLock lock(&load_stats_mutex_);
+    store_bytes_loaded_ += kv->TotalBytes();
+    store_load_seconds_ += seconds.count();
+    return std::optional<model::KvSegment>(*std::move(kv));
+  }
+  if (kv.status().code() == absl::StatusCode::kNotFound) {
+    // Deleted or evicted since the index was consulted.
+    return std::nullopt;
+  }
+  if (kv.status().code() != absl::StatusCode::kDataLoss) return kv.status();
+  corrupt_kv_.fetch_add(1);
+  spdlog::warn("store: {}; rebuilding it", std::string(kv.status().message()));
+  absl::MutexLock lock(&write_mutex_);
+  DropStored({name});
+  return std::nullopt;
+}
+
+void ContextRegistry::Impl::WriteBack(const KvKey& key, const model::KvSegment& kv) {
+  absl::MutexLock lock(&write_mutex_);
+  const absl::StatusOr<bool> referenced = Referenced(key.content_hash, "");
+  if (!referenced.ok() || !*referenced) return;  // deleted meanwhile: nothing to keep
+  rocksdb::WriteBatch batch;
+  const absl::StatusOr<size_t> bytes =
+      AddKvEntry(batch, store_->kv(), key, kv, options_.kv_quantization, options_.clock());
+  // Rebuilt KV is derived data: without sync a crash only costs another rebuild.
+  const rocksdb::Status written =
+      bytes.ok() ? db().Write(rocksdb::WriteOptions(), &batch) : rocksdb::Status::Aborted();
+  if (!written.ok()) {
+    spdlog::warn("store: could not store rebuilt KV {}: {}", key.Name(),
+                 bytes.ok() ? written.ToString() : bytes.status().ToString());
+    return;
+  }
+  DropStored(stored_.Insert(key.Name(), key, *bytes));
+}
+
+LoadedContext ContextRegistry::Impl::Serve(const std::string& name, ContextPtr context,
+                                           KvSource source) {
+  if (device_.enabled()) {
+    absl::StatusOr<DeviceCopy> copy = uploader_(*context);
+    if (copy.ok()) {
+      device_.Insert(name, copy->context, copy->bytes);
+      return {std::move(copy->context), source};
+    }
+    spdlog::warn("device tier: upload of {} failed: {}", name,
+                 std::string(copy.status().message()));
+  }
+  return {std::move(context), source};
+}
+
+absl::StatusOr<LoadedContext> ContextRegistry::Impl::Load(absl::string_view namespace_id,
+                                                          absl::string_view id,
+                                                          absl::string_view prefix_hash) {
+  APE_ASSIGN_OR_RETURN(StoredDocument document, Get(namespace_id, id));
+  APE_RETURN_IF_ERROR(ValidateHash("prefix hash", prefix_hash));
+  const KvKey key{document.content_hash, options_.model_fingerprint, std::string(prefix_hash)};
+  const std::string name = key.Name();
+  if (device_.enabled()) {
+    if (std::optional<ContextPtr> hit = device_.Lookup(name))
+      return LoadedContext{*hit, KvSource::kDevice};
+  }
+  if (std::optional<ContextPtr> hit = host_.Lookup(name)) {
+    return Serve(name, *std::move(hit), KvSource::kHost);
+  }
+
+  KvSource source = KvSource::kStore;
+  APE_ASSIGN_OR_RETURN(std::optional<model::KvSegment> kv, ReadStored(key));
+  if (!kv.has_value() || kv->length != static_cast<int64_t>(document.tokens.size())) {
+    APE_ASSIGN_OR_RETURN(kv, encoder_(prefix_hash, document.tokens));
+    APE_RETURN_IF_ERROR(kv->Validate());
+    if (kv->length != static_cast<int64_t>(document.tokens.size())) {
+      return absl::InternalError(absl::StrCat("the encoder returned KV of ", kv->length,
+                                              " tokens for a document of ",
+                                              document.tokens.size()));
+    }
+    rebuilds_.fetch_add(1);
+    WriteBack(key, *kv);
+    source = KvSource::kRebuilt;
+  }
+  auto context = std::make_shared<const model::EncodedContext>(model::EncodedContext{
+      .tokens = std::move(document.tokens), .prefix_hash = key.prefix_hash, .kv = *std::move(kv)});
+  host_.Insert(name, context, ContextBytes(*context));
+  return Serve(name, std::move(context), source);
+}
+
+void ContextRegistry::Impl::Sweep() {
+  host_.EvictExpired();
+  device_.EvictExpired();
+  absl::MutexLock lock(&write_mutex_);
+  DropStored(stored_.EvictExpired());
+}
+
+RegistryStats ContextRegistry::Impl::stats() const {
+  RegistryStats stats{.device = device_.stats(),
+                      .host = host_.stats(),
+                      .store = stored_.stats(),
+                      .rebuilds = rebuilds_.load(),
+                      .corrupt_kv = corrupt_kv_.load(),
+                      .documents_put = documents_put_.load(),
+                      .documents_deleted = documents_deleted_.load(),
+                      .kv_shared = kv_shared_.load()};
+  if (options_.stored_kv_bytes == 0) stats.store.capacity_bytes = 0;  // unlimited
+  absl::MutexLock lock(&load_stats_mutex_);
+  stats.store_bytes_loaded = store_bytes_loaded_;
+  stats.store_load_seconds = store_load_seconds_;
+  return stats;
+}
+
+absl::StatusOr<std::unique_ptr<ContextRegistry>> ContextRegistry::Open(
+    ContextRegistryOptions options, KvEncoder encoder, DeviceUploader uploader) {
+  APE_RETURN_IF_ERROR(ValidateHash("model fingerprint", options.model_fingerprint));
+  if (!encoder) return absl::InvalidArgumentError("the context registry needs a KV encoder");
+  if (!(options.kv_ttl > absl::ZeroDuration())) {
+    return absl::InvalidArgumentError("the KV time-to-live must be positive");
+  }
+  APE_ASSIGN_OR_RETURN(std::unique_ptr<Store> store, Store::Open(options.store));
+  auto impl =
+      std::make_unique<Impl>(options, std::move(store), std::move(encoder), std::move(uploader));
+  APE_RETURN_IF_ERROR(impl->IndexStoredKv());
+  const TierStats stored = impl->stats().store;
+  spdlog::info("registry: {} KV entries ({} MiB) stored for model {}", stored.entries,
+               stored.bytes >> 20, options.model_fingerprint);
+  return std::unique_ptr<ContextRegistry>(new ContextRegistry(std::move(options), std::move(impl)));
+}
+
+ContextRegistry::ContextRegistry(ContextRegistryOptions options, std::unique_ptr<Impl> impl)
+    : options_(std::move(options)), impl_(std::move(impl)) {}
+
+ContextRegistry::~ContextRegistry() = default;
+
+absl::StatusOr<StoredDocument> ContextRegistry::Put(const DocumentInput& document,
+                                                    absl::string_view prefix_hash,
+                                                    const model::KvSegment* kv) {
+  absl::StatusOr<StoredDocument> stored = impl_->Put(document, prefix_hash, kv);
+  if (stored.ok()) impl_->Sweep();
+  return stored;
+}
+
+absl::StatusOr<StoredDocument> ContextRegistry::Get(absl::string_view namespace_id,
+                                                    absl::string_view id) const {
+  return impl_->Get(namespace_id, id);
+}
+
+absl::StatusOr<bool> ContextRegistry::Delete(absl::string_view namespace_id, absl::string_view id) {
+  return impl_->Delete(namespace_id, id);
+}
+
+absl::StatusOr<LoadedContext> ContextRegistry::Load(absl::string_view namespace_id,
+                                                    absl::string_view id,
+                                                    absl::string_view prefix_hash) {
+  return impl_->Load(namespace_id, id, prefix_hash);
+}
+
+void ContextRegistry::Sweep() { impl_->Sweep(); }
+
+RegistryStats ContextRegistry::stats() const { return impl_->stats(); }
+
+}  // namespace apeserve::cache

@@ -1,0 +1,160 @@
+// The context registry: documents (the ground truth) and the KV states derived from
+// them, behind one interface (DESIGN.md section 4).
+//
+//   Put     tokens (+ text, labels) -> one atomic RocksDB write of the document record,
+//           a reference from the document to its content, and the content's KV
+//           (unless an identical document already stored it: KV is content-addressed).
+//   Load    document -> its KV after a given prefix, from the first tier that has it:
+//           device LRU -> host LRU -> RocksDB -> rebuilt from the stored tokens through
+//           the KvEncoder (missing, evicted, another model, another prefix, corrupt).
+//           The caller sees no difference but the `source` it is told.
+//   Delete  drops the document and its reference; its KV goes only when no other
+//           document references the same content.
+//
+// Every stored value carries a checksum. A KV value that fails it is rebuilt; a
+// document record that fails it gives DATA_LOSS. Documents are never evicted; KV is
+// evicted from each tier by its byte budget and an optional idle time-to-live.
+//
+// Thread-safety: all methods may be called concurrently. Writes (Put, Delete, and the
+// write-back of rebuilt KV) are serialized inside; loads run in parallel. One process
+// at a time may open a data directory.
+#ifndef APESERVE_CACHE_CONTEXT_REGISTRY_H_
+#define APESERVE_CACHE_CONTEXT_REGISTRY_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "cache/document.h"
+#include "cache/kv_quantization.h"
+#include "cache/lru_tier.h"
+#include "cache/store.h"
+#include "model/encoded_context.h"
+#include "model/kv_segment.h"
+
+namespace apeserve::cache {
+
+// Computes the KV of `tokens` after the prefix named `prefix_hash`, with the model the
+// registry was opened for (the server wires it to Engine::EncodeContext). Called from
+// any thread, never under the registry's locks.
+using KvEncoder = std::function<absl::StatusOr<model::KvSegment>(absl::string_view prefix_hash,
+                                                                 absl::Span<const int32_t> tokens)>;
+
+// Makes a device-resident copy of a loaded context for the device tier, returning it
+// and the device bytes it occupies. Called from any thread.
+struct DeviceCopy {
+  std::shared_ptr<const model::EncodedContext> context;
+  size_t bytes = 0;
+};
+using DeviceUploader = std::function<absl::StatusOr<DeviceCopy>(const model::EncodedContext& host)>;
+
+struct ContextRegistryOptions {
+  // The RocksDB store (path required).
+  StoreOptions store;
+  // The model every KV is for (Engine::fingerprint()). Required. KV of other models is
+  // never served; with purge_other_models it is deleted at open.
+  std::string model_fingerprint;
+  bool purge_other_models = true;
+  // Sync the write-ahead log before a Put or Delete returns. true: an acknowledged
+  // ingest survives power loss; false: it survives a crash of the process only, and
+  // ingest is faster. Default: true.
+  bool sync_writes = true;
+  // How new KV is stored. Default: as computed.
+  KvQuantization kv_quantization = KvQuantization::kNone;
+  // Byte budgets of the tiers. Host: decoded KV in memory (default 1 GiB). Device:
+  // KV on the accelerator, used only with a DeviceUploader (default 0, off). Store:
+  // KV in RocksDB (default 0, unlimited). Documents count against none of them.
+  size_t host_cache_bytes = size_t{1} << 30;
+  size_t device_cache_bytes = 0;
+  size_t stored_kv_bytes = 0;
+  // KV unused for this long is dropped from every tier (and rebuilt when next used).
+  // Default: never.
+  absl::Duration kv_ttl = absl::InfiniteDuration();
+  // Where time comes from, for the time-to-live and created times. Default: wall clock.
+  std::function<absl::Time()> clock = [] { return absl::Now(); };
+};
+
+// Where a loaded KV came from.
+enum class KvSource { kDevice, kHost, kStore, kRebuilt };
+absl::string_view KvSourceName(KvSource source);
+
+struct LoadedContext {
+  // Tokens, prefix hash and KV, ready for Engine::StartSequence; shared with the tier
+  // that holds it, so keep it only as long as it is needed.
+  std::shared_ptr<const model::EncodedContext> context;
+  KvSource source = KvSource::kStore;
+};
+
+struct RegistryStats {
+  TierStats device;
+  TierStats host;
+  TierStats store;          // KV in RocksDB: hits are loads from disk, misses led to rebuilds
+  uint64_t rebuilds = 0;    // KV recomputed through the encoder on a load
+  uint64_t corrupt_kv = 0;  // stored KV that failed its checks (then rebuilt)
+  uint64_t documents_put = 0;
+  uint64_t documents_deleted = 0;
+  uint64_t kv_shared = 0;  // puts that found their KV already stored
+  uint64_t store_bytes_loaded = 0;
+  double store_load_seconds = 0;  // time spent reading and decoding them
+  double store_load_mb_per_s() const {
+    return store_load_seconds > 0 ? store_bytes_loaded / 1e6 / store_load_seconds : 0;
+  }
+};
+
+class ContextRegistry {
+ public:
+  // Opens (or creates) the store and indexes the KV it holds. INVALID_ARGUMENT for
+  // bad options; the errors of Store::Open otherwise.
+  static absl::StatusOr<std::unique_ptr<ContextRegistry>> Open(ContextRegistryOptions options,
+                                                               KvEncoder encoder,
+                                                               DeviceUploader uploader = nullptr);
+  ContextRegistry(const ContextRegistry&) = delete;
+  ContextRegistry& operator=(const ContextRegistry&) = delete;
+  ~ContextRegistry();
+
+  // Stores `document` (replacing one of the same namespace and id) with its KV after
+  // `prefix_hash`: `kv` when given (it must cover exactly the tokens), else the KV an
+  // identical document already stored, else the encoder's. One atomic write; returns
+  // after it is durable as sync_writes says. INVALID_ARGUMENT for bad names, no tokens
+  // or KV that does not fit; the encoder's error if it fails.
+  absl::StatusOr<StoredDocument> Put(const DocumentInput& document, absl::string_view prefix_hash,
+                                     const model::KvSegment* kv = nullptr);
+
+  // NOT_FOUND naming the document if there is none; DATA_LOSS if its record is
+  // unreadable.
+  absl::StatusOr<StoredDocument> Get(absl::string_view namespace_id, absl::string_view id) const;
+
+  // Deletes the document; true if it existed (deleting twice is not an error).
+  absl::StatusOr<bool> Delete(absl::string_view namespace_id, absl::string_view id);
+
+  // The document's KV after `prefix_hash`. NOT_FOUND / DATA_LOSS as Get; the encoder's
+  // error when the KV has to be rebuilt and that fails.
+  absl::StatusOr<LoadedContext> Load(absl::string_view namespace_id, absl::string_view id,
+                                     absl::string_view prefix_hash);
+
+  // Drops KV idle for longer than the time-to-live from every tier. Put calls it; a
+  // server may also call it on a timer.
+  void Sweep();
+
+  RegistryStats stats() const;
+  const ContextRegistryOptions& options() const { return options_; }
+
+ private:
+  class Impl;
+  ContextRegistry(ContextRegistryOptions options, std::unique_ptr<Impl> impl);
+
+  ContextRegistryOptions options_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace apeserve::cache
+
+#endif  // APESERVE_CACHE_CONTEXT_REGISTRY_H_

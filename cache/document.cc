@@ -1,0 +1,77 @@
+#include "cache/document.h"
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "cache/framed_record.h"
+#include "cache/records.pb.h"
+#include "cache/store_keys.h"
+
+namespace apeserve::cache {
+namespace {
+
+constexpr char kDocumentMagic[] = "APDR";
+
+absl::Status Unreadable(absl::string_view namespace_id, absl::string_view id,
+                        absl::string_view why) {
+  return absl::DataLossError(absl::StrCat("the record of document '", namespace_id, "/",
+                                          absl::CHexEscape(id), "' is unreadable: ", why));
+}
+
+}  // namespace
+
+absl::Status ValidateDocumentInput(const DocumentInput& input) {
+  if (absl::Status status = ValidateNamespace(input.namespace_id); !status.ok()) return status;
+  if (absl::Status status = ValidateContextId(input.id); !status.ok()) return status;
+  if (input.tokens.empty() || input.tokens.size() > kMaxDocumentTokens) {
+    return absl::InvalidArgumentError(absl::StrCat("a document needs 1 to ", kMaxDocumentTokens,
+                                                   " tokens, not ", input.tokens.size()));
+  }
+  for (size_t i = 0; i < input.tokens.size(); ++i) {
+    if (input.tokens[i] < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token ", i, " of the document is negative (", input.tokens[i], ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string EncodeDocumentRecord(const StoredDocument& document) {
+  DocumentRecord record;
+  record.set_namespace_id(document.namespace_id);
+  record.set_id(document.id);
+  record.set_content_hash(document.content_hash);
+  record.mutable_token_ids()->Add(document.tokens.begin(), document.tokens.end());
+  record.set_text(document.text);
+  record.mutable_labels()->insert(document.labels.begin(), document.labels.end());
+  record.set_created_unix_micros(absl::ToUnixMicros(document.created));
+  return FrameRecord(kDocumentMagic, record.SerializeAsString());
+}
+
+absl::StatusOr<StoredDocument> DecodeDocumentRecord(absl::string_view value,
+                                                    absl::string_view namespace_id,
+                                                    absl::string_view id) {
+  const absl::StatusOr<absl::string_view> payload = UnframeRecord(kDocumentMagic, value);
+  if (!payload.ok()) return Unreadable(namespace_id, id, payload.status().message());
+  DocumentRecord record;
+  if (!record.ParseFromArray(payload->data(), static_cast<int>(payload->size()))) {
+    return Unreadable(namespace_id, id, "it does not parse");
+  }
+  if (record.namespace_id() != namespace_id || record.id() != id) {
+    return Unreadable(namespace_id, id, "it names another document");
+  }
+  StoredDocument document{
+      .namespace_id = record.namespace_id(),
+      .id = record.id(),
+      .content_hash = record.content_hash(),
+      .tokens = {record.token_ids().begin(), record.token_ids().end()},
+      .text = record.text(),
+      .labels = {record.labels().begin(), record.labels().end()},
+      .created = absl::FromUnixMicros(record.created_unix_micros()),
+  };
+  if (document.tokens.empty() || ContentHash(document.tokens) != document.content_hash) {
+    return Unreadable(namespace_id, id, "its tokens do not match its content hash");
+  }
+  return document;
+}
+
+}  // namespace apeserve::cache

@@ -1,0 +1,55 @@
+// A document as the registry stores it, and its record's stored form: a DocumentRecord
+// (records.proto) framed with magic "APDR" and a checksum (framed_record.h).
+#ifndef APESERVE_CACHE_DOCUMENT_H_
+#define APESERVE_CACHE_DOCUMENT_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace apeserve::cache {
+
+// A document to store. Its tokens are what the KV is computed from; the text is kept
+// only to be shown back.
+struct DocumentInput {
+  std::string namespace_id;
+  std::string id;
+  std::vector<int32_t> tokens;
+  std::string text;
+  std::map<std::string, std::string> labels;
+};
+
+struct StoredDocument {
+  std::string namespace_id;
+  std::string id;
+  std::string content_hash;  // store_keys.h: ContentHash(tokens)
+  std::vector<int32_t> tokens;
+  std::string text;
+  std::map<std::string, std::string> labels;
+  absl::Time created;
+};
+
+// The most tokens one document may hold.
+inline constexpr size_t kMaxDocumentTokens = size_t{1} << 20;
+
+// INVALID_ARGUMENT naming the field: bad namespace or id, no tokens or too many,
+// a negative token id.
+absl::Status ValidateDocumentInput(const DocumentInput& input);
+
+std::string EncodeDocumentRecord(const StoredDocument& document);
+
+// The document stored under (namespace_id, id). DATA_LOSS, naming it, if the value
+// fails its frame or checksum, does not parse, names another document, or its
+// tokens do not match its content hash.
+absl::StatusOr<StoredDocument> DecodeDocumentRecord(absl::string_view value,
+                                                    absl::string_view namespace_id,
+                                                    absl::string_view id);
+
+}  // namespace apeserve::cache
+
+#endif  // APESERVE_CACHE_DOCUMENT_H_

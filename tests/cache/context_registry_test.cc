@@ -1,0 +1,512 @@
+#include "cache/context_registry.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cache/rocksdb_status.h"
+#include "cache/store.h"
+#include "cache/store_keys.h"
+#include "rocksdb/db.h"
+#include "tests/cache/registry_test_util.h"
+#include "tests/util/status_matchers.h"
+#include "tests/util/temp_dir.h"
+
+namespace apeserve::cache {
+namespace {
+
+using ::apeserve::testing::IsOk;
+using ::apeserve::testing::kModelA;
+using ::apeserve::testing::kModelB;
+using ::apeserve::testing::kPrefix;
+using ::apeserve::testing::MakeSyntheticEncoder;
+using ::apeserve::testing::RegistryOptions;
+using ::apeserve::testing::StatusIs;
+using ::apeserve::testing::SyntheticDocument;
+using ::apeserve::testing::SyntheticKv;
+using ::apeserve::testing::SyntheticTokens;
+using ::apeserve::testing::TempDir;
+using ::testing::HasSubstr;
+
+std::unique_ptr<ContextRegistry> OpenOrDie(const ContextRegistryOptions& options,
+                                           const KvEncoder& encoder) {
+  absl::StatusOr<std::unique_ptr<ContextRegistry>> registry =
+      ContextRegistry::Open(options, encoder);
+  EXPECT_THAT(registry, IsOk());
+  return registry.ok() ? *std::move(registry) : nullptr;
+}
+
+// The loaded context is exactly what the synthetic model computes for its tokens.
+void ExpectSyntheticKv(const LoadedContext& loaded, const std::string& fingerprint,
+                       absl::string_view prefix_hash = kPrefix) {
+  const model::EncodedContext& context = *loaded.context;
+  EXPECT_EQ(context.prefix_hash, prefix_hash);
+  const model::KvSegment expected = SyntheticKv(fingerprint, prefix_hash, context.tokens, {});
+  EXPECT_EQ(context.kv.layers, expected.layers);
+  EXPECT_EQ(context.kv.length, expected.length);
+  EXPECT_EQ(context.kv.start_position, expected.start_position);
+}
+
+TEST(ContextRegistryTest, StoresAndLoadsKvBitForBitThroughEveryTier) {
+  TempDir dir;
+  const ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  {
+    auto registry = OpenOrDie(options, encoder.encoder);
+    ASSERT_NE(registry, nullptr);
+    absl::StatusOr<StoredDocument> stored = registry->Put(SyntheticDocument(1, 1), kPrefix);
+    ASSERT_THAT(stored, IsOk());
+    EXPECT_EQ(stored->content_hash, ContentHash(SyntheticTokens(1)));
+    EXPECT_EQ(*encoder.calls, 1);
+  }
+  auto registry = OpenOrDie(options, encoder.encoder);
+  ASSERT_NE(registry, nullptr);
+  absl::StatusOr<StoredDocument> document = registry->Get("ns", "doc-1");
+  ASSERT_THAT(document, IsOk());
+  EXPECT_EQ(document->tokens, SyntheticTokens(1));
+  EXPECT_EQ(document->text, "text 1");
+  EXPECT_EQ(document->labels.at("n"), "1");
+
+  absl::StatusOr<LoadedContext> loaded = registry->Load("ns", "doc-1", kPrefix);
+  ASSERT_THAT(loaded, IsOk());
+  EXPECT_EQ(loaded->source, KvSource::kStore);
+  ExpectSyntheticKv(*loaded, kModelA);
+  absl::StatusOr<LoadedContext> again = registry->Load("ns", "doc-1", kPrefix);
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ(again->source, KvSource::kHost);
+  EXPECT_EQ(again->context, loaded->context);  // shared, not copied
+  EXPECT_EQ(*encoder.calls, 1);                // nothing recomputed
+
+  const RegistryStats stats = registry->stats();
+  EXPECT_EQ(stats.store.hits, 1U);
+  EXPECT_EQ(stats.host.hits, 1U);
+  EXPECT_EQ(stats.host.misses, 1U);
+  EXPECT_EQ(stats.rebuilds, 0U);
+  EXPECT_EQ(stats.store_bytes_loaded, loaded->context->kv.TotalBytes());
+  EXPECT_GT(stats.store_load_mb_per_s(), 0);
+}
+
+TEST(ContextRegistryTest, KvGivenWithTheDocumentIsStoredAsGiven) {
+  TempDir dir;
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  auto registry = OpenOrDie(RegistryOptions(dir.Join("data")), encoder.encoder);
+  const model::KvSegment kv = SyntheticKv(kModelA, kPrefix, SyntheticTokens(2), {});
+  ASSERT_THAT(registry->Put(SyntheticDocument(2, 2), kPrefix, &kv), IsOk());
+  EXPECT_EQ(*encoder.calls, 0);
+  model::KvSegment short_kv = SyntheticKv(kModelA, kPrefix, SyntheticTokens(1), {});
+  EXPECT_THAT(registry->Put(SyntheticDocument(3, 2), kPrefix, &short_kv),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("covers")));
+}
+
+TEST(ContextRegistryTest, Int8StorageComesBackWithinItsBound) {
+  TempDir dir;
+  ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+  options.kv_quantization = KvQuantization::kInt8PerChannel;
+  options.host_cache_bytes = 0;  // every load reads the store
+  auto registry = OpenOrDie(options, MakeSyntheticEncoder(kModelA).encoder);
+  ASSERT_THAT(registry->Put(SyntheticDocument(1, 12), kPrefix), IsOk());
+  absl::StatusOr<LoadedContext> loaded = registry->Load("ns", "doc-1", kPrefix);
+  ASSERT_THAT(loaded, IsOk());
+  EXPECT_EQ(loaded->source, KvSource::kStore);
+  const model::KvSegment exact = SyntheticKv(kModelA, kPrefix, SyntheticTokens(12), {});
+  const model::KvSegment& kv = loaded->context->kv;
+  ASSERT_EQ(kv.layers.size(), exact.layers.size());
+  EXPECT_NE(kv.layers, exact.layers);  // it really was quantized
+  // Synthetic values lie in [-8, 8): half a step is at most 8 / 127 / 2.
+  for (size_t layer = 0; layer < kv.layers.size(); ++layer) {
+    const auto* a = reinterpret_cast<const float*>(kv.layers[layer].data());
+    const auto* b = reinterpret_cast<const float*>(exact.layers[layer].data());
+    for (size_t i = 0; i < kv.layers[layer].size() / sizeof(float); ++i) {
+      ASSERT_NEAR(a[i], b[i], 8.0 / 127 / 2 + 1e-6);
+    }
+  }
+  // int8 plus scales take about a quarter of float32.
+  EXPECT_LT(registry->stats().store.bytes, exact.TotalBytes() / 2);
+}
+
+TEST(ContextRegistryTest, IdenticalDocumentsShareOneKvUntilTheLastIsDeleted) {
+  TempDir dir;
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+  options.host_cache_bytes = 0;
+  auto registry = OpenOrDie(options, encoder.encoder);
+  ASSERT_THAT(registry->Put(SyntheticDocument(1, 7), kPrefix), IsOk());
+  DocumentInput twin = SyntheticDocument(2, 7);
+  twin.namespace_id = "other-namespace";
+  ASSERT_THAT(registry->Put(twin, kPrefix), IsOk());
+  EXPECT_EQ(*encoder.calls, 1);
+  EXPECT_EQ(registry->stats().kv_shared, 1U);
+  EXPECT_EQ(registry->stats().store.entries, 1U);
+
+  EXPECT_THAT(registry->Delete("ns", "doc-1"), testing::IsOkAndHolds(true));
+  EXPECT_THAT(registry->Delete("ns", "doc-1"), testing::IsOkAndHolds(false));  // idempotent
+  EXPECT_THAT(registry->Get("ns", "doc-1"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("doc-1")));
+  absl::StatusOr<LoadedContext> loaded = registry->Load("other-namespace", "doc-2", kPrefix);
+  ASSERT_THAT(loaded, IsOk());
+  EXPECT_EQ(loaded->source, KvSource::kStore);  // the shared KV survived the delete
+  EXPECT_EQ(*encoder.calls, 1);
+
+  EXPECT_THAT(registry->Delete("other-namespace", "doc-2"), testing::IsOkAndHolds(true));
+  EXPECT_EQ(registry->stats().store.entries, 0U);
+  EXPECT_EQ(registry->stats().store.bytes, 0U);
+}
+
+TEST(ContextRegistryTest, ReplacingADocumentDropsKvNoLongerReferenced) {
+  TempDir dir;
+  ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  {
+    auto registry = OpenOrDie(options, encoder.encoder);
+    ASSERT_THAT(registry->Put(SyntheticDocument(1, 1), kPrefix), IsOk());
+    ASSERT_THAT(registry->Put(SyntheticDocument(1, 2), kPrefix), IsOk());
+    EXPECT_EQ(registry->stats().store.entries, 1U);
+    absl::StatusOr<LoadedContext> loaded = registry->Load("ns", "doc-1", kPrefix);
+    ASSERT_THAT(loaded, IsOk());
+    EXPECT_EQ(loaded->context->tokens, SyntheticTokens(2));
+    ExpectSyntheticKv(*loaded, kModelA);
+  }
+  // What is on disk agrees: one entry after reopening.
+  auto registry = OpenOrDie(options, encoder.encoder);
+  EXPECT_EQ(registry->stats().store.entries, 1U);
+}
+
+TEST(ContextRegistryTest, RefusesBadNamesAndEmptyDocuments) {
+  TempDir dir;
+  auto registry =
+      OpenOrDie(RegistryOptions(dir.Join("data")), MakeSyntheticEncoder(kModelA).encoder);
+  DocumentInput bad = SyntheticDocument(1, 1);
+  bad.namespace_id = "has space";
+  EXPECT_THAT(registry->Put(bad, kPrefix),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("namespace")));
+  bad = SyntheticDocument(1, 1);
+  bad.id = std::string("a\0b", 3);
+  EXPECT_THAT(registry->Put(bad, kPrefix),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("NUL")));
+  bad = SyntheticDocument(1, 1);
+  bad.tokens.clear();
+  EXPECT_THAT(registry->Put(bad, kPrefix),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tokens")));
+  bad = SyntheticDocument(1, 1);
+  bad.tokens[1] = -3;
+  EXPECT_THAT(registry->Put(bad, kPrefix),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("negative")));
+  EXPECT_THAT(registry->Put(SyntheticDocument(1, 1), "Not/AHash"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("prefix hash")));
+  EXPECT_THAT(registry->Load("ns", "missing", kPrefix),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing")));
+  EXPECT_THAT(ContextRegistry::Open(RegistryOptions(dir.Join("x"), ""),
+                                    MakeSyntheticEncoder(kModelA).encoder),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("fingerprint")));
+}
+
+TEST(ContextRegistryTest, AnEncoderErrorReachesTheCallerAndStoresNothing) {
+  TempDir dir;
+  auto registry = OpenOrDie(
+      RegistryOptions(dir.Join("data")),
+      [](absl::string_view, absl::Span<const int32_t>) -> absl::StatusOr<model::KvSegment> {
+        return absl::OutOfRangeError("too many tokens for the model");
+      });
+  EXPECT_THAT(registry->Put(SyntheticDocument(1, 1), kPrefix),
+              StatusIs(absl::StatusCode::kOutOfRange, HasSubstr("too many")));
+  EXPECT_THAT(registry->Get("ns", "doc-1"), StatusIs(absl::StatusCode::kNotFound, ::testing::_));
+}
+
+// Another model (or prefix) never sees the old KV: it gets its own, rebuilt from the
+// stored tokens, and the old model's entries are purged at open.
+TEST(ContextRegistryTest, ReopeningWithAnotherModelNeverServesTheOldKv) {
+  TempDir dir;
+  {
+    auto registry = OpenOrDie(RegistryOptions(dir.Join("data"), kModelA),
+                              MakeSyntheticEncoder(kModelA).encoder);
+    for (int n = 0; n < 5; ++n)
+      ASSERT_THAT(registry->Put(SyntheticDocument(n, n), kPrefix), IsOk());
+  }
+  auto encoder_b = MakeSyntheticEncoder(kModelB);
+  auto registry = OpenOrDie(RegistryOptions(dir.Join("data"), kModelB), encoder_b.encoder);
+  EXPECT_EQ(registry->stats().store.entries, 0U);
+  for (int n = 0; n < 5; ++n) {
+    absl::StatusOr<LoadedContext> loaded =
+        registry->Load("ns", "doc-" + std::to_string(n), kPrefix);
+    ASSERT_THAT(loaded, IsOk());
+    EXPECT_EQ(loaded->source, KvSource::kRebuilt);
+    ExpectSyntheticKv(*loaded, kModelB);
+  }
+  absl::StatusOr<LoadedContext> other_prefix = registry->Load("ns", "doc-0", "ffff0002");
+  ASSERT_THAT(other_prefix, IsOk());
+  EXPECT_EQ(other_prefix->source, KvSource::kRebuilt);
+  ExpectSyntheticKv(*other_prefix, kModelB, "ffff0002");
+  EXPECT_EQ(*encoder_b.calls, 6);
+  EXPECT_EQ(registry->stats().rebuilds, 6U);
+  EXPECT_EQ(registry->stats().store.entries, 6U);  // written back
+}
+
+// Raw access to the store under a closed registry, as a disk fault would see it.
+template <typename Edit>
+void EditStore(const std::string& path, Edit edit) {
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open({.path = path});
+  ASSERT_THAT(store, IsOk());
+  edit(**store);
+}
+
+std::vector<std::string> KeysOf(Store& store, rocksdb::ColumnFamilyHandle* family, char tag) {
+  std::vector<std::string> keys;
+  std::unique_ptr<rocksdb::Iterator> it(store.db().NewIterator(rocksdb::ReadOptions(), family));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    if (it->key()[0] == tag) keys.push_back(it->key().ToString());
+  }
+  return keys;
+}
+
+// Flips one random bit of one random byte of the value under `key`.
+void FlipAByte(Store& store, rocksdb::ColumnFamilyHandle* family, const std::string& key,
+               std::mt19937& random) {
+  std::string value;
+  ASSERT_TRUE(store.db().Get(rocksdb::ReadOptions(), family, key, &value).ok());
+  const size_t at = std::uniform_int_distribution<size_t>(0, value.size() - 1)(random);
+  value[at] =
+      static_cast<char>(value[at] ^ (1 << std::uniform_int_distribution<int>(0, 7)(random)));
+  ASSERT_TRUE(store.db().Put(rocksdb::WriteOptions(), family, key, value).ok());
+}
+
+TEST(ContextRegistryTest, EveryFlippedKvByteIsDetectedAndTheKvRebuiltExactly) {
+  TempDir dir;
+  const ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  ASSERT_THAT(OpenOrDie(options, encoder.encoder)->Put(SyntheticDocument(1, 1), kPrefix), IsOk());
+  std::mt19937 random(20261122);
+  constexpr int kCases = 120;
+  int flipped_records = 0;
+  for (int i = 0; i < kCases; ++i) {
+    EditStore(options.store.path, [&](Store& store) {
+      std::vector<std::string> keys = KeysOf(store, store.kv(), 'l');
+      keys.push_back(KeysOf(store, store.kv(), 'm').at(0));  // the entry record too
+      ASSERT_EQ(keys.size(), 4U);                            // three layers and the record
+      const size_t pick = std::uniform_int_distribution<size_t>(0, keys.size() - 1)(random);
+      flipped_records += pick == keys.size() - 1 ? 1 : 0;
+      FlipAByte(store, store.kv(), keys[pick], random);
+    });
+    auto registry = OpenOrDie(options, encoder.encoder);
+    ASSERT_NE(registry, nullptr);
+    absl::StatusOr<LoadedContext> loaded = registry->Load("ns", "doc-1", kPrefix);
+    ASSERT_THAT(loaded, IsOk()) << "case " << i;
+    EXPECT_EQ(loaded->source, KvSource::kRebuilt) << "case " << i;
+    ExpectSyntheticKv(*loaded, kModelA);
+    EXPECT_EQ(registry->stats().corrupt_kv, 1U) << "case " << i;
+  }
+  EXPECT_EQ(*encoder.calls, 1 + kCases);
+  EXPECT_GT(flipped_records, 0);
+}
+
+TEST(ContextRegistryTest, AFlippedDocumentRecordGivesDataLossNeverACrash) {
+  TempDir dir;
+  const ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  ASSERT_THAT(OpenOrDie(options, encoder.encoder)->Put(SyntheticDocument(1, 1), kPrefix), IsOk());
+  const std::string key = DocumentKey("ns", "doc-1");
+  std::string original;
+  EditStore(options.store.path, [&](Store& store) {
+    ASSERT_TRUE(store.db().Get(rocksdb::ReadOptions(), store.docs(), key, &original).ok());
+  });
+  std::mt19937 random(7);
+  for (int i = 0; i < 100; ++i) {
+    EditStore(options.store.path, [&](Store& store) {
+      ASSERT_TRUE(store.db().Put(rocksdb::WriteOptions(), store.docs(), key, original).ok());
+      FlipAByte(store, store.docs(), key, random);
+    });
+    auto registry = OpenOrDie(options, encoder.encoder);
+    ASSERT_NE(registry, nullptr);
+    EXPECT_THAT(registry->Get("ns", "doc-1"),
+                StatusIs(absl::StatusCode::kDataLoss, HasSubstr("doc-1")))
+        << "case " << i;
+    EXPECT_THAT(registry->Load("ns", "doc-1", kPrefix),
+                StatusIs(absl::StatusCode::kDataLoss, ::testing::_))
+        << "case " << i;
+  }
+  // A damaged document can still be replaced, or deleted.
+  auto registry = OpenOrDie(options, encoder.encoder);
+  ASSERT_THAT(registry->Put(SyntheticDocument(1, 1), kPrefix), IsOk());
+  EXPECT_THAT(registry->Load("ns", "doc-1", kPrefix), IsOk());
+  EXPECT_THAT(registry->Delete("ns", "doc-1"), testing::IsOkAndHolds(true));
+}
+
+TEST(ContextRegistryTest, EvictionKeepsEveryTierWithinItsBudgetAndDocumentsSurvive) {
+  TempDir dir;
+  ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+  const size_t one_kv = SyntheticKv(kModelA, kPrefix, SyntheticTokens(12), {}).TotalBytes();
+  options.host_cache_bytes = 3 * one_kv;
+  options.stored_kv_bytes = 5 * one_kv;
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  auto registry = OpenOrDie(options, encoder.encoder);
+  constexpr int kDocuments = 40;
+  for (int n = 0; n < kDocuments; ++n) {
+    ASSERT_THAT(registry->Put(SyntheticDocument(n, n), kPrefix), IsOk());
+    ASSERT_LE(registry->stats().store.bytes, options.stored_kv_bytes);
+  }
+  for (int round = 0; round < 2; ++round) {
+    for (int n = 0; n < kDocuments; ++n) {
+      absl::StatusOr<LoadedContext> loaded =
+          registry->Load("ns", "doc-" + std::to_string(n), kPrefix);
+      ASSERT_THAT(loaded, IsOk());
+      ExpectSyntheticKv(*loaded, kModelA);
+      const RegistryStats stats = registry->stats();
+      ASSERT_LE(stats.host.bytes, options.host_cache_bytes);
+      ASSERT_LE(stats.store.bytes, options.stored_kv_bytes);
+    }
+  }
+  const RegistryStats stats = registry->stats();
+  EXPECT_GT(stats.store.evictions, 0U);
+  EXPECT_GT(stats.host.evictions, 0U);
+  EXPECT_GT(stats.rebuilds, 0U);
+  // Every document is still there, after a restart too.
+  registry.reset();
+  registry = OpenOrDie(options, encoder.encoder);
+  EXPECT_LE(registry->stats().store.bytes, options.stored_kv_bytes);
+  for (int n = 0; n < kDocuments; ++n) {
+    absl::StatusOr<StoredDocument> document = registry->Get("ns", "doc-" + std::to_string(n));
+    ASSERT_THAT(document, IsOk());
+    EXPECT_EQ(document->tokens, SyntheticTokens(n));
+  }
+}
+
+TEST(ContextRegistryTest, IdleKvExpiresFromEveryTierAndIsRebuiltOnUse) {
+  TempDir dir;
+  absl::Time now = absl::FromUnixSeconds(1'800'000'000);
+  ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+  options.kv_ttl = absl::Minutes(10);
+  options.clock = [&now] { return now; };
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  auto registry = OpenOrDie(options, encoder.encoder);
+  ASSERT_THAT(registry->Put(SyntheticDocument(1, 1), kPrefix), IsOk());
+  ASSERT_THAT(registry->Load("ns", "doc-1", kPrefix), IsOk());
+  now += absl::Minutes(11);
+  registry->Sweep();
+  RegistryStats stats = registry->stats();
+  EXPECT_EQ(stats.host.entries, 0U);
+  EXPECT_EQ(stats.store.entries, 0U);
+  EXPECT_EQ(stats.store.expirations, 1U);
+  absl::StatusOr<LoadedContext> loaded = registry->Load("ns", "doc-1", kPrefix);
+  ASSERT_THAT(loaded, IsOk());
+  EXPECT_EQ(loaded->source, KvSource::kRebuilt);
+  ExpectSyntheticKv(*loaded, kModelA);
+  EXPECT_THAT(registry->Get("ns", "doc-1"), IsOk());
+}
+
+TEST(ContextRegistryTest, TheDeviceTierServesRepeatedLoadsWithinItsBudget) {
+  TempDir dir;
+  ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+  auto kv_bytes = [](int n) {
+    return SyntheticKv(kModelA, kPrefix, SyntheticTokens(n), {}).TotalBytes();
+  };
+  options.device_cache_bytes = kv_bytes(3) + kv_bytes(2);  // documents 0..3 hold 3..6 tokens
+  auto uploads = std::make_shared<std::atomic<int>>(0);
+  // A stand-in device: another copy in memory, counted in its own budget.
+  DeviceUploader uploader =
+      [uploads](const model::EncodedContext& host) -> absl::StatusOr<DeviceCopy> {
+    uploads->fetch_add(1);
+    auto copy = std::make_shared<const model::EncodedContext>(host);
+    return DeviceCopy{copy, host.kv.TotalBytes()};
+  };
+  absl::StatusOr<std::unique_ptr<ContextRegistry>> registry =
+      ContextRegistry::Open(options, MakeSyntheticEncoder(kModelA).encoder, uploader);
+  ASSERT_THAT(registry, IsOk());
+  for (int n = 0; n < 4; ++n)
+    ASSERT_THAT((*registry)->Put(SyntheticDocument(n, n), kPrefix), IsOk());
+  absl::StatusOr<LoadedContext> first = (*registry)->Load("ns", "doc-3", kPrefix);
+  ASSERT_THAT(first, IsOk());
+  EXPECT_EQ(first->source, KvSource::kStore);
+  absl::StatusOr<LoadedContext> second = (*registry)->Load("ns", "doc-3", kPrefix);
+  ASSERT_THAT(second, IsOk());
+  EXPECT_EQ(second->source, KvSource::kDevice);
+  EXPECT_EQ(second->context, first->context);
+  ExpectSyntheticKv(*second, kModelA);
+  for (int n = 0; n < 4; ++n) {
+    ASSERT_THAT((*registry)->Load("ns", "doc-" + std::to_string(n), kPrefix), IsOk());
+    ASSERT_LE((*registry)->stats().device.bytes, options.device_cache_bytes);
+  }
+  // doc-3 was evicted by the time the loop came back to it.
+  EXPECT_EQ((*registry)->stats().device.hits, 1U);
+  EXPECT_EQ((*registry)->stats().device.evictions, 3U);
+  EXPECT_EQ(*uploads, 5);
+}
+
+// Many threads put, load and delete over a few names and contents at once, with
+// budgets small enough that eviction runs all the time. Every load must be
+// self-consistent (its KV is the model's KV of its tokens). Run under ThreadSanitizer
+// by the tsan preset.
+TEST(ContextRegistryTest, ConcurrentPutsLoadsAndDeletesStayConsistent) {
+  TempDir dir;
+  ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+  const size_t one_kv = SyntheticKv(kModelA, kPrefix, SyntheticTokens(12), {}).TotalBytes();
+  options.host_cache_bytes = 3 * one_kv;
+  options.stored_kv_bytes = 4 * one_kv;
+  options.device_cache_bytes = 2 * one_kv;
+  DeviceUploader uploader = [](const model::EncodedContext& host) -> absl::StatusOr<DeviceCopy> {
+    return DeviceCopy{std::make_shared<const model::EncodedContext>(host), host.kv.TotalBytes()};
+  };
+  absl::StatusOr<std::unique_ptr<ContextRegistry>> opened =
+      ContextRegistry::Open(options, MakeSyntheticEncoder(kModelA).encoder, uploader);
+  ASSERT_THAT(opened, IsOk());
+  ContextRegistry& registry = **opened;
+  constexpr int kThreads = 8;
+  constexpr int kOperations = 150;
+  std::atomic<int> failures{0};
+  std::atomic<int> loads{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 random(static_cast<unsigned>(t));
+      for (int i = 0; i < kOperations; ++i) {
+        const int n = std::uniform_int_distribution<int>(0, 9)(random);
+        const std::string id = "doc-" + std::to_string(n);
+        switch (std::uniform_int_distribution<int>(0, 5)(random)) {
+          case 0:
+          case 1:
+            if (!registry
+                     .Put(SyntheticDocument(n, std::uniform_int_distribution<int>(0, 5)(random)),
+                          kPrefix)
+                     .ok()) {
+              failures.fetch_add(1);
+            }
+            break;
+          case 2:
+            if (!registry.Delete("ns", id).ok()) failures.fetch_add(1);
+            break;
+          default: {
+            absl::StatusOr<LoadedContext> loaded = registry.Load("ns", id, kPrefix);
+            if (loaded.ok()) {
+              loads.fetch_add(1);
+              const model::EncodedContext& context = *loaded->context;
+              if (context.kv.layers != SyntheticKv(kModelA, kPrefix, context.tokens, {}).layers) {
+                failures.fetch_add(1);
+              }
+            } else if (loaded.status().code() != absl::StatusCode::kNotFound) {
+              failures.fetch_add(1);
+            }
+            if (i % 25 == 0) registry.Sweep();
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_GT(loads.load(), 0);
+  const RegistryStats stats = registry.stats();
+  EXPECT_LE(stats.host.bytes, options.host_cache_bytes);
+  EXPECT_LE(stats.store.bytes, options.stored_kv_bytes);
+  EXPECT_LE(stats.device.bytes, options.device_cache_bytes);
+  // The survivors load consistently once things are quiet.
+  for (int n = 0; n < 10; ++n) {
+    absl::StatusOr<LoadedContext> loaded = registry.Load("ns", "doc-" + std::to_string(n), kPrefix);
+    if (loaded.ok()) ExpectSyntheticKv(*loaded, kModelA);
+  }
+}
+
+}  // namespace
+}  // namespace apeserve::cache

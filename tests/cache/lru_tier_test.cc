@@ -1,0 +1,82 @@
+#include "cache/lru_tier.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace apeserve::cache {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+using ::testing::Optional;
+using ::testing::UnorderedElementsAre;
+
+TEST(LruTierTest, EvictsTheLeastRecentlyUsedToStayWithinItsBudget) {
+  LruTier<int> tier({.capacity_bytes = 100});
+  EXPECT_THAT(tier.Insert("a", 1, 40), IsEmpty());
+  EXPECT_THAT(tier.Insert("b", 2, 40), IsEmpty());
+  EXPECT_THAT(tier.Lookup("a"), Optional(1));  // now b is the least recently used
+  EXPECT_THAT(tier.Insert("c", 3, 40), ElementsAre("b"));
+  EXPECT_EQ(tier.Lookup("b"), std::nullopt);
+  const TierStats stats = tier.stats();
+  EXPECT_EQ(stats.entries, 2U);
+  EXPECT_EQ(stats.bytes, 80U);
+  EXPECT_EQ(stats.capacity_bytes, 100U);
+  EXPECT_EQ(stats.hits, 1U);
+  EXPECT_EQ(stats.misses, 1U);
+  EXPECT_EQ(stats.evictions, 1U);
+}
+
+TEST(LruTierTest, ReplacingAnEntryCountsItsNewSizeOnly) {
+  LruTier<int> tier({.capacity_bytes = 100});
+  tier.Insert("a", 1, 60);
+  EXPECT_THAT(tier.Insert("a", 2, 70), IsEmpty());
+  EXPECT_EQ(tier.stats().bytes, 70U);
+  EXPECT_THAT(tier.Lookup("a"), Optional(2));
+}
+
+TEST(LruTierTest, AnEntryLargerThanTheBudgetIsNotKept) {
+  LruTier<int> tier({.capacity_bytes = 100});
+  tier.Insert("small", 1, 10);
+  EXPECT_THAT(tier.Insert("big", 2, 101), ElementsAre("big"));
+  EXPECT_FALSE(tier.Contains("big"));
+  EXPECT_TRUE(tier.Contains("small"));
+  LruTier<int> off({.capacity_bytes = 0});
+  EXPECT_FALSE(off.enabled());
+  EXPECT_THAT(off.Insert("x", 1, 1), ElementsAre("x"));
+}
+
+TEST(LruTierTest, IdleEntriesExpire) {
+  absl::Time now = absl::FromUnixSeconds(1000);
+  LruTier<int> tier(
+      {.capacity_bytes = 100, .ttl = absl::Seconds(10), .clock = [&] { return now; }});
+  tier.Insert("old", 1, 10);
+  now += absl::Seconds(6);
+  tier.Insert("new", 2, 10);
+  now += absl::Seconds(6);  // old idle 12 s, new 6 s
+  EXPECT_THAT(tier.EvictExpired(), ElementsAre("old"));
+  EXPECT_THAT(tier.Lookup("new"), Optional(2));  // and refreshed
+  now += absl::Seconds(9);
+  EXPECT_THAT(tier.Lookup("new"), Optional(2));
+  now += absl::Seconds(11);
+  EXPECT_EQ(tier.Lookup("new"), std::nullopt);
+  EXPECT_EQ(tier.stats().expirations, 2U);
+  EXPECT_EQ(tier.stats().bytes, 0U);
+}
+
+TEST(LruTierTest, ErasesByNameAndByPrefix) {
+  LruTier<int> tier({.capacity_bytes = 100});
+  tier.Insert("x/1", 1, 1);
+  tier.Insert("x/2", 2, 1);
+  tier.Insert("y/1", 3, 1);
+  EXPECT_TRUE(tier.Erase("y/1"));
+  EXPECT_FALSE(tier.Erase("y/1"));
+  EXPECT_THAT(tier.EraseWithPrefix("x/"), UnorderedElementsAre("x/1", "x/2"));
+  EXPECT_EQ(tier.stats().entries, 0U);
+  EXPECT_EQ(tier.stats().bytes, 0U);
+}
+
+}  // namespace
+}  // namespace apeserve::cache
