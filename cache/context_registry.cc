@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <limits>
+#include <mutex>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -12,7 +13,6 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "cache/rocksdb_status.h"
 #include "cache/store_keys.h"
 #include "cache/stored_kv.h"
@@ -118,14 +118,14 @@ class ContextRegistry::Impl {
 
   // Serializes every write so that reference checks and the writes they decide on
   // cannot interleave.
-  mutable absl::Mutex write_mutex_;
+  mutable std::mutex write_mutex_;
 
   std::atomic<uint64_t> rebuilds_{0};
   std::atomic<uint64_t> corrupt_kv_{0};
   std::atomic<uint64_t> documents_put_{0};
   std::atomic<uint64_t> documents_deleted_{0};
   std::atomic<uint64_t> kv_shared_{0};
-  mutable absl::Mutex load_stats_mutex_;
+  mutable std::mutex load_stats_mutex_;
   uint64_t store_bytes_loaded_ ABSL_GUARDED_BY(load_stats_mutex_) = 0;
   double store_load_seconds_ ABSL_GUARDED_BY(load_stats_mutex_) = 0;
 };
@@ -168,7 +168,7 @@ absl::Status ContextRegistry::Impl::IndexStoredKv() {
   // Oldest first, so that the index's least recently used end holds the oldest.
   std::sort(entries.begin(), entries.end(),
             [](const Entry& a, const Entry& b) { return a.info.created < b.info.created; });
-  absl::MutexLock lock(&write_mutex_);
+  std::lock_guard<std::mutex> lock(write_mutex_);
   for (Entry& entry : entries) {
     const std::string name = entry.key.Name();
     DropStored(
@@ -248,7 +248,7 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
                           .created = options_.clock()};
   const std::string document_key = DocumentKey(input.namespace_id, input.id);
   const std::string reference_key = ReferenceKey(content_hash, input.namespace_id, input.id);
-  absl::MutexLock lock(&write_mutex_);
+  std::lock_guard<std::mutex> lock(write_mutex_);
   rocksdb::WriteBatch batch;
   std::optional<std::string> dropped_content;
   const absl::StatusOr<StoredDocument> existing = Get(input.namespace_id, input.id);
@@ -308,7 +308,7 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Get(absl::string_view name
 
 absl::StatusOr<bool> ContextRegistry::Impl::Delete(absl::string_view namespace_id,
                                                    absl::string_view id) {
-  absl::MutexLock lock(&write_mutex_);
+  std::lock_guard<std::mutex> lock(write_mutex_);
   const absl::StatusOr<StoredDocument> existing = Get(namespace_id, id);
   if (existing.status().code() == absl::StatusCode::kNotFound) return false;
   rocksdb::WriteBatch batch;
@@ -346,7 +346,7 @@ absl::StatusOr<std::optional<model::KvSegment>> ContextRegistry::Impl::ReadStore
   absl::StatusOr<model::KvSegment> kv = ReadKvEntry(db(), store_->kv(), key);
   if (kv.ok()) {
     const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
-    absl::MutexLock lock(&load_stats_mutex_);
+    std::lock_guard<std::mutex> lock(load_stats_mutex_);
     store_bytes_loaded_ += kv->TotalBytes();
     store_load_seconds_ += seconds.count();
     return std::optional<model::KvSegment>(*std::move(kv));
@@ -358,13 +358,13 @@ absl::StatusOr<std::optional<model::KvSegment>> ContextRegistry::Impl::ReadStore
   if (kv.status().code() != absl::StatusCode::kDataLoss) return kv.status();
   corrupt_kv_.fetch_add(1);
   spdlog::warn("store: {}; rebuilding it", std::string(kv.status().message()));
-  absl::MutexLock lock(&write_mutex_);
+  std::lock_guard<std::mutex> lock(write_mutex_);
   DropStored({name});
   return std::nullopt;
 }
 
 void ContextRegistry::Impl::WriteBack(const KvKey& key, const model::KvSegment& kv) {
-  absl::MutexLock lock(&write_mutex_);
+  std::lock_guard<std::mutex> lock(write_mutex_);
   const absl::StatusOr<bool> referenced = Referenced(key.content_hash, "");
   if (!referenced.ok() || !*referenced) return;  // deleted meanwhile: nothing to keep
   rocksdb::WriteBatch batch;
@@ -433,7 +433,7 @@ absl::StatusOr<LoadedContext> ContextRegistry::Impl::Load(absl::string_view name
 void ContextRegistry::Impl::Sweep() {
   host_.EvictExpired();
   device_.EvictExpired();
-  absl::MutexLock lock(&write_mutex_);
+  std::lock_guard<std::mutex> lock(write_mutex_);
   DropStored(stored_.EvictExpired());
 }
 
@@ -447,7 +447,7 @@ RegistryStats ContextRegistry::Impl::stats() const {
                       .documents_deleted = documents_deleted_.load(),
                       .kv_shared = kv_shared_.load()};
   if (options_.stored_kv_bytes == 0) stats.store.capacity_bytes = 0;  // unlimited
-  absl::MutexLock lock(&load_stats_mutex_);
+  std::lock_guard<std::mutex> lock(load_stats_mutex_);
   stats.store_bytes_loaded = store_bytes_loaded_;
   stats.store_load_seconds = store_load_seconds_;
   return stats;

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <list>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -23,7 +24,6 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
@@ -62,7 +62,7 @@ class LruTier {
   // The value named `name`, now the most recently used; nullopt (a miss) if there is
   // none or it has expired.
   std::optional<Value> Lookup(absl::string_view name) ABSL_LOCKS_EXCLUDED(mutex_) {
-    absl::MutexLock lock(&mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);
     const auto found = index_.find(name);
     if (found == index_.end()) {
       ++misses_;
@@ -83,7 +83,7 @@ class LruTier {
 
   // Whether `name` is present, without counting a hit or changing the order.
   bool Contains(absl::string_view name) const ABSL_LOCKS_EXCLUDED(mutex_) {
-    absl::MutexLock lock(&mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);
     return index_.contains(name);
   }
 
@@ -99,7 +99,7 @@ class LruTier {
   // Entries must be inserted in order of last use for the time-to-live to hold.
   std::vector<std::string> Insert(const std::string& name, Value value, size_t bytes,
                                   absl::Time last_used) ABSL_LOCKS_EXCLUDED(mutex_) {
-    absl::MutexLock lock(&mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);
     std::vector<std::string> evicted;
     if (const auto found = index_.find(name); found != index_.end()) RemoveLocked(found->second);
     if (bytes > options_.capacity_bytes) {
@@ -119,7 +119,7 @@ class LruTier {
 
   // Drops `name`; false if it was not there.
   bool Erase(absl::string_view name) ABSL_LOCKS_EXCLUDED(mutex_) {
-    absl::MutexLock lock(&mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);
     const auto found = index_.find(name);
     if (found == index_.end()) return false;
     RemoveLocked(found->second);
@@ -128,7 +128,7 @@ class LruTier {
 
   // Drops every entry whose name starts with `prefix`; returns their names.
   std::vector<std::string> EraseWithPrefix(absl::string_view prefix) ABSL_LOCKS_EXCLUDED(mutex_) {
-    absl::MutexLock lock(&mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);
     std::vector<std::string> erased;
     for (auto it = order_.begin(); it != order_.end();) {
       const auto next = std::next(it);
@@ -143,7 +143,7 @@ class LruTier {
 
   // Drops every entry idle for longer than the time-to-live; returns their names.
   std::vector<std::string> EvictExpired() ABSL_LOCKS_EXCLUDED(mutex_) {
-    absl::MutexLock lock(&mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);
     std::vector<std::string> expired;
     const absl::Time now = options_.clock();
     // The least recently used sit at the back: stop at the first one still fresh.
@@ -156,7 +156,7 @@ class LruTier {
   }
 
   TierStats stats() const ABSL_LOCKS_EXCLUDED(mutex_) {
-    absl::MutexLock lock(&mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);
     return TierStats{.entries = index_.size(),
                      .bytes = bytes_,
                      .capacity_bytes = options_.capacity_bytes,
@@ -182,7 +182,9 @@ class LruTier {
   }
 
   const LruTierOptions options_;
-  mutable absl::Mutex mutex_;
+  // std::mutex rather than absl::Mutex in cache/: ThreadSanitizer understands pthread
+  // mutexes, not the lock of Debian's (uninstrumented) abseil build.
+  mutable std::mutex mutex_;
   std::list<Entry> order_ ABSL_GUARDED_BY(mutex_);  // most recently used first
   absl::flat_hash_map<std::string, Iterator> index_ ABSL_GUARDED_BY(mutex_);
   size_t bytes_ ABSL_GUARDED_BY(mutex_) = 0;

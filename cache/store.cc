@@ -23,13 +23,26 @@ constexpr char kDocsFamily[] = "docs";
 constexpr char kKvFamily[] = "kv";
 constexpr char kSchemaVersionKey[] = "apeserve/schema_version";
 
-// Reads the schema version, or records ours in a store that has just been created.
-absl::StatusOr<uint32_t> ReadOrInitSchemaVersion(rocksdb::DB& db, bool created,
-                                                 const std::string& path) {
+// Whether no column family holds a key.
+bool IsEmpty(rocksdb::DB& db, const std::vector<rocksdb::ColumnFamilyHandle*>& families) {
+  for (rocksdb::ColumnFamilyHandle* family : families) {
+    std::unique_ptr<rocksdb::Iterator> it(db.NewIterator(rocksdb::ReadOptions(), family));
+    it->SeekToFirst();
+    if (it->Valid() || !it->status().ok()) return false;
+  }
+  return true;
+}
+
+// Reads the schema version, or records ours in a store that has just been created. An
+// existing database with no version and no keys is one whose creation was cut short
+// (a crash between RocksDB creating it and our first write): it is finished now.
+absl::StatusOr<uint32_t> ReadOrInitSchemaVersion(
+    rocksdb::DB& db, const std::vector<rocksdb::ColumnFamilyHandle*>& families, bool created,
+    const std::string& path) {
   std::string value;
   const rocksdb::Status read = db.Get(rocksdb::ReadOptions(), kSchemaVersionKey, &value);
   if (read.IsNotFound()) {
-    if (!created) {
+    if (!created && !IsEmpty(db, families)) {
       return absl::FailedPreconditionError(
           absl::StrCat("data directory '", path,
                        "' holds a RocksDB database that apeserve did not create "
@@ -164,7 +177,8 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
   APE_RETURN_IF_ERROR(FromRocksDb(opened, absl::StrCat("open data directory '", path, "'")));
 
   APE_ASSIGN_OR_RETURN(const uint32_t version,
-                       ReadOrInitSchemaVersion(*handles->db, /*created=*/!exists, path));
+                       ReadOrInitSchemaVersion(*handles->db, handles->families,
+                                               /*created=*/!exists, path));
   spdlog::info("store open at '{}' (schema version {}{})", path, version,
                exists ? "" : ", created");
   return std::unique_ptr<Store>(new Store(path, version, std::move(handles)));

@@ -2,7 +2,8 @@
 # The README's test command: sets up what is missing, builds, and runs the whole test
 # suite with CTest. Usage: deploy/test.sh [PRESET] [extra ctest arguments]
 # PRESET is a CMake preset from CMakePresets.json (default: "default"; "asan" builds
-# the tests with AddressSanitizer and UndefinedBehaviorSanitizer).
+# the tests with AddressSanitizer and UndefinedBehaviorSanitizer; "tsan" builds and runs
+# the cache tests, which need no torch, under ThreadSanitizer).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

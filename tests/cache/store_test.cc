@@ -88,6 +88,22 @@ TEST(StoreTest, RefusesADatabaseItDidNotCreate) {
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("did not create")));
 }
 
+// A crash right after RocksDB created the folder leaves a database with no keys and
+// no schema version: the next start finishes the creation instead of refusing it.
+TEST(StoreTest, FinishesACreationThatWasCutShort) {
+  TempDir dir;
+  {
+    rocksdb::Options options;
+    options.create_if_missing = true;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(options, dir.path(), &raw).ok());
+    std::unique_ptr<rocksdb::DB> db(raw);
+  }
+  auto store = Store::Open({.path = dir.path()});
+  ASSERT_THAT(store, IsOk());
+  EXPECT_EQ((*store)->schema_version(), kSchemaVersion);
+}
+
 TEST(StoreTest, RefusesAnotherSchemaVersion) {
   TempDir dir;
   ASSERT_THAT(Store::Open({.path = dir.path()}), IsOk());
