@@ -82,6 +82,10 @@ class ContextRegistry::Impl {
   absl::StatusOr<LoadedContext> Load(absl::string_view namespace_id, absl::string_view id,
                                      absl::string_view prefix_hash);
   void Sweep();
+  absl::Status Flush() {
+    return FromRocksDb(db().Flush(rocksdb::FlushOptions(), {store_->docs(), store_->kv()}),
+                       "flush the store");
+  }
   RegistryStats stats() const;
 
  private:
@@ -499,6 +503,8 @@ absl::StatusOr<LoadedContext> ContextRegistry::Load(absl::string_view namespace_
 }
 
 void ContextRegistry::Sweep() { impl_->Sweep(); }
+
+absl::Status ContextRegistry::Flush() { return impl_->Flush(); }
 
 RegistryStats ContextRegistry::stats() const { return impl_->stats(); }
 

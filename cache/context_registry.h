@@ -144,6 +144,10 @@ class ContextRegistry {
   // server may also call it on a timer.
   void Sweep();
 
+  // Writes what is in memory (the memtables) to the store's files, so that they
+  // hold every acknowledged write and later reads come from disk (backups, benchmarks).
+  absl::Status Flush();
+
   RegistryStats stats() const;
   const ContextRegistryOptions& options() const { return options_; }
 
