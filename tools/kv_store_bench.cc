@@ -93,7 +93,7 @@ struct Figures {
 
 // Ingests every document under `setting` into a fresh store, flushes, reopens and loads
 // them `rounds` times (the first round not counted).
-Figures Measure(const Setting& setting, const std::vector<Document>& documents, uint64_t raw_bytes,
+Figures Measure(const Setting& setting, const std::vector<Document>& documents, double raw_mb,
                 const model::Engine& engine, const std::string& prefix_hash,
                 const std::string& scratch, int rounds) {
   std::filesystem::remove_all(scratch);
@@ -118,10 +118,10 @@ Figures Measure(const Setting& setting, const std::vector<Document>& documents, 
       auto stored = (*registry)->Put(document.input, prefix_hash, &document.kv);
       if (!stored.ok()) Die(stored.status(), "store a document");
     }
-    figures.ingest_mb_s = raw_bytes / 1e6 / Seconds(start);
+    figures.ingest_mb_s = raw_mb / Seconds(start);
     if (auto flushed = (*registry)->Flush(); !flushed.ok()) Die(flushed, "flush");
   }
-  figures.disk_ratio = static_cast<double>(StoredBytes(scratch)) / static_cast<double>(raw_bytes);
+  figures.disk_ratio = static_cast<double>(StoredBytes(scratch)) / 1e6 / raw_mb;
   auto registry = cache::ContextRegistry::Open(options, never);
   if (!registry.ok()) Die(registry.status(), "reopen the store");
   double load_seconds = 0;
@@ -133,7 +133,7 @@ Figures Measure(const Setting& setting, const std::vector<Document>& documents, 
     }
     if (round > 0) load_seconds += Seconds(start);
   }
-  figures.load_mb_s = raw_bytes * (rounds - 1) / 1e6 / load_seconds;
+  figures.load_mb_s = raw_mb * (rounds - 1) / load_seconds;
   return figures;
 }
 
@@ -168,11 +168,12 @@ int Run() {
                          std::move(context->kv)});
   }
   const double encode_seconds = Seconds(encode_start);
+  const double raw_mb = static_cast<double>(raw_bytes) / 1e6;
   std::printf(
       "# kv_store_bench: %zu documents, %.1f MiB of %s KV, encoded in %.2f s "
       "(%.0f MB/s of KV from the model)\n\n",
-      documents.size(), raw_bytes / 1048576.0, absl::GetFlag(FLAGS_dtype).c_str(), encode_seconds,
-      raw_bytes / 1e6 / encode_seconds);
+      documents.size(), raw_mb / 1.048576, absl::GetFlag(FLAGS_dtype).c_str(), encode_seconds,
+      raw_mb / encode_seconds);
 
   // The baseline: the same bytes copied with memcpy, warm, as many rounds.
   const int rounds = std::max(2, absl::GetFlag(FLAGS_rounds));
@@ -191,12 +192,12 @@ int Run() {
     }
     if (round > 0) memcpy_seconds += Seconds(start);
   }
-  const double memcpy_mb_s = raw_bytes * (rounds - 1) / 1e6 / memcpy_seconds;
+  const double memcpy_mb_s = raw_mb * (rounds - 1) / memcpy_seconds;
 
   std::string scratch = absl::GetFlag(FLAGS_dir);
   if (scratch.empty()) scratch = std::filesystem::temp_directory_path() / "kv_store_bench";
   const auto measure = [&](const Setting& setting) {
-    return Measure(setting, documents, raw_bytes, **engine, prefix->hash, scratch, rounds);
+    return Measure(setting, documents, raw_mb, **engine, prefix->hash, scratch, rounds);
   };
   measure(Setting{});  // warm-up: the first store in a process pays for fresh memory
 

@@ -458,6 +458,7 @@ TEST(ContextRegistryTest, ConcurrentPutsLoadsAndDeletesStayConsistent) {
   std::atomic<int> failures{0};
   std::atomic<int> loads{0};
   std::vector<std::thread> threads;
+  threads.reserve(kThreads);
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       std::mt19937 random(static_cast<unsigned>(t));

@@ -4,9 +4,9 @@
 //
 //   ingest_child <data dir> <first n>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 
+#include "absl/strings/numbers.h"
 #include "tests/cache/registry_test_util.h"
 
 int main(int argc, char** argv) {
@@ -23,8 +23,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "open: %s\n", registry.status().ToString().c_str());
     return 1;
   }
+  int first = 0;
+  if (!absl::SimpleAtoi(argv[2], &first)) {
+    std::fprintf(stderr, "first n '%s' is not a number\n", argv[2]);
+    return 2;
+  }
   constexpr int kContents = 40;
-  for (int n = std::atoi(argv[2]);; ++n) {
+  for (int n = first;; ++n) {
     const auto stored =
         (*registry)->Put(testing::SyntheticDocument(n, n % kContents), testing::kPrefix);
     if (!stored.ok()) {

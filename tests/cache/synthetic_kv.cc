@@ -38,8 +38,10 @@ model::KvSegment SyntheticKv(const std::string& fingerprint, absl::string_view p
   const uint64_t seed = XXH3_64bits_withSeed(prefix_hash.data(), prefix_hash.size(),
                                              XXH3_64bits(fingerprint.data(), fingerprint.size()));
   const size_t element = model::KvDtypeSize(shape.dtype);
+  kv.layers.resize(static_cast<size_t>(shape.num_layers));
   for (int32_t layer = 0; layer < shape.num_layers; ++layer) {
-    std::string bytes(kv.LayerBytes(), '\0');
+    std::string& bytes = kv.layers[static_cast<size_t>(layer)];
+    bytes.assign(kv.LayerBytes(), '\0');
     size_t offset = 0;
     for (int tensor = 0; tensor < 2; ++tensor) {
       for (int32_t head = 0; head < shape.kv_heads; ++head) {
@@ -54,7 +56,6 @@ model::KvSegment SyntheticKv(const std::string& fingerprint, absl::string_view p
         }
       }
     }
-    kv.layers.push_back(std::move(bytes));
   }
   return kv;
 }
@@ -73,8 +74,8 @@ CountingEncoder MakeSyntheticEncoder(const std::string& fingerprint,
 }
 
 std::vector<int32_t> SyntheticTokens(int n) {
-  std::vector<int32_t> tokens;
-  for (int i = 0; i < 3 + n % 13; ++i) tokens.push_back(1000 * n + i);
+  std::vector<int32_t> tokens(static_cast<size_t>(3 + n % 13));
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = 1000 * n + static_cast<int32_t>(i);
   return tokens;
 }
 
