@@ -5,9 +5,11 @@
 #define APESERVE_MODEL_ENCODED_CONTEXT_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "model/device_kv.h"
 #include "model/kv_segment.h"
 
 namespace apeserve::model {
@@ -26,6 +28,9 @@ struct EncodedContext {
   std::vector<int32_t> tokens;
   std::string prefix_hash;
   KvSegment kv;
+  // Set by Engine::ToDevice: the same KV already on the device, used instead of
+  // kv.layers (which is then empty; kv's other fields still describe the shape).
+  std::shared_ptr<const DeviceKv> device = nullptr;
 };
 
 }  // namespace apeserve::model

@@ -81,6 +81,11 @@ class Engine {
   absl::StatusOr<EncodedContext> EncodeContext(const EncodedPrefix& prefix,
                                                absl::Span<const int32_t> tokens) const;
 
+  // A copy of `context` whose KV lives on this engine's device in its compute dtype
+  // (`device` set, `kv.layers` empty, the shape kept): StartSequence then uses it with
+  // no copy from the host. INVALID_ARGUMENT if the KV does not fit this model.
+  absl::StatusOr<EncodedContext> ToDevice(const EncodedContext& context) const;
+
   // A sequence holding the prefix and `contexts` in `options.mode`, ready for the query:
   // SEQUENTIAL computes the contexts' tokens after the prefix, one causal sequence;
   // PARALLEL and APE take their stored KV, and the query starts at position

@@ -17,9 +17,11 @@ namespace {
 // working memory for long context lists.
 constexpr int64_t kPrefillChunk = 512;
 
-// INVALID_ARGUMENT unless `kv` is well formed and shaped for `config`.
-absl::Status CheckKvFits(const KvSegment& kv, const ModelConfig& config, absl::string_view what) {
-  if (absl::Status valid = kv.Validate(); !valid.ok()) {
+// INVALID_ARGUMENT unless `kv` is well formed and shaped for `config`; without
+// `with_layers`, only its shape is checked (its bytes live on the device).
+absl::Status CheckKvFits(const KvSegment& kv, const ModelConfig& config, absl::string_view what,
+                         bool with_layers = true) {
+  if (absl::Status valid = with_layers ? kv.Validate() : kv.ValidateShape(); !valid.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": ", valid.message()));
   }
   if (kv.num_layers != config.num_layers || kv.kv_heads != config.num_kv_heads ||
@@ -42,6 +44,27 @@ void AppendSegment(const KvSegment& kv, KvCache& cache, const torch::TensorOptio
     const torch::Tensor k = torch::from_blob(bytes, shape, stored).to(options);
     const torch::Tensor v = torch::from_blob(bytes + half, shape, stored).to(options);
     cache.Append(layer, k, v);
+  }
+}
+
+// INVALID_ARGUMENT unless the context's KV, on the host or on the device, fits `config`.
+absl::Status CheckContextKvFits(const EncodedContext& context, const ModelConfig& config,
+                                absl::string_view what) {
+  if (context.device == nullptr) return CheckKvFits(context.kv, config, what);
+  APE_RETURN_IF_ERROR(CheckKvFits(context.kv, config, what, /*with_layers=*/false));
+  const auto* device = dynamic_cast<const TorchDeviceKv*>(context.device.get());
+  if (device == nullptr || device->keys().size() != static_cast<size_t>(config.num_layers)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " on the device was not made by ToDevice"));
+  }
+  return absl::OkStatus();
+}
+
+// Appends device-resident KV to every layer of `cache` (converted if the cache's
+// device or dtype differ from where it was made).
+void AppendDeviceKv(const TorchDeviceKv& kv, KvCache& cache, const torch::TensorOptions& options) {
+  for (size_t layer = 0; layer < kv.keys().size(); ++layer) {
+    cache.Append(layer, kv.keys()[layer].to(options), kv.values()[layer].to(options));
   }
 }
 
@@ -163,6 +186,51 @@ absl::StatusOr<EncodedContext> Engine::EncodeContext(const EncodedPrefix& prefix
   }
 }
 
+size_t TorchDeviceKv::bytes() const {
+  size_t total = 0;
+  for (size_t layer = 0; layer < keys_.size(); ++layer) {
+    total += keys_[layer].nbytes() + values_[layer].nbytes();
+  }
+  return total;
+}
+
+absl::StatusOr<EncodedContext> Engine::ToDevice(const EncodedContext& context) const {
+  const LlamaModel& model = *impl_->model;
+  APE_RETURN_IF_ERROR(CheckContextKvFits(context, model.config(), "context KV"));
+  if (context.device != nullptr) return context;
+  try {
+    const KvSegment& kv = context.kv;
+    const torch::ScalarType stored = *TorchDtype(kv.dtype);  // checked above
+    const std::vector<int64_t> shape{kv.kv_heads, kv.length, kv.head_dim};
+    const auto options = torch::TensorOptions().device(model.device()).dtype(model.dtype());
+    const size_t half = kv.LayerBytes() / 2;
+    std::vector<torch::Tensor> keys, values;
+    keys.reserve(kv.layers.size());
+    values.reserve(kv.layers.size());
+    for (const std::string& layer : kv.layers) {
+      // from_blob wants a mutable pointer; the bytes are only read, and copied (copy=
+      // true) even where the dtype and device already match, since `kv` may go away.
+      char* bytes = const_cast<char*>(layer.data());
+      keys.push_back(torch::from_blob(bytes, shape, stored).to(options, false, true));
+      values.push_back(torch::from_blob(bytes + half, shape, stored).to(options, false, true));
+    }
+    EncodedContext on_device;
+    on_device.tokens = context.tokens;
+    on_device.prefix_hash = context.prefix_hash;
+    on_device.kv = KvSegment{.dtype = ToKvDtype(model.dtype()),
+                             .num_layers = kv.num_layers,
+                             .kv_heads = kv.kv_heads,
+                             .head_dim = kv.head_dim,
+                             .start_position = kv.start_position,
+                             .length = kv.length,
+                             .layers = {}};
+    on_device.device = std::make_shared<const TorchDeviceKv>(std::move(keys), std::move(values));
+    return on_device;
+  } catch (const c10::Error& e) {
+    return FromTorchError(e, "copying a context to the device");
+  }
+}
+
 absl::StatusOr<std::unique_ptr<Engine::Sequence>> Engine::StartSequence(
     const EncodedPrefix& prefix, absl::Span<const EncodedContext* const> contexts,
     const ApeOptions& options) const {
@@ -183,7 +251,7 @@ absl::StatusOr<std::unique_ptr<Engine::Sequence>> Engine::StartSequence(
         return absl::InvalidArgumentError(absl::StrCat(what, " was encoded after prefix ",
                                                        context.prefix_hash, ", not ", prefix.hash));
       }
-      APE_RETURN_IF_ERROR(CheckKvFits(context.kv, config, what + " KV"));
+      APE_RETURN_IF_ERROR(CheckContextKvFits(context, config, what + " KV"));
       if (context.kv.start_position != prefix_length || context.kv.length != length) {
         return absl::InvalidArgumentError(
             absl::StrCat(what, " KV covers positions ", context.kv.start_position, " .. +",
@@ -215,7 +283,13 @@ absl::StatusOr<std::unique_ptr<Engine::Sequence>> Engine::StartSequence(
       state->local_position = 0;
     } else {
       for (const EncodedContext* context : contexts) {
-        AppendSegment(context->kv, cache, tensor_options);
+        if (context->device != nullptr) {
+          // Checked by CheckContextKvFits above.
+          AppendDeviceKv(static_cast<const TorchDeviceKv&>(*context->device), cache,
+                         tensor_options);
+        } else {
+          AppendSegment(context->kv, cache, tensor_options);
+        }
       }
       state->local_start = prefix_length + total;
       state->local_position = prefix_length + longest;

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -16,6 +17,7 @@
 #include "absl/types/span.h"
 #include "model/attention.h"
 #include "model/chat_template.h"
+#include "model/device_kv.h"
 #include "model/engine.h"
 #include "model/kv_cache.h"
 #include "model/kv_segment.h"
@@ -48,6 +50,21 @@ struct Engine::Sequence::State {
   std::optional<ApeLayout> ape;
 
   int64_t NextPosition() const { return local_position + cache.length() - local_start; }
+};
+
+// The engine's DeviceKv: per layer, K and V as [kv_heads, length, head_dim] tensors
+// on the model's device in its dtype.
+class TorchDeviceKv final : public DeviceKv {
+ public:
+  TorchDeviceKv(std::vector<torch::Tensor> keys, std::vector<torch::Tensor> values)
+      : keys_(std::move(keys)), values_(std::move(values)) {}
+  size_t bytes() const override;
+  const std::vector<torch::Tensor>& keys() const { return keys_; }
+  const std::vector<torch::Tensor>& values() const { return values_; }
+
+ private:
+  std::vector<torch::Tensor> keys_;
+  std::vector<torch::Tensor> values_;
 };
 
 // The compute and storage dtypes the engine knows (KvDtype names them as the store

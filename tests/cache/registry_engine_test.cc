@@ -229,6 +229,30 @@ TEST_F(RegistryEngineTest, DamagedKvIsRebuiltByTheModelToTheSameBytes) {
   }
 }
 
+// The device tier with the engine's ToDevice as its uploader: the second load comes
+// from the device and the query's logits are exactly those of freshly encoded KV.
+TEST_F(RegistryEngineTest, TheDeviceTierHoldsTheEnginesDeviceCopies) {
+  ContextRegistryOptions options = Options();
+  options.device_cache_bytes = size_t{1} << 30;
+  DeviceUploader uploader = [](const model::EncodedContext& host) -> absl::StatusOr<DeviceCopy> {
+    auto copied = engine_->ToDevice(host);
+    if (!copied.ok()) return copied.status();
+    const size_t bytes = copied->device->bytes();
+    return DeviceCopy{std::make_shared<const model::EncodedContext>(*std::move(copied)), bytes};
+  };
+  auto registry = ContextRegistry::Open(options, Encoder(), uploader);
+  ASSERT_THAT(registry, IsOk());
+  PutAll(**registry);
+  LoadAll(**registry, KvSource::kStore);
+  const auto loaded = LoadAll(**registry, KvSource::kDevice);
+  for (const auto& context : loaded) EXPECT_NE(context->device, nullptr);
+  EXPECT_EQ(QueryLogProbs(Pointers(loaded)), QueryLogProbs(Pointers(EncodeFresh())));
+  const RegistryStats stats = (*registry)->stats();
+  EXPECT_EQ(stats.device.entries, kDocuments.size());
+  EXPECT_EQ(stats.device.hits, kDocuments.size());
+  EXPECT_LE(stats.device.bytes, options.device_cache_bytes);
+}
+
 // int8 storage: per channel and per token. The figures go to the test's XML properties
 // and the README; the bounds here are the README's documented ones.
 TEST_F(RegistryEngineTest, Int8KvMovesTheLogitsWithinTheDocumentedBounds) {

@@ -209,6 +209,32 @@ TEST_F(ApeTest, ParallelAndApeIgnoreTheOrderOfContexts) {
   EXPECT_GT(MaxAbsDifference(plain.prefill, tuned.prefill), 0.01F);
 }
 
+// Contexts copied to the device once (what the registry's device tier keeps) give the
+// very logits of contexts copied from their bytes at every start.
+TEST_F(ApeTest, DeviceResidentContextsGiveTheSameLogits) {
+  const std::vector<EncodedContext> contexts = Encode(*engine_, documents_);
+  std::vector<EncodedContext> on_device;
+  for (const EncodedContext& context : contexts) {
+    auto copied = engine_->ToDevice(context);
+    ASSERT_THAT(copied, IsOk());
+    EXPECT_TRUE(copied->kv.layers.empty());
+    ASSERT_NE(copied->device, nullptr);
+    EXPECT_EQ(copied->device->bytes(), context.kv.TotalBytes());  // fp32 on both sides
+    on_device.push_back(*std::move(copied));
+  }
+  const std::vector<int32_t> query = pieces_->Query("Who keeps forty goats?");
+  const ApeOptions options{.mode = EncodingMode::kApe, .temperature = 0.7F, .scale = 0.8F};
+  const Trace host = Run(*engine_, Pointers(contexts), options, query, 4);
+  const Trace device = Run(*engine_, Pointers(on_device), options, query, 4, host.tokens);
+  ExpectSameTrace(host, device, 0.0F);
+
+  EncodedContext forged = on_device[0];
+  forged.kv.length += 1;  // the shape no longer matches the tokens
+  const EncodedContext* const forged_list[] = {&forged};
+  EXPECT_THAT(engine_->StartSequence(prefix_, forged_list, options),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("context #0")));
+}
+
 TEST_F(ApeTest, BlockedKernelEqualsFusedKernel) {
   // Blocks of 7 keys: the prefix, every context and the query span several blocks,
   // with causal masks cutting through them.
