@@ -229,19 +229,22 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
     }
   }
 
-  // Encode outside the lock: it is the slow part, and the result depends only on the key.
+  // Find or encode the KV outside the lock: encoding is the slow part, and its result
+  // depends only on the key.
   std::optional<model::KvSegment> encoded;
   ContextPtr cached;
-  if (kv == nullptr && !stored_.Contains(name)) {
+  const auto obtain_kv = [&]() -> absl::Status {
     if (std::optional<ContextPtr> hit = host_.Lookup(name)) {
       cached = *std::move(hit);
       kv = &cached->kv;
-    } else {
-      APE_ASSIGN_OR_RETURN(encoded, encoder_(prefix_hash, input.tokens));
-      APE_RETURN_IF_ERROR(encoded->Validate());
-      kv = &*encoded;
+      return absl::OkStatus();
     }
-  }
+    APE_ASSIGN_OR_RETURN(encoded, encoder_(prefix_hash, input.tokens));
+    APE_RETURN_IF_ERROR(encoded->Validate());
+    kv = &*encoded;
+    return absl::OkStatus();
+  };
+  if (kv == nullptr && !stored_.Contains(name)) APE_RETURN_IF_ERROR(obtain_kv());
 
   StoredDocument document{.namespace_id = input.namespace_id,
                           .id = input.id,
@@ -252,7 +255,16 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
                           .created = options_.clock()};
   const std::string document_key = DocumentKey(input.namespace_id, input.id);
   const std::string reference_key = ReferenceKey(content_hash, input.namespace_id, input.id);
-  std::lock_guard<std::mutex> lock(write_mutex_);
+  std::unique_lock<std::mutex> lock(write_mutex_);
+  // The KV seen stored above may have been evicted, expired or deleted since; sharing
+  // it marks it used, so that it does not expire right after this acknowledgement.
+  bool shared_kv = stored_.Touch(name);
+  if (!shared_kv && kv == nullptr) {
+    lock.unlock();
+    APE_RETURN_IF_ERROR(obtain_kv());
+    lock.lock();
+    shared_kv = stored_.Touch(name);
+  }
   rocksdb::WriteBatch batch;
   std::optional<std::string> dropped_content;
   const absl::StatusOr<StoredDocument> existing = Get(input.namespace_id, input.id);
@@ -279,9 +291,9 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
   APE_RETURN_IF_ERROR(
       FromRocksDb(batch.Put(store_->docs(), reference_key, ""), "batch a reference"));
   std::optional<size_t> stored_bytes;
-  if (stored_.Contains(name)) {
+  if (shared_kv) {
     kv_shared_.fetch_add(1);
-  } else if (kv != nullptr) {
+  } else {
     APE_ASSIGN_OR_RETURN(stored_bytes, AddKvEntry(batch, store_->kv(), key, *kv,
                                                   options_.kv_quantization, document.created));
   }
@@ -360,10 +372,13 @@ absl::StatusOr<std::optional<model::KvSegment>> ContextRegistry::Impl::ReadStore
     return std::nullopt;
   }
   if (kv.status().code() != absl::StatusCode::kDataLoss) return kv.status();
-  corrupt_kv_.fetch_add(1);
-  spdlog::warn("store: {}; rebuilding it", std::string(kv.status().message()));
   std::lock_guard<std::mutex> lock(write_mutex_);
-  DropStored({name});
+  // Look again under the write lock: a write may have replaced the entry since.
+  if (ReadKvEntry(db(), store_->kv(), key).status().code() == absl::StatusCode::kDataLoss) {
+    corrupt_kv_.fetch_add(1);
+    spdlog::warn("store: {}; rebuilding it", std::string(kv.status().message()));
+    DropStored({name});
+  }
   return std::nullopt;
 }
 
@@ -406,11 +421,17 @@ absl::StatusOr<LoadedContext> ContextRegistry::Impl::Load(absl::string_view name
   APE_RETURN_IF_ERROR(ValidateHash("prefix hash", prefix_hash));
   const KvKey key{document.content_hash, options_.model_fingerprint, std::string(prefix_hash)};
   const std::string name = key.Name();
+  // A hit in a faster tier marks the slower copies used too, so that the idle
+  // time-to-live drops only KV that no tier served.
   if (device_.enabled()) {
-    if (std::optional<ContextPtr> hit = device_.Lookup(name))
+    if (std::optional<ContextPtr> hit = device_.Lookup(name)) {
+      host_.Touch(name);
+      stored_.Touch(name);
       return LoadedContext{*hit, KvSource::kDevice};
+    }
   }
   if (std::optional<ContextPtr> hit = host_.Lookup(name)) {
+    stored_.Touch(name);
     return Serve(name, *std::move(hit), KvSource::kHost);
   }
 

@@ -26,6 +26,22 @@ absl::Status ValidateDocumentInput(const DocumentInput& input) {
     return absl::InvalidArgumentError(absl::StrCat("a document needs 1 to ", kMaxDocumentTokens,
                                                    " tokens, not ", input.tokens.size()));
   }
+  if (input.text.size() > kMaxDocumentTextBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("a document's text may have at most ",
+                                                   kMaxDocumentTextBytes, " bytes, not ",
+                                                   input.text.size()));
+  }
+  if (input.labels.size() > kMaxLabels) {
+    return absl::InvalidArgumentError(absl::StrCat("a document may have at most ", kMaxLabels,
+                                                   " labels, not ", input.labels.size()));
+  }
+  for (const auto& [key, value] : input.labels) {
+    if (key.empty() || key.size() > kMaxLabelBytes || value.size() > kMaxLabelBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("label '", absl::CHexEscape(key.substr(0, 64)),
+                                                     "': keys need 1 to ", kMaxLabelBytes,
+                                                     " bytes and values at most as many"));
+    }
+  }
   for (size_t i = 0; i < input.tokens.size(); ++i) {
     if (input.tokens[i] < 0) {
       return absl::InvalidArgumentError(
@@ -42,7 +58,11 @@ std::string EncodeDocumentRecord(const StoredDocument& document) {
   record.set_content_hash(document.content_hash);
   record.mutable_token_ids()->Add(document.tokens.begin(), document.tokens.end());
   record.set_text(document.text);
-  record.mutable_labels()->insert(document.labels.begin(), document.labels.end());
+  for (const auto& [key, value] : document.labels) {
+    Label* label = record.add_labels();
+    label->set_key(key);
+    label->set_value(value);
+  }
   record.set_created_unix_micros(absl::ToUnixMicros(document.created));
   return FrameRecord(kDocumentMagic, record.SerializeAsString());
 }
@@ -65,9 +85,10 @@ absl::StatusOr<StoredDocument> DecodeDocumentRecord(absl::string_view value,
       .content_hash = record.content_hash(),
       .tokens = {record.token_ids().begin(), record.token_ids().end()},
       .text = record.text(),
-      .labels = {record.labels().begin(), record.labels().end()},
+      .labels = {},
       .created = absl::FromUnixMicros(record.created_unix_micros()),
   };
+  for (const Label& label : record.labels()) document.labels[label.key()] = label.value();
   if (document.tokens.empty() || ContentHash(document.tokens) != document.content_hash) {
     return Unreadable(namespace_id, id, "its tokens do not match its content hash");
   }

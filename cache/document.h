@@ -34,11 +34,15 @@ struct StoredDocument {
   absl::Time created;
 };
 
-// The most tokens one document may hold.
+// Limits on one document; they also keep its record far below protobuf's 2 GiB.
 inline constexpr size_t kMaxDocumentTokens = size_t{1} << 20;
+inline constexpr size_t kMaxDocumentTextBytes = size_t{16} << 20;
+inline constexpr size_t kMaxLabels = 64;
+inline constexpr size_t kMaxLabelBytes = 1024;
 
-// INVALID_ARGUMENT naming the field: bad namespace or id, no tokens or too many,
-// a negative token id.
+// INVALID_ARGUMENT naming the field: bad namespace or id, no tokens or too many, a
+// negative token id, text or labels past the limits. Ids, text and labels may hold
+// any bytes (UTF-8 or not).
 absl::Status ValidateDocumentInput(const DocumentInput& input);
 
 std::string EncodeDocumentRecord(const StoredDocument& document);

@@ -81,6 +81,23 @@ class LruTier {
     return found->second->value;
   }
 
+  // Marks `name` used now (most recently used, its idle time reset) without counting a
+  // hit or miss; false if it is absent or has expired (and is then dropped).
+  bool Touch(absl::string_view name) ABSL_LOCKS_EXCLUDED(mutex_) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto found = index_.find(name);
+    if (found == index_.end()) return false;
+    const absl::Time now = options_.clock();
+    if (now - found->second->last_used > options_.ttl) {
+      ++expirations_;
+      RemoveLocked(found->second);
+      return false;
+    }
+    found->second->last_used = now;
+    order_.splice(order_.begin(), order_, found->second);
+    return true;
+  }
+
   // Whether `name` is present, without counting a hit or changing the order.
   bool Contains(absl::string_view name) const ABSL_LOCKS_EXCLUDED(mutex_) {
     std::lock_guard<std::mutex> lock(mutex_);

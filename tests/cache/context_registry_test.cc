@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -176,6 +177,26 @@ TEST(ContextRegistryTest, ReplacingADocumentDropsKvNoLongerReferenced) {
   EXPECT_EQ(registry->stats().store.entries, 1U);
 }
 
+// Ids, text and labels are kept as bytes: what is not UTF-8 reads back all the same.
+TEST(ContextRegistryTest, KeepsIdsTextAndLabelsThatAreNotUtf8) {
+  TempDir dir;
+  auto registry =
+      OpenOrDie(RegistryOptions(dir.Join("data")), MakeSyntheticEncoder(kModelA).encoder);
+  DocumentInput input = SyntheticDocument(1, 1);
+  input.id = "caf\xe9 \xff";
+  input.text = "\xc3\x28 not UTF-8";
+  input.labels = {{"k\xfe", "v\xfd"}};
+  ASSERT_THAT(registry->Put(input, kPrefix), IsOk());
+  absl::StatusOr<StoredDocument> document = registry->Get("ns", input.id);
+  ASSERT_THAT(document, IsOk());
+  EXPECT_EQ(document->id, input.id);
+  EXPECT_EQ(document->text, input.text);
+  EXPECT_EQ(document->labels, input.labels);
+  EXPECT_THAT(registry->Load("ns", input.id, kPrefix), IsOk());
+  EXPECT_THAT(registry->Delete("ns", input.id), testing::IsOkAndHolds(true));
+  EXPECT_EQ(registry->stats().store.entries, 0U);
+}
+
 TEST(ContextRegistryTest, RefusesBadNamesAndEmptyDocuments) {
   TempDir dir;
   auto registry =
@@ -192,6 +213,10 @@ TEST(ContextRegistryTest, RefusesBadNamesAndEmptyDocuments) {
   bad.tokens.clear();
   EXPECT_THAT(registry->Put(bad, kPrefix),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tokens")));
+  bad = SyntheticDocument(1, 1);
+  bad.labels[std::string(2000, 'k')] = "v";
+  EXPECT_THAT(registry->Put(bad, kPrefix),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("label")));
   bad = SyntheticDocument(1, 1);
   bad.tokens[1] = -3;
   EXPECT_THAT(registry->Put(bad, kPrefix),
@@ -395,6 +420,33 @@ TEST(ContextRegistryTest, IdleKvExpiresFromEveryTierAndIsRebuiltOnUse) {
   EXPECT_EQ(loaded->source, KvSource::kRebuilt);
   ExpectSyntheticKv(*loaded, kModelA);
   EXPECT_THAT(registry->Get("ns", "doc-1"), IsOk());
+
+  // The sweep deleted the KV from RocksDB too, not only from the index.
+  now += absl::Minutes(11);
+  registry->Sweep();
+  registry.reset();
+  registry = OpenOrDie(options, encoder.encoder);
+  EXPECT_EQ(registry->stats().store.entries, 0U);
+}
+
+// A document that shares expired KV gets fresh KV stored, not a reference to KV the
+// sweep right after it would delete.
+TEST(ContextRegistryTest, SharingExpiredKvStoresItAfresh) {
+  TempDir dir;
+  absl::Time now = absl::FromUnixSeconds(1'800'000'000);
+  ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+  options.kv_ttl = absl::Minutes(10);
+  options.clock = [&now] { return now; };
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  auto registry = OpenOrDie(options, encoder.encoder);
+  ASSERT_THAT(registry->Put(SyntheticDocument(1, 5), kPrefix), IsOk());
+  now += absl::Minutes(11);
+  ASSERT_THAT(registry->Put(SyntheticDocument(2, 5), kPrefix), IsOk());
+  EXPECT_EQ(*encoder.calls, 2);
+  EXPECT_EQ(registry->stats().kv_shared, 0U);
+  absl::StatusOr<LoadedContext> loaded = registry->Load("ns", "doc-2", kPrefix);
+  ASSERT_THAT(loaded, IsOk());
+  EXPECT_EQ(loaded->source, KvSource::kStore);
 }
 
 TEST(ContextRegistryTest, TheDeviceTierServesRepeatedLoadsWithinItsBudget) {
@@ -502,11 +554,25 @@ TEST(ContextRegistryTest, ConcurrentPutsLoadsAndDeletesStayConsistent) {
   EXPECT_LE(stats.host.bytes, options.host_cache_bytes);
   EXPECT_LE(stats.store.bytes, options.stored_kv_bytes);
   EXPECT_LE(stats.device.bytes, options.device_cache_bytes);
-  // The survivors load consistently once things are quiet.
+  // Nothing was ever found damaged: concurrent writes are never seen half done.
+  EXPECT_EQ(stats.corrupt_kv, 0U);
+  // Once quiet, and after a restart: the survivors load consistently, and no KV is
+  // left that no document references.
+  opened->reset();
+  opened = ContextRegistry::Open(options, MakeSyntheticEncoder(kModelA).encoder, uploader);
+  ASSERT_THAT(opened, IsOk());
+  std::set<std::string> live_contents;
   for (int n = 0; n < 10; ++n) {
-    absl::StatusOr<LoadedContext> loaded = registry.Load("ns", "doc-" + std::to_string(n), kPrefix);
-    if (loaded.ok()) ExpectSyntheticKv(*loaded, kModelA);
+    const std::string id = "doc-" + std::to_string(n);
+    absl::StatusOr<LoadedContext> loaded = (*opened)->Load("ns", id, kPrefix);
+    if (loaded.ok()) {
+      ExpectSyntheticKv(*loaded, kModelA);
+      live_contents.insert(ContentHash(loaded->context->tokens));
+    } else {
+      EXPECT_THAT(loaded, StatusIs(absl::StatusCode::kNotFound, HasSubstr(id)));
+    }
   }
+  EXPECT_LE((*opened)->stats().store.entries, live_contents.size());
 }
 
 }  // namespace
