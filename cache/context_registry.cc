@@ -41,20 +41,6 @@ std::string ContentNamePrefix(absl::string_view content_hash) {
 
 }  // namespace
 
-absl::string_view KvSourceName(KvSource source) {
-  switch (source) {
-    case KvSource::kDevice:
-      return "device";
-    case KvSource::kHost:
-      return "host";
-    case KvSource::kStore:
-      return "store";
-    case KvSource::kRebuilt:
-      return "rebuilt";
-  }
-  return "unknown";
-}
-
 class ContextRegistry::Impl {
  public:
   Impl(const ContextRegistryOptions& options, std::unique_ptr<Store> store, KvEncoder encoder,
@@ -99,6 +85,12 @@ class ContextRegistry::Impl {
   // Whether a document other than the one whose reference key is `except` refers to
   // `content_hash`.
   absl::StatusOr<bool> Referenced(absl::string_view content_hash, absl::string_view except) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mutex_);
+  // Adds to `batch` the removal of `document`'s reference to its content and, when no
+  // other document references that content, of the content's KV. Returns the content
+  // whose KV goes.
+  absl::StatusOr<std::optional<std::string>> Unreference(rocksdb::WriteBatch& batch,
+                                                         const StoredDocument& document) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mutex_);
   // Deletes stored KV entries by tier name (evicted or expired).
   void DropStored(const std::vector<std::string>& names)
@@ -192,6 +184,18 @@ absl::StatusOr<bool> ContextRegistry::Impl::Referenced(absl::string_view content
   return false;
 }
 
+absl::StatusOr<std::optional<std::string>> ContextRegistry::Impl::Unreference(
+    rocksdb::WriteBatch& batch, const StoredDocument& document) const {
+  const std::string reference =
+      ReferenceKey(document.content_hash, document.namespace_id, document.id);
+  APE_RETURN_IF_ERROR(
+      FromRocksDb(batch.Delete(store_->docs(), reference), "batch a reference delete"));
+  APE_ASSIGN_OR_RETURN(const bool shared, Referenced(document.content_hash, reference));
+  if (shared) return std::nullopt;
+  APE_RETURN_IF_ERROR(DeleteKvContent(batch, store_->kv(), document.content_hash));
+  return document.content_hash;
+}
+
 void ContextRegistry::Impl::DropStored(const std::vector<std::string>& names) {
   if (names.empty()) return;
   rocksdb::WriteBatch batch;
@@ -269,15 +273,7 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
   std::optional<std::string> dropped_content;
   const absl::StatusOr<StoredDocument> existing = Get(input.namespace_id, input.id);
   if (existing.ok() && existing->content_hash != content_hash) {
-    const std::string old_reference =
-        ReferenceKey(existing->content_hash, input.namespace_id, input.id);
-    APE_RETURN_IF_ERROR(
-        FromRocksDb(batch.Delete(store_->docs(), old_reference), "batch a reference delete"));
-    APE_ASSIGN_OR_RETURN(const bool shared, Referenced(existing->content_hash, old_reference));
-    if (!shared) {
-      APE_RETURN_IF_ERROR(DeleteKvContent(batch, store_->kv(), existing->content_hash));
-      dropped_content = existing->content_hash;
-    }
+    APE_ASSIGN_OR_RETURN(dropped_content, Unreference(batch, *existing));
   } else if (existing.status().code() == absl::StatusCode::kDataLoss) {
     // Its content is unknown, so its reference stays and keeps that KV alive: space
     // lost, nothing served wrongly.
@@ -330,14 +326,7 @@ absl::StatusOr<bool> ContextRegistry::Impl::Delete(absl::string_view namespace_i
   rocksdb::WriteBatch batch;
   std::optional<std::string> dropped_content;
   if (existing.ok()) {
-    const std::string reference = ReferenceKey(existing->content_hash, namespace_id, id);
-    APE_RETURN_IF_ERROR(
-        FromRocksDb(batch.Delete(store_->docs(), reference), "batch a reference delete"));
-    APE_ASSIGN_OR_RETURN(const bool shared, Referenced(existing->content_hash, reference));
-    if (!shared) {
-      APE_RETURN_IF_ERROR(DeleteKvContent(batch, store_->kv(), existing->content_hash));
-      dropped_content = existing->content_hash;
-    }
+    APE_ASSIGN_OR_RETURN(dropped_content, Unreference(batch, *existing));
   } else if (existing.status().code() == absl::StatusCode::kDataLoss) {
     spdlog::warn("store: deleting an unreadable document record: {}",
                  std::string(existing.status().message()));

@@ -84,7 +84,6 @@ struct ContextRegistryOptions {
 
 // Where a loaded KV came from.
 enum class KvSource { kDevice, kHost, kStore, kRebuilt };
-absl::string_view KvSourceName(KvSource source);
 
 struct LoadedContext {
   // Tokens, prefix hash and KV, ready for Engine::StartSequence; shared with the tier

@@ -92,21 +92,8 @@ std::string ContentHash(absl::Span<const int32_t> tokens) {
 }
 
 std::string DocumentKey(absl::string_view namespace_id, absl::string_view id) {
-  return absl::StrCat(DocumentKeyPrefix(namespace_id), id);
-}
-
-std::string DocumentKeyPrefix(absl::string_view namespace_id) {
-  return absl::StrCat(absl::string_view(&kDocumentTag, 1), namespace_id,
-                      absl::string_view("\0", 1));
-}
-
-absl::StatusOr<std::pair<std::string, std::string>> ParseDocumentKey(absl::string_view key) {
-  const size_t nul = key.find('\0');
-  if (key.empty() || key[0] != kDocumentTag || nul == absl::string_view::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", absl::CHexEscape(key), "' is not a document key"));
-  }
-  return std::make_pair(std::string(key.substr(1, nul - 1)), std::string(key.substr(nul + 1)));
+  return absl::StrCat(absl::string_view(&kDocumentTag, 1), namespace_id, absl::string_view("\0", 1),
+                      id);
 }
 
 std::string ReferenceKey(absl::string_view content_hash, absl::string_view namespace_id,

@@ -45,10 +45,6 @@ absl::Status ValidateKvKey(const KvKey& key);
 std::string ContentHash(absl::Span<const int32_t> tokens);
 
 std::string DocumentKey(absl::string_view namespace_id, absl::string_view id);
-// Every document key of a namespace starts with this.
-std::string DocumentKeyPrefix(absl::string_view namespace_id);
-// (namespace, id) of a document key; INVALID_ARGUMENT if it is not one.
-absl::StatusOr<std::pair<std::string, std::string>> ParseDocumentKey(absl::string_view key);
 
 std::string ReferenceKey(absl::string_view content_hash, absl::string_view namespace_id,
                          absl::string_view id);

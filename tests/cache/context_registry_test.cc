@@ -92,6 +92,22 @@ TEST(ContextRegistryTest, StoresAndLoadsKvBitForBitThroughEveryTier) {
   EXPECT_GT(stats.store_load_mb_per_s(), 0);
 }
 
+TEST(ContextRegistryTest, FlushKeepsEverythingLoadable) {
+  TempDir dir;
+  const ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  {
+    auto registry = OpenOrDie(options, encoder.encoder);
+    ASSERT_THAT(registry->Put(SyntheticDocument(1, 1), kPrefix), IsOk());
+    EXPECT_THAT(registry->Flush(), IsOk());
+  }
+  auto registry = OpenOrDie(options, encoder.encoder);
+  absl::StatusOr<LoadedContext> loaded = registry->Load("ns", "doc-1", kPrefix);
+  ASSERT_THAT(loaded, IsOk());
+  EXPECT_EQ(loaded->source, KvSource::kStore);
+  ExpectSyntheticKv(*loaded, kModelA);
+}
+
 TEST(ContextRegistryTest, KvGivenWithTheDocumentIsStoredAsGiven) {
   TempDir dir;
   auto encoder = MakeSyntheticEncoder(kModelA);

@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "rocksdb/db.h"
@@ -74,16 +75,21 @@ TEST(StoreTest, OneOpenerAtATime) {
               StatusIs(absl::StatusCode::kUnavailable, HasSubstr("lock")));
 }
 
+// Creates a plain RocksDB database (not apeserve's) at `path`, holding `keys`.
+void CreatePlainDatabase(const std::string& path, const std::vector<std::string>& keys) {
+  rocksdb::Options options;
+  options.create_if_missing = true;
+  rocksdb::DB* raw = nullptr;
+  ASSERT_TRUE(rocksdb::DB::Open(options, path, &raw).ok());
+  std::unique_ptr<rocksdb::DB> db(raw);
+  for (const std::string& key : keys) {
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), key, "else's").ok());
+  }
+}
+
 TEST(StoreTest, RefusesADatabaseItDidNotCreate) {
   TempDir dir;
-  {
-    rocksdb::Options options;
-    options.create_if_missing = true;
-    rocksdb::DB* raw = nullptr;
-    ASSERT_TRUE(rocksdb::DB::Open(options, dir.path(), &raw).ok());
-    std::unique_ptr<rocksdb::DB> db(raw);
-    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), "someone", "else's").ok());
-  }
+  CreatePlainDatabase(dir.path(), {"someone"});
   EXPECT_THAT(Store::Open({.path = dir.path()}),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("did not create")));
 }
@@ -92,16 +98,22 @@ TEST(StoreTest, RefusesADatabaseItDidNotCreate) {
 // no schema version: the next start finishes the creation instead of refusing it.
 TEST(StoreTest, FinishesACreationThatWasCutShort) {
   TempDir dir;
-  {
-    rocksdb::Options options;
-    options.create_if_missing = true;
-    rocksdb::DB* raw = nullptr;
-    ASSERT_TRUE(rocksdb::DB::Open(options, dir.path(), &raw).ok());
-    std::unique_ptr<rocksdb::DB> db(raw);
-  }
+  CreatePlainDatabase(dir.path(), {});
   auto store = Store::Open({.path = dir.path()});
   ASSERT_THAT(store, IsOk());
   EXPECT_EQ((*store)->schema_version(), kSchemaVersion);
+}
+
+TEST(StoreTest, OpensWithEveryKvCompression) {
+  for (const KvCompression compression :
+       {KvCompression::kNone, KvCompression::kLz4, KvCompression::kZstd}) {
+    EXPECT_THAT(ParseKvCompression(KvCompressionName(compression)),
+                ::apeserve::testing::IsOkAndHolds(compression));
+    TempDir dir;
+    EXPECT_THAT(Store::Open({.path = dir.path(), .kv_compression = compression}), IsOk());
+  }
+  EXPECT_THAT(ParseKvCompression("snappy"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("snappy")));
 }
 
 TEST(StoreTest, RefusesAnotherSchemaVersion) {
