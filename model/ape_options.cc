@@ -28,6 +28,24 @@ absl::StatusOr<EncodingMode> ParseEncodingMode(absl::string_view name) {
       absl::StrCat("mode '", name, "' is not one of sequential, parallel, ape"));
 }
 
+absl::string_view ApeScaleFormName(ApeScaleForm form) {
+  switch (form) {
+    case ApeScaleForm::kMultiplicative:
+      return "multiplicative";
+    case ApeScaleForm::kAdditive:
+      return "additive";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<ApeScaleForm> ParseApeScaleForm(absl::string_view name) {
+  for (const ApeScaleForm form : {ApeScaleForm::kMultiplicative, ApeScaleForm::kAdditive}) {
+    if (name == ApeScaleFormName(form)) return form;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("APE scale form '", name, "' is not one of multiplicative, additive"));
+}
+
 absl::Status ApeOptions::Validate() const {
   // Written as !(in range) so that NaN fails too.
   if (!(temperature > 0.0F && temperature <= 4.0F)) {
@@ -36,6 +54,10 @@ absl::Status ApeOptions::Validate() const {
   }
   if (!(scale > 0.0F && scale <= 16.0F)) {
     return absl::InvalidArgumentError(absl::StrCat("scale ", scale, " is outside (0, 16]"));
+  }
+  if (form != ApeScaleForm::kMultiplicative && form != ApeScaleForm::kAdditive) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("APE scale form ", static_cast<int>(form), " is unknown"));
   }
   return absl::OkStatus();
 }
@@ -51,6 +73,14 @@ absl::StatusOr<ApeOptions> ApeOptionsFromCalibration(absl::string_view json) {
       return absl::InvalidArgumentError(absl::StrCat("calibration has no number '", field, "'"));
     }
     *value = found->get<float>();
+  }
+  if (const auto form = parsed.find("form"); form != parsed.end()) {
+    if (!form->is_string()) return absl::InvalidArgumentError("calibration 'form' is not a string");
+    auto parsed_form = ParseApeScaleForm(form->get<std::string>());
+    if (!parsed_form.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("calibration: ", parsed_form.status().message()));
+    }
+    options.form = *parsed_form;
   }
   if (absl::Status valid = options.Validate(); !valid.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("calibration: ", valid.message()));

@@ -36,10 +36,18 @@ torch::Tensor ApeAttention(const torch::Tensor& q, const torch::Tensor& k, const
   if (prefix > 0) parts.push_back(segment(0, prefix, scale, /*causal=*/false));
   if (contexts > 0) {
     // softmax(a / T) is attention with the scale divided by T; its log-sum-exp is
-    // logsumexp(a / T), which APE multiplies by T and shifts by ln S.
+    // logsumexp(a / T), which APE multiplies by T and then by S (the published form) or
+    // shifts by ln S (the additive one). The lse is fp32, so is this arithmetic.
     PartialAttention context =
         segment(prefix, contexts, scale / layout.temperature, /*causal=*/false);
-    context.lse = context.lse * layout.temperature + std::log(layout.scale);
+    switch (layout.form) {
+      case ApeScaleForm::kMultiplicative:
+        context.lse = context.lse * (layout.scale * layout.temperature);
+        break;
+      case ApeScaleForm::kAdditive:
+        context.lse = context.lse * layout.temperature + std::log(layout.scale);
+        break;
+    }
     parts.push_back(std::move(context));
   }
   parts.push_back(segment(prefix + contexts, local, scale, /*causal=*/true));

@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include "model/ape_options.h"
 #include "model/attention_lse.h"
 
 namespace apeserve::model {
@@ -24,16 +25,19 @@ struct ApeLayout {
   int64_t context_length = 0;
   double temperature = 1.0;  // T
   double scale = 1.0;        // S
+  ApeScaleForm form = ApeScaleForm::kMultiplicative;
   AttentionKernel kernel = AttentionKernel::kAuto;
   int64_t block = 1024;  // keys per block of AttentionKernel::kBlocked
 };
 
 // APE attention of `q` ([heads, T, head_dim]) over `k`, `v` ([kv_heads, S, head_dim]):
 //   prefix:   LSE_P = logsumexp(a_P),                 o_P = softmax(a_P) V_P
-//   contexts: LSE_C = T logsumexp(a_C / T) + ln S,    o_C = softmax(a_C / T) V_C
+//   contexts: LSE_C = S T logsumexp(a_C / T)          o_C = softmax(a_C / T) V_C
+//             (kAdditive: T logsumexp(a_C / T) + ln S)
 //   local:    causal, LSE_Q and o_Q
 //   o = sum over segments of softmax([LSE_P, LSE_C, LSE_Q]) o_segment
-// with a = q·k / sqrt(head_dim). Returns [heads, T, head_dim] in q's dtype.
+// with a = q·k / sqrt(head_dim). The log-sum-exps and the merge are fp32 whatever q's
+// dtype. Returns [heads, T, head_dim] in q's dtype.
 torch::Tensor ApeAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                            const ApeLayout& layout);
 

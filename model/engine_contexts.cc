@@ -298,6 +298,7 @@ absl::StatusOr<std::unique_ptr<Engine::Sequence>> Engine::StartSequence(
                                .context_length = total,
                                .temperature = options.temperature,
                                .scale = options.scale,
+                               .form = options.form,
                                .kernel = impl_->attention_kernel,
                                .block = impl_->attention_block};
       }

@@ -37,7 +37,20 @@ absl::Status Validate(const ServerOptions& options) {
                                                    options.max_receive_message_bytes,
                                                    "; it must be positive"));
   }
+  if (absl::Status valid = options.ape_defaults.Validate(); !valid.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("ape_defaults: ", valid.message()));
+  }
   return absl::OkStatus();
+}
+
+ape::v1::ApeScaleForm ToProto(model::ApeScaleForm form) {
+  switch (form) {
+    case model::ApeScaleForm::kMultiplicative:
+      return ape::v1::APE_SCALE_FORM_MULTIPLICATIVE;
+    case model::ApeScaleForm::kAdditive:
+      return ape::v1::APE_SCALE_FORM_ADDITIVE;
+  }
+  return ape::v1::APE_SCALE_FORM_UNSPECIFIED;
 }
 
 ape::v1::ServerInfo DescribeServer(const ServerOptions& options, const model::GgufHeader& header,
@@ -51,6 +64,8 @@ ape::v1::ServerInfo DescribeServer(const ServerOptions& options, const model::Gg
   info.set_start_time_unix_ms(absl::ToUnixMillis(absl::Now()));
   info.mutable_ape_defaults()->set_temperature(options.ape_defaults.temperature);
   info.mutable_ape_defaults()->set_scale(options.ape_defaults.scale);
+  info.mutable_ape_defaults()->set_form(ToProto(options.ape_defaults.form));
+  info.mutable_ape_defaults()->set_calibration_file(options.ape_calibration_file);
   ape::v1::ModelFile* model = info.mutable_model();
   model->set_path(options.model_path);
   model->set_size_bytes(header.file_size);

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 
@@ -26,12 +27,18 @@ ABSL_FLAG(std::string, listen, kDefaults.listen_address,
 ABSL_FLAG(std::string, model, "", "GGUF model file (required)");
 ABSL_FLAG(std::string, data_dir, "", "folder of the document and KV store (required)");
 ABSL_FLAG(std::string, device, kDefaults.device, "compute device: auto, cpu, cuda or cuda:N");
-ABSL_FLAG(float, ape_temperature, kDefaults.ape_defaults.temperature,
-          "APE attention temperature T for requests that leave it unset, in (0, 4]");
-ABSL_FLAG(float, ape_scale, kDefaults.ape_defaults.scale,
-          "APE scaling factor S for requests that leave it unset, in (0, 16]");
 ABSL_FLAG(std::string, ape_calibration, "",
-          "take T and S from this file, written by `apeeval calibrate` (overrides the two above)");
+          "take APE's defaults (T, S, form) from this file, written by `apeeval calibrate`; "
+          "the three flags below override single values");
+ABSL_FLAG(std::optional<float>, ape_temperature, std::nullopt,
+          "APE attention temperature T for requests that leave it unset, in (0, 4] "
+          "(default: the calibration's, else 0.9)");
+ABSL_FLAG(std::optional<float>, ape_scale, std::nullopt,
+          "APE scaling factor S for requests that leave it unset, in (0, 16] "
+          "(default: the calibration's, else 0.9)");
+ABSL_FLAG(std::optional<std::string>, ape_form, std::nullopt,
+          "how S enters APE for requests that leave it unset: multiplicative (published, "
+          "S*T*lse) or additive (T*lse + ln S) (default: the calibration's, else multiplicative)");
 ABSL_FLAG(std::string, port_file, "",
           "once serving, write the port to this file (for scripts and tests)");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off");
@@ -85,8 +92,7 @@ int main(int argc, char** argv) {
   options.device = absl::GetFlag(FLAGS_device);
   if (options.model_path.empty()) return UsageError("--model is required");
   if (options.data_dir.empty()) return UsageError("--data_dir is required");
-  options.ape_defaults.temperature = absl::GetFlag(FLAGS_ape_temperature);
-  options.ape_defaults.scale = absl::GetFlag(FLAGS_ape_scale);
+  // APE's defaults: built in, then the calibration file, then single flags.
   if (const std::string path = absl::GetFlag(FLAGS_ape_calibration); !path.empty()) {
     std::ifstream in(path);
     if (!in.is_open()) {
@@ -100,6 +106,16 @@ int main(int argc, char** argv) {
           absl::StrCat("--ape_calibration='", path, "': ", calibrated.status().message()));
     }
     options.ape_defaults = *calibrated;
+    options.ape_calibration_file = path;
+  }
+  if (const auto temperature = absl::GetFlag(FLAGS_ape_temperature)) {
+    options.ape_defaults.temperature = *temperature;
+  }
+  if (const auto scale = absl::GetFlag(FLAGS_ape_scale)) options.ape_defaults.scale = *scale;
+  if (const auto name = absl::GetFlag(FLAGS_ape_form)) {
+    const auto form = apeserve::model::ParseApeScaleForm(*name);
+    if (!form.ok()) return UsageError(absl::StrCat("--ape_form: ", form.status().message()));
+    options.ape_defaults.form = *form;
   }
   if (absl::Status valid = options.ape_defaults.Validate(); !valid.ok()) {
     return UsageError(absl::StrCat("APE defaults: ", valid.message()));

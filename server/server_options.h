@@ -21,9 +21,12 @@ struct ServerOptions {
   std::string device = "auto";
   // Largest request the server accepts, in bytes. Default: 64 MiB.
   int max_receive_message_bytes = 64 << 20;
-  // APE's temperature and scale for requests that leave them unset (e.g. the values
-  // `apeeval calibrate` chose for the model). Default: T = 1, S = 1 (mode APE).
+  // APE's temperature, scale and scale form for requests that leave them unset (e.g.
+  // the values `apeeval calibrate` chose for the model). Default: model::ApeOptions's,
+  // the published form at the authors' T = S = 0.9.
   model::ApeOptions ape_defaults;
+  // Where ape_defaults came from, for ServerInfo: the calibration file, or empty.
+  std::string ape_calibration_file;
 };
 
 }  // namespace apeserve::server

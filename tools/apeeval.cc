@@ -2,17 +2,25 @@
 // alone, on task sets built from a seed (tools/eval_tasks.h).
 //
 //   apeeval eval --model=M.gguf [--families=rag,lookup,icl --items=24 --seed=1]
-//                [--ape_temperature=T --ape_scale=S | --calibration=calibration.json]
-//   apeeval calibrate --model=M.gguf --family=rag [--items=32 --seed=2]
-//                     [--temperatures=0.5,0.6,... --scales=0.5,0.75,...] --out=calibration.json
+//                [--ape_temperature=T --ape_scale=S --ape_form=F]
+//                [--calibration=a.json,b.json]
+//   apeeval calibrate --model=M.gguf [--families=rag,lookup,icl --items=32 --seed=2]
+//                     [--forms=multiplicative,additive --temperatures=0.3,0.4,...
+//                      --scales=0.2,0.3,... --refine_rounds=2]
+//                     --out=calibration.json [--per_family_out=DIR]
 //
 // eval reports, per family and mode, the accuracy, the mean negative log-likelihood of
 // the gold answer, the mean KL(SEQUENTIAL || mode) of the first answer token and the
 // mean time to the first token (the contexts are pre-encoded for PARALLEL and APE, as a
-// server with a warm store has them). calibrate searches T and S on the first half of
-// the items to bring APE's first-token distribution closest to SEQUENTIAL's, reports
-// the held-out half, and writes the chosen values as JSON, which eval (and the server's
-// --ape_calibration) reads.
+// server with a warm store has them). Its APE rows: the flags' T, S and form (default:
+// the published form at the authors' T = S = 0.9), and one row per calibration file.
+//
+// calibrate searches the APE scale form, T and S (tools/ape_calibration.h: a grid over
+// both forms, then a compass search around each form's best) on the first half of each
+// family's items, for the least KL of the first answer token from SEQUENTIAL, averaged
+// over the families; it reports the held-out halves and each family's own best, and
+// writes the choice as JSON, which eval and the server's --ape_calibration read.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -30,6 +38,7 @@
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
 #include "model/engine.h"
+#include "tools/ape_calibration.h"
 #include "tools/eval_runner.h"
 #include "tools/eval_tasks.h"
 
@@ -37,31 +46,43 @@ ABSL_FLAG(std::string, model, "", "GGUF model file or Hugging Face folder (requi
 ABSL_FLAG(std::string, device, "auto", "auto, cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, dtype, "auto", "auto, float32, bfloat16 or float16");
 ABSL_FLAG(std::vector<std::string>, families, (std::vector<std::string>{"rag", "lookup", "icl"}),
-          "eval: task families");
-ABSL_FLAG(std::string, family, "rag", "calibrate: the task family to calibrate on");
+          "task families (calibrate: the search averages over them)");
 ABSL_FLAG(int, items, 24, "items per family");
 ABSL_FLAG(int, contexts, 0, "documents or examples per item (0: the family's default)");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the task sets");
 ABSL_FLAG(std::string, system, "Answer the question using the documents.", "system prompt");
-ABSL_FLAG(float, ape_temperature, 1.0F, "eval: APE's temperature T");
-ABSL_FLAG(float, ape_scale, 1.0F, "eval: APE's scaling factor S");
-ABSL_FLAG(std::string, calibration, "", "eval: take T and S from this calibrate output");
+ABSL_FLAG(float, ape_temperature, apeserve::model::kDefaultApeTemperature,
+          "eval: APE's temperature T");
+ABSL_FLAG(float, ape_scale, apeserve::model::kDefaultApeScale, "eval: APE's scaling factor S");
+ABSL_FLAG(std::string, ape_form, "multiplicative",
+          "eval: how S enters APE, multiplicative (published) or additive");
+ABSL_FLAG(std::vector<std::string>, calibration, {},
+          "eval: also evaluate APE with the values of each of these calibrate outputs");
 ABSL_FLAG(int, max_tokens, 12, "tokens generated for a free-form answer");
+ABSL_FLAG(std::vector<std::string>, forms,
+          (std::vector<std::string>{"multiplicative", "additive"}), "calibrate: forms searched");
 ABSL_FLAG(std::vector<std::string>, temperatures,
-          (std::vector<std::string>{"0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0"}),
+          (std::vector<std::string>{"0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0"}),
           "calibrate: T grid");
 ABSL_FLAG(std::vector<std::string>, scales,
-          (std::vector<std::string>{"0.25", "0.35", "0.5", "0.7", "1.0", "1.4"}),
+          (std::vector<std::string>{"0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0",
+                                    "1.2", "1.5"}),
           "calibrate: S grid");
-ABSL_FLAG(std::string, out, "", "calibrate: write the chosen T and S here (JSON)");
+ABSL_FLAG(int, refine_rounds, 2,
+          "calibrate: compass-search halvings after the grid, from a step of 0.05 (0: grid only)");
+ABSL_FLAG(std::string, out, "", "calibrate: write the choice here (JSON)");
+ABSL_FLAG(std::string, per_family_out, "",
+          "calibrate: also write each family's own best to DIR/<family>.json");
 ABSL_FLAG(std::string, json_out, "", "eval: also write the results here (JSON)");
 
 namespace {
 
 using apeserve::model::ApeOptions;
+using apeserve::model::ApeScaleForm;
 using apeserve::model::EncodingMode;
 using apeserve::tools::EvalRunner;
 using apeserve::tools::PreparedItem;
+using apeserve::tools::TaskFamily;
 
 int Fail(const std::string& message) {
   std::fprintf(stderr, "apeeval: %s\n", message.c_str());
@@ -92,51 +113,100 @@ absl::StatusOr<std::vector<float>> ParseFloats(const std::vector<std::string>& t
   return values;
 }
 
-std::vector<apeserve::tools::EvalItem> Tasks(apeserve::tools::TaskFamily family) {
+absl::StatusOr<std::vector<TaskFamily>> Families() {
+  std::vector<TaskFamily> families;
+  for (const std::string& name : absl::GetFlag(FLAGS_families)) {
+    absl::StatusOr<TaskFamily> family = apeserve::tools::ParseTaskFamily(name);
+    if (!family.ok()) return family.status();
+    families.push_back(*family);
+  }
+  if (families.empty()) return absl::InvalidArgumentError("--families names no family");
+  return families;
+}
+
+std::vector<apeserve::tools::EvalItem> Tasks(TaskFamily family) {
   return apeserve::tools::MakeTasks(family, {.items = absl::GetFlag(FLAGS_items),
                                              .contexts = absl::GetFlag(FLAGS_contexts),
                                              .seed = absl::GetFlag(FLAGS_seed)});
 }
 
-int Eval(const apeserve::model::Engine& engine, const EvalRunner& runner) {
-  ApeOptions ape{.mode = EncodingMode::kApe,
-                 .temperature = absl::GetFlag(FLAGS_ape_temperature),
-                 .scale = absl::GetFlag(FLAGS_ape_scale)};
-  if (!absl::GetFlag(FLAGS_calibration).empty()) {
-    std::ifstream in(absl::GetFlag(FLAGS_calibration));
-    std::ostringstream text;
-    text << in.rdbuf();
-    auto calibrated = apeserve::model::ApeOptionsFromCalibration(text.str());
-    if (!calibrated.ok()) return Fail("--calibration: " + calibrated.status().ToString());
-    const nlohmann::json calibration = nlohmann::json::parse(text.str(), nullptr, false);
-    if (calibration.value("model_fingerprint", "") != engine.fingerprint()) {
-      apeserve::LogWarning("--calibration was made for another model");
-    }
-    ape = *calibrated;
+// A float as the decimal it was written as (0.9, not 0.8999999761581421).
+double Rounded(float value) { return std::round(static_cast<double>(value) * 1e4) / 1e4; }
+
+// "ape(multiplicative,T=0.9,S=0.9)"
+std::string ApeLabel(const ApeOptions& options) {
+  return absl::StrCat("ape(", apeserve::model::ApeScaleFormName(options.form),
+                      ",T=", Rounded(options.temperature), ",S=", Rounded(options.scale), ")");
+}
+
+// The form, T and S of an APE setting, as calibration files and reports write them.
+nlohmann::json ApeJson(const ApeOptions& options) {
+  return {{"form", std::string(apeserve::model::ApeScaleFormName(options.form))},
+          {"temperature", Rounded(options.temperature)},
+          {"scale", Rounded(options.scale)}};
+}
+
+absl::StatusOr<ApeOptions> ReadCalibration(const apeserve::model::Engine& engine,
+                                           const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read calibration '", path, "'"));
+  std::ostringstream text;
+  text << in.rdbuf();
+  auto calibrated = apeserve::model::ApeOptionsFromCalibration(text.str());
+  if (!calibrated.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", calibrated.status().message()));
   }
-  if (absl::Status valid = ape.Validate(); !valid.ok()) return Fail(valid.ToString());
-  const std::vector<std::pair<std::string, ApeOptions>> modes = {
-      {"sequential", {.mode = EncodingMode::kSequential}},
-      {"parallel", {.mode = EncodingMode::kParallel}},
-      {absl::StrCat("ape(T=", ape.temperature, ",S=", ape.scale, ")"), ape}};
+  const nlohmann::json calibration = nlohmann::json::parse(text.str(), nullptr, false);
+  if (calibration.value("model_fingerprint", "") != engine.fingerprint()) {
+    apeserve::LogWarning(absl::StrCat("calibration '", path, "' was made for another model"));
+  }
+  return calibrated;
+}
+
+int Eval(const apeserve::model::Engine& engine, const EvalRunner& runner) {
+  const auto families = Families();
+  if (!families.ok()) return Fail(families.status().ToString());
+  const auto form = apeserve::model::ParseApeScaleForm(absl::GetFlag(FLAGS_ape_form));
+  if (!form.ok()) return Fail("--ape_form: " + form.status().ToString());
+  const ApeOptions flags{.mode = EncodingMode::kApe,
+                         .temperature = absl::GetFlag(FLAGS_ape_temperature),
+                         .scale = absl::GetFlag(FLAGS_ape_scale),
+                         .form = *form};
+  if (absl::Status valid = flags.Validate(); !valid.ok()) return Fail(valid.ToString());
+
+  struct Row {
+    std::string label;
+    ApeOptions options;
+    std::string source;  // APE rows: "flags" or the calibration file
+  };
+  std::vector<Row> rows = {{"sequential", {.mode = EncodingMode::kSequential}, ""},
+                           {"parallel", {.mode = EncodingMode::kParallel}, ""},
+                           {ApeLabel(flags), flags, "flags"}};
+  for (const std::string& path : absl::GetFlag(FLAGS_calibration)) {
+    const auto calibrated = ReadCalibration(engine, path);
+    if (!calibrated.ok()) return Fail("--calibration: " + calibrated.status().ToString());
+    const std::string label = ApeLabel(*calibrated);
+    const bool known = std::any_of(rows.begin(), rows.end(),
+                                   [&](const Row& row) { return row.label == label; });
+    if (!known) rows.push_back({label, *calibrated, path});
+  }
 
   nlohmann::json results = {{"model_fingerprint", engine.fingerprint()},
                             {"seed", absl::GetFlag(FLAGS_seed)},
                             {"families", nlohmann::json::object()}};
-  std::printf("%-8s %-18s %9s %11s %10s %14s\n", "family", "mode", "accuracy", "answer NLL",
+  std::printf("%-8s %-34s %9s %11s %10s %14s\n", "family", "mode", "accuracy", "answer NLL",
               "KL(seq||m)", "first token ms");
-  for (const std::string& name : absl::GetFlag(FLAGS_families)) {
-    const auto family = apeserve::tools::ParseTaskFamily(name);
-    if (!family.ok()) return Fail(family.status().ToString());
-    std::vector<Tally> tallies(modes.size());
+  for (const TaskFamily family : *families) {
+    const std::string name(apeserve::tools::TaskFamilyName(family));
+    std::vector<Tally> tallies(rows.size());
     double encode_seconds = 0;
-    for (const apeserve::tools::EvalItem& item : Tasks(*family)) {
+    for (const apeserve::tools::EvalItem& item : Tasks(family)) {
       auto prepared = runner.Prepare(item);
       if (!prepared.ok()) return Fail(prepared.status().ToString());
       encode_seconds += prepared->encode_seconds;
       std::vector<float> sequential;
-      for (size_t m = 0; m < modes.size(); ++m) {
-        auto outcome = runner.Run(*prepared, modes[m].second, absl::GetFlag(FLAGS_max_tokens));
+      for (size_t m = 0; m < rows.size(); ++m) {
+        auto outcome = runner.Run(*prepared, rows[m].options, absl::GetFlag(FLAGS_max_tokens));
         if (!outcome.ok()) return Fail(outcome.status().ToString());
         if (m == 0) sequential = outcome->first_token_logprobs;
         Tally& tally = tallies[m];
@@ -150,12 +220,16 @@ int Eval(const apeserve::model::Engine& engine, const EvalRunner& runner) {
     nlohmann::json family_json = {
         {"items", tallies[0].items},
         {"context_encode_ms_per_item", 1000 * encode_seconds / std::max(tallies[0].items, 1)}};
-    for (size_t m = 0; m < modes.size(); ++m) {
-      const nlohmann::json row = tallies[m].ToJson();
-      family_json[modes[m].first] = row;
-      std::printf("%-8s %-18s %9.3f %11.3f %10.4f %14.1f\n", name.c_str(), modes[m].first.c_str(),
+    for (size_t m = 0; m < rows.size(); ++m) {
+      nlohmann::json row = tallies[m].ToJson();
+      if (rows[m].options.mode == EncodingMode::kApe) {
+        row.update(ApeJson(rows[m].options));
+        row["source"] = rows[m].source;
+      }
+      std::printf("%-8s %-34s %9.3f %11.3f %10.4f %14.1f\n", name.c_str(), rows[m].label.c_str(),
                   row["accuracy"].get<double>(), row["answer_nll"].get<double>(),
                   row["kl_from_sequential"].get<double>(), row["first_token_ms"].get<double>());
+      family_json[rows[m].label] = row;
     }
     std::fflush(stdout);
     results["families"][name] = family_json;
@@ -166,8 +240,32 @@ int Eval(const apeserve::model::Engine& engine, const EvalRunner& runner) {
   return 0;
 }
 
-// A float flag value as the decimal it was written as (0.9, not 0.8999999761581421).
-double Rounded(float value) { return std::round(static_cast<double>(value) * 1e4) / 1e4; }
+// One family's items, split in half: the first to search on, the rest held out, each
+// with SEQUENTIAL's first-token distribution.
+struct FamilyItems {
+  std::string name;
+  std::vector<PreparedItem> search = {}, held_out = {};
+  std::vector<std::vector<float>> search_sequential = {}, held_out_sequential = {};
+};
+
+absl::StatusOr<FamilyItems> PrepareFamily(const EvalRunner& runner, TaskFamily family) {
+  FamilyItems items{.name = std::string(apeserve::tools::TaskFamilyName(family))};
+  const std::vector<apeserve::tools::EvalItem> tasks = Tasks(family);
+  if (tasks.size() < 2) {
+    return absl::InvalidArgumentError("--items must be at least 2 (half calibrate, half hold out)");
+  }
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    auto prepared = runner.Prepare(tasks[i]);
+    if (!prepared.ok()) return prepared.status();
+    auto sequential = runner.FirstTokenLogprobs(*prepared, {.mode = EncodingMode::kSequential});
+    if (!sequential.ok()) return sequential.status();
+    const bool searching = i < tasks.size() / 2;
+    (searching ? items.search : items.held_out).push_back(*std::move(prepared));
+    (searching ? items.search_sequential : items.held_out_sequential)
+        .push_back(*std::move(sequential));
+  }
+  return items;
+}
 
 // Mean KL(SEQUENTIAL || options) over `items`, given SEQUENTIAL's distributions.
 absl::StatusOr<double> MeanKl(const EvalRunner& runner, const std::vector<PreparedItem>& items,
@@ -182,76 +280,148 @@ absl::StatusOr<double> MeanKl(const EvalRunner& runner, const std::vector<Prepar
   return items.empty() ? 0.0 : total / static_cast<double>(items.size());
 }
 
-int Calibrate(const apeserve::model::Engine& engine, const EvalRunner& runner) {
-  const auto family = apeserve::tools::ParseTaskFamily(absl::GetFlag(FLAGS_family));
-  if (!family.ok()) return Fail(family.status().ToString());
+absl::StatusOr<apeserve::tools::CalibrationSearchOptions> SearchOptionsFromFlags() {
+  apeserve::tools::CalibrationSearchOptions options;
+  options.forms.clear();
+  for (const std::string& name : absl::GetFlag(FLAGS_forms)) {
+    absl::StatusOr<ApeScaleForm> form = apeserve::model::ParseApeScaleForm(name);
+    if (!form.ok()) return form.status();
+    options.forms.push_back(*form);
+  }
   const auto temperatures = ParseFloats(absl::GetFlag(FLAGS_temperatures));
   const auto scales = ParseFloats(absl::GetFlag(FLAGS_scales));
-  if (!temperatures.ok() || !scales.ok()) return Fail("--temperatures and --scales take numbers");
-  const std::vector<apeserve::tools::EvalItem> tasks = Tasks(*family);
-  if (tasks.size() < 2) return Fail("--items must be at least 2 (half calibrate, half hold out)");
+  if (!temperatures.ok()) return temperatures.status();
+  if (!scales.ok()) return scales.status();
+  options.temperatures = *temperatures;
+  options.scales = *scales;
+  options.refine_rounds = absl::GetFlag(FLAGS_refine_rounds);
+  return options;
+}
 
-  // First half: search; second half: held out.
-  std::vector<PreparedItem> search, held_out;
-  std::vector<std::vector<float>> search_sequential, held_out_sequential;
-  for (size_t i = 0; i < tasks.size(); ++i) {
-    auto prepared = runner.Prepare(tasks[i]);
+absl::Status WriteJson(const std::string& path, const nlohmann::json& json) {
+  std::ofstream out(path);
+  out << json.dump(2) << "\n";
+  if (!out.flush()) return absl::InternalError(absl::StrCat("cannot write '", path, "'"));
+  return absl::OkStatus();
+}
+
+int Calibrate(const apeserve::model::Engine& engine, const EvalRunner& runner) {
+  const auto families = Families();
+  if (!families.ok()) return Fail(families.status().ToString());
+  const auto search_options = SearchOptionsFromFlags();
+  if (!search_options.ok()) return Fail(search_options.status().ToString());
+  std::vector<FamilyItems> items;
+  for (const TaskFamily family : *families) {
+    auto prepared = PrepareFamily(runner, family);
     if (!prepared.ok()) return Fail(prepared.status().ToString());
-    auto sequential = runner.FirstTokenLogprobs(*prepared, {.mode = EncodingMode::kSequential});
-    if (!sequential.ok()) return Fail(sequential.status().ToString());
-    const bool searching = i < tasks.size() / 2;
-    (searching ? search : held_out).push_back(*std::move(prepared));
-    (searching ? search_sequential : held_out_sequential).push_back(*std::move(sequential));
+    items.push_back(*std::move(prepared));
   }
 
-  ApeOptions best{.mode = EncodingMode::kApe};
-  double best_kl = std::numeric_limits<double>::infinity();
-  nlohmann::json grid = nlohmann::json::array();
-  std::printf("%6s %6s %14s\n", "T", "S", "KL(seq||ape)");
-  for (const float temperature : *temperatures) {
-    for (const float scale : *scales) {
-      const ApeOptions options{
-          .mode = EncodingMode::kApe, .temperature = temperature, .scale = scale};
-      if (absl::Status valid = options.Validate(); !valid.ok()) return Fail(valid.ToString());
-      auto kl = MeanKl(runner, search, search_sequential, options);
+  // The objective: per family, the mean KL over its search items.
+  const auto objective = [&](const ApeOptions& options) -> absl::StatusOr<std::vector<double>> {
+    std::vector<double> kl;
+    for (const FamilyItems& family : items) {
+      auto mean = MeanKl(runner, family.search, family.search_sequential, options);
+      if (!mean.ok()) return mean.status();
+      kl.push_back(*mean);
+    }
+    return kl;
+  };
+  std::printf("%-14s %6s %6s %12s", "form", "T", "S", "mean KL");
+  for (const FamilyItems& family : items) std::printf(" %10s", family.name.c_str());
+  std::printf("\n");
+  const auto progress = [](const apeserve::tools::CalibrationPoint& point) {
+    std::printf("%-14s %6.4g %6.4g %12.4f",
+                std::string(apeserve::model::ApeScaleFormName(point.options.form)).c_str(),
+                point.options.temperature, point.options.scale, point.mean_divergence);
+    for (const double kl : point.family_divergence) std::printf(" %10.4f", kl);
+    std::printf("%s\n", point.refined ? "  (refined)" : "");
+    std::fflush(stdout);
+  };
+  const auto search = apeserve::tools::SearchApeCalibration(*search_options, objective, progress);
+  if (!search.ok()) return Fail(search.status().ToString());
+  const ApeOptions& best = search->points[search->best].options;
+
+  nlohmann::json points = nlohmann::json::array();
+  nlohmann::json best_per_form = nlohmann::json::object();
+  for (const apeserve::tools::CalibrationPoint& point : search->points) {
+    nlohmann::json json = ApeJson(point.options);
+    json["kl_from_sequential"] = point.mean_divergence;
+    for (size_t f = 0; f < items.size(); ++f) {
+      json["per_family"][items[f].name] = point.family_divergence[f];
+    }
+    json["refined"] = point.refined;
+    const std::string form(apeserve::model::ApeScaleFormName(point.options.form));
+    if (!best_per_form.contains(form) ||
+        point.mean_divergence < best_per_form[form]["kl_from_sequential"].get<double>()) {
+      best_per_form[form] = json;
+    }
+    points.push_back(std::move(json));
+  }
+
+  // Held out: PARALLEL, the published defaults, the choice, and each family's own best.
+  const std::vector<std::pair<std::string, ApeOptions>> compared = {
+      {"parallel", {.mode = EncodingMode::kParallel}},
+      {"ape_published", {}},
+      {"ape_calibrated", best}};
+  nlohmann::json held_out = nlohmann::json::object();
+  nlohmann::json per_family = nlohmann::json::object();
+  for (size_t f = 0; f < items.size(); ++f) {
+    const FamilyItems& family = items[f];
+    const apeserve::tools::CalibrationPoint& own = search->points[search->best_per_family[f]];
+    nlohmann::json family_json = ApeJson(own.options);
+    family_json["search_kl"] = own.family_divergence[f];
+    std::vector<std::pair<std::string, ApeOptions>> family_compared = compared;
+    family_compared.emplace_back("ape_family_calibrated", own.options);
+    for (const auto& [name, options] : family_compared) {
+      auto kl = MeanKl(runner, family.held_out, family.held_out_sequential, options);
       if (!kl.ok()) return Fail(kl.status().ToString());
-      std::printf("%6.2f %6.2f %14.4f\n", temperature, scale, *kl);
-      grid.push_back({{"temperature", Rounded(temperature)},
-                      {"scale", Rounded(scale)},
-                      {"kl_from_sequential", *kl}});
-      std::fflush(stdout);
-      if (*kl < best_kl) {
-        best_kl = *kl;
-        best = options;
-      }
+      family_json["held_out"][name] = {{"kl_from_sequential", *kl}};
+    }
+    per_family[family.name] = family_json;
+  }
+  for (const auto& entry : compared) {
+    const std::string& name = entry.first;
+    double sum = 0;
+    for (const auto& family : per_family) {
+      sum += family["held_out"][name]["kl_from_sequential"].get<double>();
+    }
+    held_out[name] = {{"kl_from_sequential", sum / static_cast<double>(items.size())}};
+  }
+
+  nlohmann::json result = {
+      {"model_fingerprint", engine.fingerprint()},
+      {"families", absl::GetFlag(FLAGS_families)},
+      {"seed", absl::GetFlag(FLAGS_seed)},
+      {"search_items_per_family", items.front().search.size()},
+      {"held_out_items_per_family", items.front().held_out.size()},
+      {"search_kl", search->points[search->best].mean_divergence},
+      {"held_out", held_out},
+      {"per_family", per_family},
+      {"best_per_form", best_per_form},
+      {"points_evaluated", search->points.size()},
+      {"points", points},
+  };
+  result.update(ApeJson(best));
+  std::printf("chosen %s\nheld out KL: parallel %.4f, published defaults %.4f, chosen %.4f\n",
+              ApeLabel(best).c_str(), held_out["parallel"]["kl_from_sequential"].get<double>(),
+              held_out["ape_published"]["kl_from_sequential"].get<double>(),
+              held_out["ape_calibrated"]["kl_from_sequential"].get<double>());
+  if (!absl::GetFlag(FLAGS_out).empty()) {
+    if (absl::Status written = WriteJson(absl::GetFlag(FLAGS_out), result); !written.ok()) {
+      return Fail(written.ToString());
     }
   }
-
-  nlohmann::json held_out_json;
-  for (const auto& [name, options] : std::vector<std::pair<std::string, ApeOptions>>{
-           {"parallel", {.mode = EncodingMode::kParallel}},
-           {"ape_default", {.mode = EncodingMode::kApe}},
-           {"ape_calibrated", best}}) {
-    auto kl = MeanKl(runner, held_out, held_out_sequential, options);
-    if (!kl.ok()) return Fail(kl.status().ToString());
-    held_out_json[name] = {{"kl_from_sequential", *kl}};
-  }
-  const nlohmann::json result = {
-      {"model_fingerprint", engine.fingerprint()},
-      {"family", absl::GetFlag(FLAGS_family)},
-      {"temperature", Rounded(best.temperature)},
-      {"scale", Rounded(best.scale)},
-      {"search_items", search.size()},
-      {"search_kl", best_kl},
-      {"grid", grid},
-      {"held_out_items", held_out.size()},
-      {"held_out", held_out_json},
-  };
-  std::printf("chosen T=%.2f S=%.2f\n%s\n", best.temperature, best.scale, result.dump(2).c_str());
-  if (!absl::GetFlag(FLAGS_out).empty()) {
-    std::ofstream out(absl::GetFlag(FLAGS_out));
-    out << result.dump(2) << "\n";
-    if (!out.flush()) return Fail("cannot write --out");
+  if (const std::string dir = absl::GetFlag(FLAGS_per_family_out); !dir.empty()) {
+    for (const auto& [family, json] : per_family.items()) {
+      nlohmann::json own = json;
+      own["model_fingerprint"] = engine.fingerprint();
+      own["family"] = family;
+      if (absl::Status written = WriteJson(absl::StrCat(dir, "/", family, ".json"), own);
+          !written.ok()) {
+        return Fail(written.ToString());
+      }
+    }
   }
   return 0;
 }

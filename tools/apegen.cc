@@ -3,7 +3,7 @@
 //   apegen --model=M.gguf --prompt="Tell me a joke" --chat [--temperature=0.7 --seed=1]
 //   apegen --model=M.gguf --token_ids=1,2,3 [--max_tokens=64]
 //   apegen --model=M.gguf --contexts_file=docs.jsonl --prompt="Who built it?" --mode=ape
-//          [--ape_temperature=0.8 --ape_scale=1.0 --system="..."]
+//          [--ape_temperature=0.9 --ape_scale=0.9 --ape_form=multiplicative --system="..."]
 //   apegen --model=M.gguf --batch_file=prompts.jsonl --logits_out=prefill.f32
 //
 // Prints one JSON object per prompt: the generated text, token ids, per-token
@@ -12,7 +12,8 @@
 // template's prefix and the question attends to them in --mode (sequential, parallel
 // or ape). A batch file holds one JSON object per line, {"token_ids": [...]}, or, for an
 // APE prompt, {"prefix": [...], "contexts": [[...], ...], "token_ids": [...] (the
-// query), "mode": "ape", "temperature": T, "scale": S}; --logits_out then writes the
+// query), "mode": "ape", "temperature": T, "scale": S, "form": "multiplicative" or
+// "additive"} (unset fields take the engine's defaults); --logits_out then writes the
 // fp32 logits of every prompt (query) position and of each greedy token fed after it,
 // prompt after prompt, generating --max_tokens tokens regardless of end-of-sequence
 // (for parity checks).
@@ -55,8 +56,12 @@ ABSL_FLAG(bool, ignore_eos, false, "keep generating past end-of-sequence");
 ABSL_FLAG(std::string, contexts_file, "",
           "JSON lines of {\"text\": ...}: documents the --prompt question attends to");
 ABSL_FLAG(std::string, mode, "ape", "with --contexts_file: sequential, parallel or ape");
-ABSL_FLAG(float, ape_temperature, 1.0F, "APE attention temperature T over the contexts");
-ABSL_FLAG(float, ape_scale, 1.0F, "APE scaling factor S of the contexts");
+ABSL_FLAG(float, ape_temperature, apeserve::model::kDefaultApeTemperature,
+          "APE attention temperature T over the contexts");
+ABSL_FLAG(float, ape_scale, apeserve::model::kDefaultApeScale,
+          "APE scaling factor S of the contexts");
+ABSL_FLAG(std::string, ape_form, "multiplicative",
+          "how S enters APE: multiplicative (published, S·T·lse) or additive (T·lse + ln S)");
 
 namespace {
 
@@ -129,9 +134,13 @@ absl::StatusOr<Prompt> ParseBatchLine(const std::string& line) {
       prompt.contexts = json.value("contexts", std::vector<std::vector<int32_t>>{});
       auto mode = apeserve::model::ParseEncodingMode(json.value("mode", std::string("ape")));
       if (!mode.ok()) return mode.status();
+      auto form = apeserve::model::ParseApeScaleForm(json.value(
+          "form", std::string(apeserve::model::ApeScaleFormName(prompt.options.form))));
+      if (!form.ok()) return form.status();
       prompt.options = {.mode = *mode,
-                        .temperature = json.value("temperature", 1.0F),
-                        .scale = json.value("scale", 1.0F)};
+                        .temperature = json.value("temperature", prompt.options.temperature),
+                        .scale = json.value("scale", prompt.options.scale),
+                        .form = *form};
     }
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("bad batch line: ", e.what()));
@@ -235,9 +244,12 @@ int main(int argc, char** argv) {
     prompt.ape = true;
     const auto mode = apeserve::model::ParseEncodingMode(absl::GetFlag(FLAGS_mode));
     if (!mode.ok()) return Fail(mode.status().ToString());
+    const auto form = apeserve::model::ParseApeScaleForm(absl::GetFlag(FLAGS_ape_form));
+    if (!form.ok()) return Fail("--ape_form: " + form.status().ToString());
     prompt.options = {.mode = *mode,
                       .temperature = absl::GetFlag(FLAGS_ape_temperature),
-                      .scale = absl::GetFlag(FLAGS_ape_scale)};
+                      .scale = absl::GetFlag(FLAGS_ape_scale),
+                      .form = *form};
     prompt.prefix = pieces.Prefix(absl::GetFlag(FLAGS_system));
     std::ifstream in(absl::GetFlag(FLAGS_contexts_file));
     if (!in) return Fail("cannot read --contexts_file");

@@ -138,37 +138,78 @@ TEST_F(ApeserveBinaryTest, SecondServerOnTheSameDataDirectoryFails) {
   EXPECT_THAT(second.Stderr(), HasSubstr("lock"));
 }
 
-TEST_F(ApeserveBinaryTest, TakesApeDefaultsFromACalibrationFile) {
-  const std::string calibration = dir_.Join("calibration.json");
-  ASSERT_TRUE(apeserve::testing::WriteFile(
-      calibration, R"({"model_fingerprint": "x", "temperature": 0.7, "scale": 0.9})"));
-  RunningServer server(dir_, dir_.Join("data"), "calibrated", {"--ape_calibration=" + calibration});
+// The APE defaults a server reports: built in, then the calibration file, then flags.
+ape::v1::ApeDefaults ApeDefaultsOf(RunningServer& server) {
   const std::optional<int> port = server.WaitForPort();
-  ASSERT_TRUE(port.has_value()) << server.Stderr();
+  EXPECT_TRUE(port.has_value()) << server.Stderr();
+  if (!port.has_value()) return {};
   auto channel =
       grpc::CreateChannel(absl::StrCat("127.0.0.1:", *port), grpc::InsecureChannelCredentials());
   grpc::ClientContext context;
   ape::v1::ServerInfo info;
-  ASSERT_TRUE(ape::v1::AdminService::NewStub(channel)
+  EXPECT_TRUE(ape::v1::AdminService::NewStub(channel)
                   ->GetServerInfo(&context, ape::v1::GetServerInfoRequest(), &info)
                   .ok());
-  EXPECT_FLOAT_EQ(info.ape_defaults().temperature(), 0.7F);
-  EXPECT_FLOAT_EQ(info.ape_defaults().scale(), 0.9F);
+  return info.ape_defaults();
+}
 
-  // Values outside the allowed range are refused at start, naming the field.
+TEST_F(ApeserveBinaryTest, TakesApeDefaultsFromACalibrationFile) {
+  {
+    RunningServer server(dir_, dir_.Join("data"), "builtin");
+    const ape::v1::ApeDefaults defaults = ApeDefaultsOf(server);
+    // The published form at the authors' recommended values.
+    EXPECT_FLOAT_EQ(defaults.temperature(), 0.9F);
+    EXPECT_FLOAT_EQ(defaults.scale(), 0.9F);
+    EXPECT_EQ(defaults.form(), ape::v1::APE_SCALE_FORM_MULTIPLICATIVE);
+    EXPECT_EQ(defaults.calibration_file(), "");
+  }
+  const std::string calibration = dir_.Join("calibration.json");
+  ASSERT_TRUE(apeserve::testing::WriteFile(
+      calibration,
+      R"({"model_fingerprint": "x", "temperature": 0.7, "scale": 0.6, "form": "additive"})"));
+  {
+    RunningServer server(dir_, dir_.Join("data"), "calibrated",
+                         {"--ape_calibration=" + calibration});
+    const ape::v1::ApeDefaults defaults = ApeDefaultsOf(server);
+    EXPECT_FLOAT_EQ(defaults.temperature(), 0.7F);
+    EXPECT_FLOAT_EQ(defaults.scale(), 0.6F);
+    EXPECT_EQ(defaults.form(), ape::v1::APE_SCALE_FORM_ADDITIVE);
+    EXPECT_EQ(defaults.calibration_file(), calibration);
+  }
+  {
+    // A flag beside the file overrides its one value, in any order on the command line.
+    RunningServer server(dir_, dir_.Join("data"), "overridden",
+                         {"--ape_scale=1.25", "--ape_calibration=" + calibration,
+                          "--ape_form=multiplicative"});
+    const ape::v1::ApeDefaults defaults = ApeDefaultsOf(server);
+    EXPECT_FLOAT_EQ(defaults.temperature(), 0.7F);
+    EXPECT_FLOAT_EQ(defaults.scale(), 1.25F);
+    EXPECT_EQ(defaults.form(), ape::v1::APE_SCALE_FORM_MULTIPLICATIVE);
+  }
+
+  // Bad values are refused at start, naming the field.
+  const auto start = [&](const std::string& flag) {
+    return RunProgram(
+        {apeserve::testing::ApeserveBinary(), "--model=" + apeserve::testing::TestModelPath(),
+         "--data_dir=" + dir_.Join("data2"), flag},
+        dir_.path());
+  };
   ASSERT_TRUE(apeserve::testing::WriteFile(calibration, R"({"temperature": 0, "scale": 1})"));
-  const auto refused = RunProgram(
-      {apeserve::testing::ApeserveBinary(), "--model=" + apeserve::testing::TestModelPath(),
-       "--data_dir=" + dir_.Join("data2"), "--ape_calibration=" + calibration},
-      dir_.path());
+  const auto refused = start("--ape_calibration=" + calibration);
   EXPECT_EQ(refused.exit_status, 2);
   EXPECT_THAT(refused.err, HasSubstr("calibration: temperature 0 is outside (0, 4]"));
-  const auto bad_flag = RunProgram(
-      {apeserve::testing::ApeserveBinary(), "--model=" + apeserve::testing::TestModelPath(),
-       "--data_dir=" + dir_.Join("data2"), "--ape_scale=40"},
-      dir_.path());
+  ASSERT_TRUE(apeserve::testing::WriteFile(
+      calibration, R"({"temperature": 0.9, "scale": 0.9, "form": "published"})"));
+  const auto bad_form = start("--ape_calibration=" + calibration);
+  EXPECT_EQ(bad_form.exit_status, 2);
+  EXPECT_THAT(bad_form.err,
+              HasSubstr("'published' is not one of multiplicative, additive"));
+  const auto bad_flag = start("--ape_scale=40");
   EXPECT_EQ(bad_flag.exit_status, 2);
   EXPECT_THAT(bad_flag.err, HasSubstr("APE defaults: scale 40 is outside (0, 16]"));
+  const auto bad_form_flag = start("--ape_form=sideways");
+  EXPECT_EQ(bad_form_flag.exit_status, 2);
+  EXPECT_THAT(bad_form_flag.err, HasSubstr("--ape_form: APE scale form 'sideways'"));
 }
 
 TEST_F(ApeserveBinaryTest, ExplainsMissingFlags) {

@@ -1,6 +1,7 @@
 // APE on the embedded model through the engine's public API: DESIGN.md §3's invariants
 // (APE = SEQUENTIAL for one context at T = S = 1; PARALLEL = APE at T = S = 1; no
-// dependence on the contexts' order), the blocked kernel against the fused one, Score,
+// dependence on the contexts' order), the two scale forms, the blocked kernel against
+// the fused one, Score,
 // many-shot prompts and the errors of mismatched KV.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -28,6 +29,9 @@ using ::apeserve::testing::StatusIs;
 using ::testing::HasSubstr;
 
 constexpr float kTolerance = 1e-4F;
+
+// APE at T = S = 1, where it must agree with SEQUENTIAL (one context) and PARALLEL.
+constexpr ApeOptions kUnitApe{.mode = EncodingMode::kApe, .temperature = 1.0F, .scale = 1.0F};
 
 std::unique_ptr<Engine> LoadEngine(const std::string& kernel, int block) {
   EngineOptions options;
@@ -150,8 +154,7 @@ TEST_F(ApeTest, OneContextAtUnitTemperatureAndScaleEqualsSequential) {
   const std::vector<int32_t> query = pieces_->Query("Who built the lighthouse of Varn?");
   const Trace sequential =
       Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kSequential}, query, 32);
-  const Trace ape =
-      Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kApe}, query, 32, sequential.tokens);
+  const Trace ape = Run(*engine_, Pointers(contexts), kUnitApe, query, 32, sequential.tokens);
   ExpectSameTrace(sequential, ape, kTolerance);
   // All 32 decoded steps were compared.
   EXPECT_EQ(sequential.steps.size(), 32U);
@@ -180,8 +183,7 @@ TEST_F(ApeTest, ParallelEqualsApeAtUnitTemperatureAndScale) {
   const std::vector<int32_t> query = pieces_->Query("When was the comet Ferrin-3 last seen?");
   const Trace parallel =
       Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kParallel}, query, 16);
-  const Trace ape =
-      Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kApe}, query, 16, parallel.tokens);
+  const Trace ape = Run(*engine_, Pointers(contexts), kUnitApe, query, 16, parallel.tokens);
   ExpectSameTrace(parallel, ape, kTolerance);
   // Parallel encoding is not sequential encoding: the test would notice a mode mix-up.
   const Trace sequential =
@@ -202,11 +204,42 @@ TEST_F(ApeTest, ParallelAndApeIgnoreTheOrderOfContexts) {
     ExpectSameTrace(forward, shuffled, kTolerance);
   }
   // Whereas the temperature and scale do change the answer's distribution.
-  const Trace plain = Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kApe}, query, 0);
+  const Trace plain = Run(*engine_, Pointers(contexts), kUnitApe, query, 0);
   const Trace tuned =
       Run(*engine_, Pointers(contexts),
           {.mode = EncodingMode::kApe, .temperature = 0.6F, .scale = 0.8F}, query, 0);
   EXPECT_GT(MaxAbsDifference(plain.prefill, tuned.prefill), 0.01F);
+}
+
+// The published form (S multiplies the context segment's log-sum-exp) and the additive
+// one (ln S is added to it) agree whenever S = 1, at any T, and differ otherwise: a test
+// that used the wrong form could not pass.
+TEST_F(ApeTest, TheTwoScaleFormsAgreeOnlyAtUnitScale) {
+  const std::vector<EncodedContext> contexts = Encode(*engine_, documents_);
+  const std::vector<int32_t> query = pieces_->Query("Who built the lighthouse of Varn?");
+  const auto run = [&](float temperature, float scale, ApeScaleForm form,
+                       const std::vector<int32_t>& tokens) {
+    return Run(*engine_, Pointers(contexts),
+               {.mode = EncodingMode::kApe, .temperature = temperature, .scale = scale,
+                .form = form},
+               query, 4, tokens);
+  };
+  for (const float temperature : {0.6F, 1.0F, 1.3F}) {
+    SCOPED_TRACE(temperature);
+    const Trace published = run(temperature, 1.0F, ApeScaleForm::kMultiplicative, {});
+    const Trace additive = run(temperature, 1.0F, ApeScaleForm::kAdditive, published.tokens);
+    ExpectSameTrace(published, additive, kTolerance);
+  }
+  for (const float scale : {0.5F, 0.9F, 1.4F}) {
+    SCOPED_TRACE(scale);
+    const Trace published = run(0.9F, scale, ApeScaleForm::kMultiplicative, {});
+    const Trace additive = run(0.9F, scale, ApeScaleForm::kAdditive, published.tokens);
+    EXPECT_GT(MaxAbsDifference(published.prefill, additive.prefill), 0.01F);
+  }
+  // The default is the published form at the authors' recommended T = S = 0.9.
+  const Trace defaults = Run(*engine_, Pointers(contexts), {}, query, 0);
+  const Trace published = run(0.9F, 0.9F, ApeScaleForm::kMultiplicative, {});
+  EXPECT_EQ(defaults.prefill, published.prefill);
 }
 
 // Contexts copied to the device once (what the registry's device tier keeps) give the
@@ -355,8 +388,14 @@ TEST_F(ApeTest, RefusesMismatchedKvAndBadOptions) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("temperature 0")));
   EXPECT_THAT(engine_->StartSequence(prefix_, Pointers(contexts), {.scale = -1.0F}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("scale -1")));
+  EXPECT_THAT(engine_->StartSequence(prefix_, Pointers(contexts),
+                                     {.form = static_cast<ApeScaleForm>(7)}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("form 7 is unknown")));
   EXPECT_THAT(ParseEncodingMode("serial"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'serial'")));
+  EXPECT_THAT(ParseApeScaleForm("published"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("'published' is not one of multiplicative, additive")));
 
   // Too long for the model's context in SEQUENTIAL; position reuse keeps APE inside.
   // (The KV's values do not matter to the length checks: zeros of the right shape.)

@@ -96,21 +96,33 @@ TEST(ApeAttentionTest, FollowsTheEquations) {
                                    scale / temperature, false);
   const PartialAttention l = Naive(q, k.narrow(1, prefix + contexts, local),
                                    v.narrow(1, prefix + contexts, local), scale, true);
-  const torch::Tensor lse_c = c.lse * temperature + std::log(s);
-  const torch::Tensor w = torch::softmax(torch::stack({p.lse, lse_c, l.lse}), 0).unsqueeze(-1);
-  const torch::Tensor expected = w[0] * p.output + w[1] * c.output + w[2] * l.output;
-  for (const AttentionKernel kernel : {AttentionKernel::kAuto, AttentionKernel::kBlocked}) {
-    const ApeLayout layout{.prefix_length = prefix,
-                           .context_length = contexts,
-                           .temperature = temperature,
-                           .scale = s,
-                           .kernel = kernel,
-                           .block = 4};
-    EXPECT_LT(MaxDiff(ApeAttention(q, k, v, layout), expected), 1e-5);
+  const auto merged = [&](const torch::Tensor& lse_c) {
+    const torch::Tensor w = torch::softmax(torch::stack({p.lse, lse_c, l.lse}), 0).unsqueeze(-1);
+    return w[0] * p.output + w[1] * c.output + w[2] * l.output;
+  };
+  const torch::Tensor published = merged(c.lse * temperature * s);
+  const torch::Tensor additive = merged(c.lse * temperature + std::log(s));
+  // The two forms are far apart here, so matching one is not matching the other.
+  EXPECT_GT(MaxDiff(published, additive), 1e-2);
+  for (const auto& [form, expected] : {std::pair{ApeScaleForm::kMultiplicative, published},
+                                       std::pair{ApeScaleForm::kAdditive, additive}}) {
+    for (const AttentionKernel kernel : {AttentionKernel::kAuto, AttentionKernel::kBlocked}) {
+      SCOPED_TRACE(ApeScaleFormName(form));
+      const ApeLayout layout{.prefix_length = prefix,
+                             .context_length = contexts,
+                             .temperature = temperature,
+                             .scale = s,
+                             .form = form,
+                             .kernel = kernel,
+                             .block = 4};
+      EXPECT_LT(MaxDiff(ApeAttention(q, k, v, layout), expected), 1e-5);
+    }
   }
   // At T = S = 1 the merge is one softmax over every key: causal attention.
-  const ApeLayout unit{.prefix_length = prefix, .context_length = contexts};
-  EXPECT_LT(MaxDiff(ApeAttention(q, k, v, unit), CausalAttention(q, k, v)), 1e-5);
+  for (const ApeScaleForm form : {ApeScaleForm::kMultiplicative, ApeScaleForm::kAdditive}) {
+    const ApeLayout unit{.prefix_length = prefix, .context_length = contexts, .form = form};
+    EXPECT_LT(MaxDiff(ApeAttention(q, k, v, unit), CausalAttention(q, k, v)), 1e-5);
+  }
 }
 
 TEST(ApeAttentionTest, HalfPrecisionStaysCloseToFloat) {

@@ -1,11 +1,13 @@
 // The evaluation driver end to end on the embedded model, small: its reports must
-// hold together (SEQUENTIAL is its own reference, PARALLEL equals APE at T = S = 1,
-// calibration picks from its grid and writes what the server reads).
+// hold together (SEQUENTIAL is its own reference, PARALLEL equals APE at T = S = 1 in
+// either form, calibration picks the least divergence among the points it evaluated,
+// over both forms, and writes what the server reads).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 
 #include "absl/time/time.h"
@@ -33,8 +35,13 @@ class ApeevalTest : public ::testing::Test {
 TEST_F(ApeevalTest, EvalReportsEveryModeConsistently) {
   std::vector<std::string> command = Command("eval");
   const std::string out = dir_.Join("eval.json");
-  command.insert(command.end(), {"--families=rag,icl", "--items=2", "--contexts=3",
-                                 "--max_tokens=4", "--json_out=" + out});
+  const std::string additive = dir_.Join("additive.json");
+  ASSERT_TRUE(apeserve::testing::WriteFile(
+      additive, R"({"temperature": 1.0, "scale": 1.0, "form": "additive"})"));
+  command.insert(command.end(),
+                 {"--families=rag,icl", "--items=2", "--contexts=3", "--max_tokens=4",
+                  "--ape_temperature=1", "--ape_scale=1", "--calibration=" + additive,
+                  "--json_out=" + out});
   // Minutes, not seconds, on a loaded 2-core machine (the default is 60 s).
   const auto run = RunProgram(command, dir_.path(), absl::Minutes(5));
   ASSERT_EQ(run.exit_status, 0) << run.err;
@@ -46,7 +53,13 @@ TEST_F(ApeevalTest, EvalReportsEveryModeConsistently) {
     EXPECT_EQ(rows.at("items"), 2);
     const nlohmann::json& sequential = rows.at("sequential");
     const nlohmann::json& parallel = rows.at("parallel");
-    const nlohmann::json& ape = rows.at("ape(T=1,S=1)");
+    const nlohmann::json& ape = rows.at("ape(multiplicative,T=1,S=1)");
+    EXPECT_EQ(ape.at("source"), "flags");
+    EXPECT_EQ(ape.at("form"), "multiplicative");
+    const nlohmann::json& ape_additive = rows.at("ape(additive,T=1,S=1)");
+    EXPECT_EQ(ape_additive.at("source"), additive);
+    EXPECT_NEAR(ape.at("kl_from_sequential").get<double>(),
+                ape_additive.at("kl_from_sequential").get<double>(), 1e-4);
     EXPECT_DOUBLE_EQ(sequential.at("kl_from_sequential").get<double>(), 0.0);
     EXPECT_GT(parallel.at("kl_from_sequential").get<double>(), 0.0);
     EXPECT_NEAR(parallel.at("kl_from_sequential").get<double>(),
@@ -61,40 +74,90 @@ TEST_F(ApeevalTest, EvalReportsEveryModeConsistently) {
   }
 }
 
-TEST_F(ApeevalTest, CalibrateChoosesFromItsGridAndWritesWhatTheServerReads) {
+TEST_F(ApeevalTest, CalibrateChoosesTheLeastDivergenceOverBothFormsAndWritesWhatTheServerReads) {
   std::vector<std::string> command = Command("calibrate");
   const std::string out = dir_.Join("calibration.json");
-  command.insert(command.end(), {"--family=lookup", "--items=2", "--contexts=3",
-                                 "--temperatures=0.5,1.0", "--scales=0.75,1.0", "--out=" + out});
+  command.insert(command.end(),
+                 {"--families=rag,lookup", "--items=2", "--contexts=3", "--temperatures=0.5,1.0",
+                  "--scales=0.5,1.0", "--refine_rounds=1", "--out=" + out,
+                  "--per_family_out=" + dir_.path()});
   const auto run = RunProgram(command, dir_.path(), absl::Minutes(5));
   ASSERT_EQ(run.exit_status, 0) << run.err;
   const nlohmann::json result = nlohmann::json::parse(ReadFile(out));
-  const double temperature = result.at("temperature").get<double>();
-  const double scale = result.at("scale").get<double>();
-  EXPECT_TRUE(temperature == 0.5 || temperature == 1.0) << temperature;
-  EXPECT_TRUE(scale == 0.75 || scale == 1.0) << scale;
-  EXPECT_EQ(result.at("search_items"), 1);
-  EXPECT_EQ(result.at("held_out_items"), 1);
-  // The choice is the grid point of least KL on the search items.
-  const nlohmann::json& grid = result.at("grid");
-  ASSERT_EQ(grid.size(), 4U);
+  EXPECT_EQ(result.at("search_items_per_family"), 1);
+  EXPECT_EQ(result.at("held_out_items_per_family"), 1);
+
+  // Both forms' grids were evaluated, then refined; no point twice.
+  const nlohmann::json& points = result.at("points");
+  std::set<std::string> forms, distinct;
+  int grid = 0, refined = 0;
+  for (const nlohmann::json& point : points) {
+    forms.insert(point.at("form").get<std::string>());
+    distinct.insert(point.dump());
+    (point.at("refined").get<bool>() ? refined : grid) += 1;
+    // The mean over the two families.
+    EXPECT_NEAR(point.at("kl_from_sequential").get<double>(),
+                (point.at("per_family").at("rag").get<double>() +
+                 point.at("per_family").at("lookup").get<double>()) / 2,
+                1e-9);
+  }
+  EXPECT_EQ(forms, (std::set<std::string>{"multiplicative", "additive"}));
+  EXPECT_EQ(grid, 8);
+  EXPECT_GT(refined, 0);
+  EXPECT_EQ(distinct.size(), points.size());
+  EXPECT_EQ(result.at("points_evaluated"), points.size());
+
+  // At S = 1 the two forms are the same function.
+  for (const nlohmann::json& a : points) {
+    for (const nlohmann::json& b : points) {
+      if (a.at("form") != b.at("form") && a.at("scale") == 1.0 && b.at("scale") == 1.0 &&
+          a.at("temperature") == b.at("temperature")) {
+        EXPECT_NEAR(a.at("kl_from_sequential").get<double>(),
+                    b.at("kl_from_sequential").get<double>(), 1e-4);
+      }
+    }
+  }
+
+  // The choice is the point of least mean KL on the search items.
   double least = 1e300;
-  for (const nlohmann::json& point : grid) {
+  for (const nlohmann::json& point : points) {
     least = std::min(least, point.at("kl_from_sequential").get<double>());
   }
   EXPECT_DOUBLE_EQ(result.at("search_kl").get<double>(), least);
-  for (const nlohmann::json& point : grid) {
+  bool found = false;
+  for (const nlohmann::json& point : points) {
     if (point.at("kl_from_sequential").get<double>() == least) {
-      EXPECT_FLOAT_EQ(point.at("temperature").get<float>(), static_cast<float>(temperature));
-      EXPECT_FLOAT_EQ(point.at("scale").get<float>(), static_cast<float>(scale));
+      found = found || (point.at("form") == result.at("form") &&
+                        point.at("temperature") == result.at("temperature") &&
+                        point.at("scale") == result.at("scale"));
     }
   }
-  EXPECT_GE(result.at("held_out").at("ape_calibrated").at("kl_from_sequential").get<double>(), 0);
-  EXPECT_THAT(run.out, HasSubstr("chosen T="));
+  EXPECT_TRUE(found) << result.dump(2);
+  EXPECT_TRUE(result.at("best_per_form").contains(result.at("form").get<std::string>()));
+  for (const char* name : {"parallel", "ape_published", "ape_calibrated"}) {
+    EXPECT_GE(result.at("held_out").at(name).at("kl_from_sequential").get<double>(), 0) << name;
+  }
+  EXPECT_THAT(run.out, HasSubstr("chosen ape("));
   const auto options = model::ApeOptionsFromCalibration(ReadFile(out));
   ASSERT_TRUE(options.ok()) << options.status();
-  EXPECT_FLOAT_EQ(options->temperature, static_cast<float>(temperature));
-  EXPECT_FLOAT_EQ(options->scale, static_cast<float>(scale));
+  EXPECT_FLOAT_EQ(options->temperature, result.at("temperature").get<float>());
+  EXPECT_FLOAT_EQ(options->scale, result.at("scale").get<float>());
+  EXPECT_EQ(model::ApeScaleFormName(options->form), result.at("form").get<std::string>());
+
+  // Each family's own best is written as a calibration file too: the least KL of that
+  // family among the points.
+  for (const char* family : {"rag", "lookup"}) {
+    SCOPED_TRACE(family);
+    const std::string own_text = ReadFile(dir_.Join(std::string(family) + ".json"));
+    const nlohmann::json own = nlohmann::json::parse(own_text);
+    double family_least = 1e300;
+    for (const nlohmann::json& point : points) {
+      family_least = std::min(family_least, point.at("per_family").at(family).get<double>());
+    }
+    EXPECT_DOUBLE_EQ(own.at("search_kl").get<double>(), family_least);
+    EXPECT_TRUE(own.at("held_out").contains("ape_family_calibrated"));
+    EXPECT_TRUE(model::ApeOptionsFromCalibration(own_text).ok());
+  }
 }
 
 TEST_F(ApeevalTest, ExplainsBadCommandsAndFlags) {
@@ -108,6 +171,15 @@ TEST_F(ApeevalTest, ExplainsBadCommandsAndFlags) {
   const auto bad_family = RunProgram(command, dir_.path());
   EXPECT_EQ(bad_family.exit_status, 1);
   EXPECT_THAT(bad_family.err, HasSubstr("task family 'poetry' is not one of rag, lookup, icl"));
+  command.back() = "--ape_form=sideways";
+  const auto bad_form = RunProgram(command, dir_.path());
+  EXPECT_EQ(bad_form.exit_status, 1);
+  EXPECT_THAT(bad_form.err, HasSubstr("--ape_form: INVALID_ARGUMENT: APE scale form 'sideways'"));
+  command = Command("calibrate");
+  command.push_back("--forms=additive,published");
+  const auto bad_forms = RunProgram(command, dir_.path());
+  EXPECT_EQ(bad_forms.exit_status, 1);
+  EXPECT_THAT(bad_forms.err, HasSubstr("'published' is not one of multiplicative, additive"));
 }
 
 }  // namespace
