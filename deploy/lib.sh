@@ -9,9 +9,12 @@ APESERVE_HOME="${APESERVE_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/apeserve}"
 APESERVE_VENV="${APESERVE_VENV:-$APESERVE_HOME/venv}"
 APESERVE_MODELS="${APESERVE_MODELS:-$APESERVE_HOME/models}"
 APESERVE_DEFAULT_MODEL="${APESERVE_DEFAULT_MODEL:-$APESERVE_MODELS/SmolLM2-135M-Instruct.Q4_1.gguf}"
+# APE's tuned defaults for the default model (tools/quality_report.sh); set it empty to
+# serve with the built-in ones.
+APESERVE_DEFAULT_CALIBRATION="${APESERVE_DEFAULT_CALIBRATION-$APESERVE_ROOT/deploy/calibration/SmolLM2-135M-Instruct.Q4_1.json}"
 APESERVE_DATA_DIR="${APESERVE_DATA_DIR:-$APESERVE_ROOT/var/data}"
 export APESERVE_ROOT APESERVE_HOME APESERVE_VENV APESERVE_MODELS APESERVE_DEFAULT_MODEL \
-  APESERVE_DATA_DIR
+  APESERVE_DEFAULT_CALIBRATION APESERVE_DATA_DIR
 
 # The compiler cache outlives checkouts too: CI's fresh clone compiles only what changed.
 export CCACHE_DIR="${CCACHE_DIR:-$APESERVE_HOME/ccache}"

@@ -62,7 +62,7 @@ absl::Status ApeOptions::Validate() const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ApeOptions> ApeOptionsFromCalibration(absl::string_view json) {
+absl::StatusOr<ApeCalibration> ParseApeCalibration(absl::string_view json) {
   const nlohmann::json parsed = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
   if (!parsed.is_object()) return absl::InvalidArgumentError("calibration is not a JSON object");
   ApeOptions options{.mode = EncodingMode::kApe};
@@ -78,14 +78,22 @@ absl::StatusOr<ApeOptions> ApeOptionsFromCalibration(absl::string_view json) {
     if (!form->is_string()) return absl::InvalidArgumentError("calibration 'form' is not a string");
     auto parsed_form = ParseApeScaleForm(form->get<std::string>());
     if (!parsed_form.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("calibration: ", parsed_form.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("calibration: ", parsed_form.status().message()));
     }
     options.form = *parsed_form;
   }
   if (absl::Status valid = options.Validate(); !valid.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("calibration: ", valid.message()));
   }
-  return options;
+  ApeCalibration calibration{.options = options, .model_fingerprint = ""};
+  if (const auto model = parsed.find("model_fingerprint"); model != parsed.end()) {
+    if (!model->is_string()) {
+      return absl::InvalidArgumentError("calibration 'model_fingerprint' is not a string");
+    }
+    calibration.model_fingerprint = model->get<std::string>();
+  }
+  return calibration;
 }
 
 }  // namespace apeserve::model

@@ -3,6 +3,8 @@
 #ifndef APESERVE_MODEL_APE_OPTIONS_H_
 #define APESERVE_MODEL_APE_OPTIONS_H_
 
+#include <string>
+
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -66,11 +68,19 @@ struct ApeOptions {
   absl::Status Validate() const;
 };
 
-// APE's parameters from the JSON that `apeeval calibrate` writes: an object with numbers
-// "temperature" and "scale" and, optionally, "form" ("multiplicative", the default when
-// absent, or "additive"); other fields are ignored. Mode kApe. INVALID_ARGUMENT: not such
-// an object, or values that fail Validate().
-absl::StatusOr<ApeOptions> ApeOptionsFromCalibration(absl::string_view json);
+// APE's parameters chosen for a model, as `apeeval calibrate` writes them.
+struct ApeCalibration {
+  // Mode kApe.
+  ApeOptions options;
+  // The model they were chosen for (Engine::fingerprint()); empty when the file names none.
+  std::string model_fingerprint = {};
+};
+
+// Reads the JSON that `apeeval calibrate` writes: an object with numbers "temperature"
+// and "scale", optionally "form" ("multiplicative", the default when absent, or
+// "additive") and "model_fingerprint"; other fields are ignored. INVALID_ARGUMENT: not
+// such an object, or values that fail ApeOptions::Validate().
+absl::StatusOr<ApeCalibration> ParseApeCalibration(absl::string_view json);
 
 }  // namespace apeserve::model
 

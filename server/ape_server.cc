@@ -10,6 +10,8 @@
 #include "absl/time/clock.h"
 #include "cache/store.h"
 #include "common/status_macros.h"
+#include "model/fingerprint.h"
+#include "model/gguf_file.h"
 #include "model/gguf_header.h"
 #include "model/runtime.h"
 #include "server/admin_service.h"
@@ -92,6 +94,19 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
   spdlog::info("model file '{}': GGUF v{}, {} tensors, {} metadata pairs, {} bytes",
                options.model_path, header.version, header.tensor_count, header.metadata_count,
                header.file_size);
+
+  if (!options.ape_calibration_fingerprint.empty()) {
+    // Hashing the weights costs a read of the file (~0.1 s for the embedded model).
+    APE_ASSIGN_OR_RETURN(const std::unique_ptr<model::GgufFile> file,
+                         model::GgufFile::Open(options.model_path));
+    if (const std::string fingerprint = model::FingerprintGguf(*file);
+        fingerprint != options.ape_calibration_fingerprint) {
+      spdlog::warn(
+          "APE calibration '{}' was made for model {}, not this one ({}): its T and S are "
+          "used, but were not tuned for this model",
+          options.ape_calibration_file, options.ape_calibration_fingerprint, fingerprint);
+    }
+  }
 
   std::unique_ptr<ApeServer> server(new ApeServer());
   APE_ASSIGN_OR_RETURN(server->store_, cache::Store::Open({.path = options.data_dir}));

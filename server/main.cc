@@ -100,13 +100,14 @@ int main(int argc, char** argv) {
     }
     std::ostringstream json;
     json << in.rdbuf();
-    auto calibrated = apeserve::model::ApeOptionsFromCalibration(json.str());
-    if (!calibrated.ok()) {
+    auto calibration = apeserve::model::ParseApeCalibration(json.str());
+    if (!calibration.ok()) {
       return UsageError(
-          absl::StrCat("--ape_calibration='", path, "': ", calibrated.status().message()));
+          absl::StrCat("--ape_calibration='", path, "': ", calibration.status().message()));
     }
-    options.ape_defaults = *calibrated;
+    options.ape_defaults = calibration->options;
     options.ape_calibration_file = path;
+    options.ape_calibration_fingerprint = calibration->model_fingerprint;
   }
   if (const auto temperature = absl::GetFlag(FLAGS_ape_temperature)) {
     options.ape_defaults.temperature = *temperature;

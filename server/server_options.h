@@ -27,6 +27,9 @@ struct ServerOptions {
   model::ApeOptions ape_defaults;
   // Where ape_defaults came from, for ServerInfo: the calibration file, or empty.
   std::string ape_calibration_file;
+  // The model fingerprint the calibration names, if any. A calibration made for another
+  // model is used, with a warning at start: its values are valid, but tuned elsewhere.
+  std::string ape_calibration_fingerprint;
 };
 
 }  // namespace apeserve::server

@@ -20,7 +20,9 @@ using model::ApeScaleForm;
 // Values live on a 1e-4 lattice, so that 0.3 + 0.05 + 0.05 is the grid's 0.4 and a
 // point reached twice is evaluated once.
 int64_t OnLattice(float value) { return std::llround(static_cast<double>(value) * 1e4); }
-float Snapped(float value) { return static_cast<float>(static_cast<double>(OnLattice(value)) / 1e4); }
+float Snapped(float value) {
+  return static_cast<float>(static_cast<double>(OnLattice(value)) / 1e4);
+}
 
 // A compass search may keep moving at one step size; this bounds its walk per size.
 constexpr int kMaxMovesPerStep = 8;
@@ -32,8 +34,8 @@ class Search {
 
   // The index of the point at (form, T, S), evaluating it if it is new; nullopt when
   // the values are outside ApeOptions' ranges.
-  absl::StatusOr<std::optional<size_t>> Evaluate(ApeScaleForm form, float temperature,
-                                                 float scale, bool refined) {
+  absl::StatusOr<std::optional<size_t>> Evaluate(ApeScaleForm form, float temperature, float scale,
+                                                 bool refined) {
     const ApeOptions options{.mode = model::EncodingMode::kApe,
                              .temperature = Snapped(temperature),
                              .scale = Snapped(scale),
@@ -51,9 +53,8 @@ class Search {
           absl::StrCat("the calibration objective returned ", divergence->size(),
                        " families' divergences, not the same non-zero number at every point"));
     }
-    CalibrationPoint point{.options = options,
-                           .family_divergence = *std::move(divergence),
-                           .refined = refined};
+    CalibrationPoint point{
+        .options = options, .family_divergence = *std::move(divergence), .refined = refined};
     point.mean_divergence =
         std::accumulate(point.family_divergence.begin(), point.family_divergence.end(), 0.0) /
         static_cast<double>(point.family_divergence.size());

@@ -22,8 +22,7 @@ struct CalibrationSearchOptions {
                                             model::ApeScaleForm::kAdditive};
   // The coarse grid. Defaults: T 0.3 .. 1.0 by 0.1; S 0.2 .. 1.0 by 0.1, then 1.2, 1.5.
   std::vector<float> temperatures = {0.3F, 0.4F, 0.5F, 0.6F, 0.7F, 0.8F, 0.9F, 1.0F};
-  std::vector<float> scales = {0.2F, 0.3F, 0.4F, 0.5F, 0.6F, 0.7F,
-                               0.8F, 0.9F, 1.0F, 1.2F, 1.5F};
+  std::vector<float> scales = {0.2F, 0.3F, 0.4F, 0.5F, 0.6F, 0.7F, 0.8F, 0.9F, 1.0F, 1.2F, 1.5F};
   // Compass search after the grid, per form: from the form's best grid point, try T and
   // S one step up and down, move to the best improvement, and halve the steps when
   // none improves; `refine_rounds` halvings in all (0: the grid alone). The first

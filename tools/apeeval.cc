@@ -59,8 +59,8 @@ ABSL_FLAG(std::string, ape_form, "multiplicative",
 ABSL_FLAG(std::vector<std::string>, calibration, {},
           "eval: also evaluate APE with the values of each of these calibrate outputs");
 ABSL_FLAG(int, max_tokens, 12, "tokens generated for a free-form answer");
-ABSL_FLAG(std::vector<std::string>, forms,
-          (std::vector<std::string>{"multiplicative", "additive"}), "calibrate: forms searched");
+ABSL_FLAG(std::vector<std::string>, forms, (std::vector<std::string>{"multiplicative", "additive"}),
+          "calibrate: forms searched");
 ABSL_FLAG(std::vector<std::string>, temperatures,
           (std::vector<std::string>{"0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0"}),
           "calibrate: T grid");
@@ -152,15 +152,14 @@ absl::StatusOr<ApeOptions> ReadCalibration(const apeserve::model::Engine& engine
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read calibration '", path, "'"));
   std::ostringstream text;
   text << in.rdbuf();
-  auto calibrated = apeserve::model::ApeOptionsFromCalibration(text.str());
-  if (!calibrated.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", calibrated.status().message()));
+  auto calibration = apeserve::model::ParseApeCalibration(text.str());
+  if (!calibration.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", calibration.status().message()));
   }
-  const nlohmann::json calibration = nlohmann::json::parse(text.str(), nullptr, false);
-  if (calibration.value("model_fingerprint", "") != engine.fingerprint()) {
+  if (calibration->model_fingerprint != engine.fingerprint()) {
     apeserve::LogWarning(absl::StrCat("calibration '", path, "' was made for another model"));
   }
-  return calibrated;
+  return calibration->options;
 }
 
 int Eval(const apeserve::model::Engine& engine, const EvalRunner& runner) {
@@ -186,8 +185,8 @@ int Eval(const apeserve::model::Engine& engine, const EvalRunner& runner) {
     const auto calibrated = ReadCalibration(engine, path);
     if (!calibrated.ok()) return Fail("--calibration: " + calibrated.status().ToString());
     const std::string label = ApeLabel(*calibrated);
-    const bool known = std::any_of(rows.begin(), rows.end(),
-                                   [&](const Row& row) { return row.label == label; });
+    const bool known =
+        std::any_of(rows.begin(), rows.end(), [&](const Row& row) { return row.label == label; });
     if (!known) rows.push_back({label, *calibrated, path});
   }
 

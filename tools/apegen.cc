@@ -134,8 +134,8 @@ absl::StatusOr<Prompt> ParseBatchLine(const std::string& line) {
       prompt.contexts = json.value("contexts", std::vector<std::vector<int32_t>>{});
       auto mode = apeserve::model::ParseEncodingMode(json.value("mode", std::string("ape")));
       if (!mode.ok()) return mode.status();
-      auto form = apeserve::model::ParseApeScaleForm(json.value(
-          "form", std::string(apeserve::model::ApeScaleFormName(prompt.options.form))));
+      auto form = apeserve::model::ParseApeScaleForm(
+          json.value("form", std::string(apeserve::model::ApeScaleFormName(prompt.options.form))));
       if (!form.ok()) return form.status();
       prompt.options = {.mode = *mode,
                         .temperature = json.value("temperature", prompt.options.temperature),

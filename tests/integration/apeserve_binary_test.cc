@@ -175,12 +175,14 @@ TEST_F(ApeserveBinaryTest, TakesApeDefaultsFromACalibrationFile) {
     EXPECT_FLOAT_EQ(defaults.scale(), 0.6F);
     EXPECT_EQ(defaults.form(), ape::v1::APE_SCALE_FORM_ADDITIVE);
     EXPECT_EQ(defaults.calibration_file(), calibration);
+    // Made for model "x": used, with a warning that names both models.
+    EXPECT_THAT(server.Stderr(), HasSubstr("was made for model x, not this one"));
   }
   {
     // A flag beside the file overrides its one value, in any order on the command line.
-    RunningServer server(dir_, dir_.Join("data"), "overridden",
-                         {"--ape_scale=1.25", "--ape_calibration=" + calibration,
-                          "--ape_form=multiplicative"});
+    RunningServer server(
+        dir_, dir_.Join("data"), "overridden",
+        {"--ape_scale=1.25", "--ape_calibration=" + calibration, "--ape_form=multiplicative"});
     const ape::v1::ApeDefaults defaults = ApeDefaultsOf(server);
     EXPECT_FLOAT_EQ(defaults.temperature(), 0.7F);
     EXPECT_FLOAT_EQ(defaults.scale(), 1.25F);
@@ -202,14 +204,30 @@ TEST_F(ApeserveBinaryTest, TakesApeDefaultsFromACalibrationFile) {
       calibration, R"({"temperature": 0.9, "scale": 0.9, "form": "published"})"));
   const auto bad_form = start("--ape_calibration=" + calibration);
   EXPECT_EQ(bad_form.exit_status, 2);
-  EXPECT_THAT(bad_form.err,
-              HasSubstr("'published' is not one of multiplicative, additive"));
+  EXPECT_THAT(bad_form.err, HasSubstr("'published' is not one of multiplicative, additive"));
   const auto bad_flag = start("--ape_scale=40");
   EXPECT_EQ(bad_flag.exit_status, 2);
   EXPECT_THAT(bad_flag.err, HasSubstr("APE defaults: scale 40 is outside (0, 16]"));
   const auto bad_form_flag = start("--ape_form=sideways");
   EXPECT_EQ(bad_form_flag.exit_status, 2);
   EXPECT_THAT(bad_form_flag.err, HasSubstr("--ape_form: APE scale form 'sideways'"));
+}
+
+// The calibration that deploy/run.sh passes: valid, made for the embedded model (no
+// warning), and what the server then reports.
+TEST_F(ApeserveBinaryTest, ShipsACalibrationForTheEmbeddedModel) {
+  const std::string shipped =
+      apeserve::testing::SourcePath("deploy/calibration/SmolLM2-135M-Instruct.Q4_1.json");
+  const nlohmann::json calibration = nlohmann::json::parse(ReadFile(shipped));
+  RunningServer server(dir_, dir_.Join("data"), "shipped", {"--ape_calibration=" + shipped});
+  const ape::v1::ApeDefaults defaults = ApeDefaultsOf(server);
+  EXPECT_FLOAT_EQ(defaults.temperature(), calibration.at("temperature").get<float>());
+  EXPECT_FLOAT_EQ(defaults.scale(), calibration.at("scale").get<float>());
+  EXPECT_EQ(defaults.form(), calibration.at("form") == "additive"
+                                 ? ape::v1::APE_SCALE_FORM_ADDITIVE
+                                 : ape::v1::APE_SCALE_FORM_MULTIPLICATIVE);
+  EXPECT_FALSE(calibration.at("model_fingerprint").get<std::string>().empty());
+  EXPECT_THAT(server.Stderr(), ::testing::Not(HasSubstr("was made for model")));
 }
 
 TEST_F(ApeserveBinaryTest, ExplainsMissingFlags) {

@@ -219,10 +219,10 @@ TEST_F(ApeTest, TheTwoScaleFormsAgreeOnlyAtUnitScale) {
   const std::vector<int32_t> query = pieces_->Query("Who built the lighthouse of Varn?");
   const auto run = [&](float temperature, float scale, ApeScaleForm form,
                        const std::vector<int32_t>& tokens) {
-    return Run(*engine_, Pointers(contexts),
-               {.mode = EncodingMode::kApe, .temperature = temperature, .scale = scale,
-                .form = form},
-               query, 4, tokens);
+    return Run(
+        *engine_, Pointers(contexts),
+        {.mode = EncodingMode::kApe, .temperature = temperature, .scale = scale, .form = form},
+        query, 4, tokens);
   };
   for (const float temperature : {0.6F, 1.0F, 1.3F}) {
     SCOPED_TRACE(temperature);
@@ -388,9 +388,9 @@ TEST_F(ApeTest, RefusesMismatchedKvAndBadOptions) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("temperature 0")));
   EXPECT_THAT(engine_->StartSequence(prefix_, Pointers(contexts), {.scale = -1.0F}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("scale -1")));
-  EXPECT_THAT(engine_->StartSequence(prefix_, Pointers(contexts),
-                                     {.form = static_cast<ApeScaleForm>(7)}),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("form 7 is unknown")));
+  EXPECT_THAT(
+      engine_->StartSequence(prefix_, Pointers(contexts), {.form = static_cast<ApeScaleForm>(7)}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("form 7 is unknown")));
   EXPECT_THAT(ParseEncodingMode("serial"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'serial'")));
   EXPECT_THAT(ParseApeScaleForm("published"),

@@ -13,7 +13,7 @@ import torch
 def engine_logits_and_tokens(model, prompts, vocab, count, decode_logits=False):
     """Runs apegen (path in $APEGEN) on `prompts` with `model` on the CPU in fp32: each a
     list of ids, or a batch-line dict (an APE prompt: prefix, contexts, token_ids as the
-    query, mode, temperature, scale). Returns, per prompt, the logits of every prompt
+    query, mode, temperature, scale, form). Returns, per prompt, the logits of every prompt
     (query) position ([len, vocab]) — followed by those after each of the first
     count - 1 greedy tokens when `decode_logits` — and `count` greedy tokens."""
     with tempfile.TemporaryDirectory(prefix="apeserve-apegen-") as tmp:

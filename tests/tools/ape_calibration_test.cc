@@ -17,9 +17,9 @@ namespace {
 
 using ::apeserve::testing::IsOk;
 using ::apeserve::testing::StatusIs;
-using ::testing::HasSubstr;
 using model::ApeOptions;
 using model::ApeScaleForm;
+using ::testing::HasSubstr;
 
 // A bowl per family with its least value at (t, s).
 double Bowl(const ApeOptions& o, double t, double s) {
@@ -118,8 +118,8 @@ TEST(ApeCalibrationTest, NeverLeavesTheValidRange) {
   options.temperatures = {0.5F};
   options.scales = {0.1F, 0.2F};
   options.refine_rounds = 3;
-  const auto result = SearchApeCalibration(
-      options, [](const ApeOptions& o) -> absl::StatusOr<std::vector<double>> {
+  const auto result =
+      SearchApeCalibration(options, [](const ApeOptions& o) -> absl::StatusOr<std::vector<double>> {
         EXPECT_THAT(o.Validate(), IsOk());
         return std::vector<double>{Bowl(o, 0.5, -1.0)};
       });
@@ -145,17 +145,18 @@ TEST(ApeCalibrationTest, ReportsBadGridsAndObjectiveErrors) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("needs temperatures")));
   EXPECT_EQ(calls, 0);
 
-  EXPECT_THAT(SearchApeCalibration(
-                  {}, [](const ApeOptions&) -> absl::StatusOr<std::vector<double>> {
-                    return absl::DataLossError("item 3 is damaged");
-                  }),
+  EXPECT_THAT(SearchApeCalibration({},
+                                   [](const ApeOptions&) -> absl::StatusOr<std::vector<double>> {
+                                     return absl::DataLossError("item 3 is damaged");
+                                   }),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("item 3")));
   int count = 0;
-  EXPECT_THAT(SearchApeCalibration(
-                  {}, [&count](const ApeOptions&) -> absl::StatusOr<std::vector<double>> {
-                    return std::vector<double>(++count == 1 ? 2 : 3, 0.0);
-                  }),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("returned 3 families")));
+  EXPECT_THAT(
+      SearchApeCalibration({},
+                           [&count](const ApeOptions&) -> absl::StatusOr<std::vector<double>> {
+                             return std::vector<double>(++count == 1 ? 2 : 3, 0.0);
+                           }),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("returned 3 families")));
 }
 
 }  // namespace

@@ -38,10 +38,9 @@ TEST_F(ApeevalTest, EvalReportsEveryModeConsistently) {
   const std::string additive = dir_.Join("additive.json");
   ASSERT_TRUE(apeserve::testing::WriteFile(
       additive, R"({"temperature": 1.0, "scale": 1.0, "form": "additive"})"));
-  command.insert(command.end(),
-                 {"--families=rag,icl", "--items=2", "--contexts=3", "--max_tokens=4",
-                  "--ape_temperature=1", "--ape_scale=1", "--calibration=" + additive,
-                  "--json_out=" + out});
+  command.insert(command.end(), {"--families=rag,icl", "--items=2", "--contexts=3",
+                                 "--max_tokens=4", "--ape_temperature=1", "--ape_scale=1",
+                                 "--calibration=" + additive, "--json_out=" + out});
   // Minutes, not seconds, on a loaded 2-core machine (the default is 60 s).
   const auto run = RunProgram(command, dir_.path(), absl::Minutes(5));
   ASSERT_EQ(run.exit_status, 0) << run.err;
@@ -77,10 +76,9 @@ TEST_F(ApeevalTest, EvalReportsEveryModeConsistently) {
 TEST_F(ApeevalTest, CalibrateChoosesTheLeastDivergenceOverBothFormsAndWritesWhatTheServerReads) {
   std::vector<std::string> command = Command("calibrate");
   const std::string out = dir_.Join("calibration.json");
-  command.insert(command.end(),
-                 {"--families=rag,lookup", "--items=2", "--contexts=3", "--temperatures=0.5,1.0",
-                  "--scales=0.5,1.0", "--refine_rounds=1", "--out=" + out,
-                  "--per_family_out=" + dir_.path()});
+  command.insert(command.end(), {"--families=rag,lookup", "--items=2", "--contexts=3",
+                                 "--temperatures=0.5,1.0", "--scales=0.5,1.0", "--refine_rounds=1",
+                                 "--out=" + out, "--per_family_out=" + dir_.path()});
   const auto run = RunProgram(command, dir_.path(), absl::Minutes(5));
   ASSERT_EQ(run.exit_status, 0) << run.err;
   const nlohmann::json result = nlohmann::json::parse(ReadFile(out));
@@ -98,7 +96,8 @@ TEST_F(ApeevalTest, CalibrateChoosesTheLeastDivergenceOverBothFormsAndWritesWhat
     // The mean over the two families.
     EXPECT_NEAR(point.at("kl_from_sequential").get<double>(),
                 (point.at("per_family").at("rag").get<double>() +
-                 point.at("per_family").at("lookup").get<double>()) / 2,
+                 point.at("per_family").at("lookup").get<double>()) /
+                    2,
                 1e-9);
   }
   EXPECT_EQ(forms, (std::set<std::string>{"multiplicative", "additive"}));
@@ -138,11 +137,13 @@ TEST_F(ApeevalTest, CalibrateChoosesTheLeastDivergenceOverBothFormsAndWritesWhat
     EXPECT_GE(result.at("held_out").at(name).at("kl_from_sequential").get<double>(), 0) << name;
   }
   EXPECT_THAT(run.out, HasSubstr("chosen ape("));
-  const auto options = model::ApeOptionsFromCalibration(ReadFile(out));
-  ASSERT_TRUE(options.ok()) << options.status();
-  EXPECT_FLOAT_EQ(options->temperature, result.at("temperature").get<float>());
-  EXPECT_FLOAT_EQ(options->scale, result.at("scale").get<float>());
-  EXPECT_EQ(model::ApeScaleFormName(options->form), result.at("form").get<std::string>());
+  const auto calibration = model::ParseApeCalibration(ReadFile(out));
+  ASSERT_TRUE(calibration.ok()) << calibration.status();
+  EXPECT_FLOAT_EQ(calibration->options.temperature, result.at("temperature").get<float>());
+  EXPECT_FLOAT_EQ(calibration->options.scale, result.at("scale").get<float>());
+  EXPECT_EQ(model::ApeScaleFormName(calibration->options.form),
+            result.at("form").get<std::string>());
+  EXPECT_EQ(calibration->model_fingerprint, result.at("model_fingerprint"));
 
   // Each family's own best is written as a calibration file too: the least KL of that
   // family among the points.
@@ -156,7 +157,7 @@ TEST_F(ApeevalTest, CalibrateChoosesTheLeastDivergenceOverBothFormsAndWritesWhat
     }
     EXPECT_DOUBLE_EQ(own.at("search_kl").get<double>(), family_least);
     EXPECT_TRUE(own.at("held_out").contains("ape_family_calibrated"));
-    EXPECT_TRUE(model::ApeOptionsFromCalibration(own_text).ok());
+    EXPECT_TRUE(model::ParseApeCalibration(own_text).ok());
   }
 }
 

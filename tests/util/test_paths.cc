@@ -1,6 +1,7 @@
 #include "tests/util/test_paths.h"
 
 #include <cstdlib>
+#include <string>
 
 namespace apeserve::testing {
 namespace {
@@ -16,5 +17,8 @@ std::string TestModelPath() { return FromEnvOr("APESERVE_TEST_MODEL", APESERVE_T
 std::string ApeserveBinary() { return FromEnvOr("APESERVE_BINARY", APESERVE_BINARY); }
 std::string ApectlBinary() { return FromEnvOr("APECTL_BINARY", APECTL_BINARY); }
 std::string ApeevalBinary() { return FromEnvOr("APEEVAL_BINARY", APEEVAL_BINARY); }
+std::string SourcePath(const std::string& relative) {
+  return std::string(APESERVE_SOURCE_DIR) + "/" + relative;
+}
 
 }  // namespace apeserve::testing

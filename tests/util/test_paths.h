@@ -15,6 +15,8 @@ std::string ApeserveBinary();
 std::string ApectlBinary();
 // The evaluation driver, tools/apeeval.
 std::string ApeevalBinary();
+// A file of the source tree, e.g. SourcePath("deploy/calibration/x.json").
+std::string SourcePath(const std::string& relative);
 
 }  // namespace apeserve::testing
 
