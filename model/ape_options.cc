@@ -1,11 +1,30 @@
 #include "model/ape_options.h"
 
 #include <cmath>
+#include <initializer_list>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace apeserve::model {
+namespace {
+
+// The value of `values` whose name is `name`; INVALID_ARGUMENT listing the names.
+template <typename Enum>
+absl::StatusOr<Enum> ParseName(absl::string_view name, std::initializer_list<Enum> values,
+                               absl::string_view (*name_of)(Enum), absl::string_view what) {
+  std::vector<absl::string_view> names;
+  for (const Enum value : values) {
+    if (name == name_of(value)) return value;
+    names.push_back(name_of(value));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, " '", name, "' is not one of ", absl::StrJoin(names, ", ")));
+}
+
+}  // namespace
 
 absl::string_view EncodingModeName(EncodingMode mode) {
   switch (mode) {
@@ -20,12 +39,8 @@ absl::string_view EncodingModeName(EncodingMode mode) {
 }
 
 absl::StatusOr<EncodingMode> ParseEncodingMode(absl::string_view name) {
-  for (const EncodingMode mode :
-       {EncodingMode::kSequential, EncodingMode::kParallel, EncodingMode::kApe}) {
-    if (name == EncodingModeName(mode)) return mode;
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("mode '", name, "' is not one of sequential, parallel, ape"));
+  return ParseName(name, {EncodingMode::kSequential, EncodingMode::kParallel, EncodingMode::kApe},
+                   &EncodingModeName, "mode");
 }
 
 absl::string_view ApeScaleFormName(ApeScaleForm form) {
@@ -39,11 +54,8 @@ absl::string_view ApeScaleFormName(ApeScaleForm form) {
 }
 
 absl::StatusOr<ApeScaleForm> ParseApeScaleForm(absl::string_view name) {
-  for (const ApeScaleForm form : {ApeScaleForm::kMultiplicative, ApeScaleForm::kAdditive}) {
-    if (name == ApeScaleFormName(form)) return form;
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("APE scale form '", name, "' is not one of multiplicative, additive"));
+  return ParseName(name, {ApeScaleForm::kMultiplicative, ApeScaleForm::kAdditive},
+                   &ApeScaleFormName, "APE scale form");
 }
 
 absl::Status ApeOptions::Validate() const {

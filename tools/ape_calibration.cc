@@ -96,15 +96,10 @@ class Search {
   }
 
   CalibrationResult Finish() && {
-    const std::vector<CalibrationPoint>& points = result_.points;
-    const size_t families = points.front().family_divergence.size();
-    result_.best_per_family.assign(families, 0);
-    for (size_t i = 0; i < points.size(); ++i) {
-      if (points[i].mean_divergence < points[result_.best].mean_divergence) result_.best = i;
-      for (size_t f = 0; f < families; ++f) {
-        size_t& best = result_.best_per_family[f];
-        if (points[i].family_divergence[f] < points[best].family_divergence[f]) best = i;
-      }
+    result_.best = *BestPoint(result_, std::nullopt, std::nullopt);
+    const size_t families = result_.points.front().family_divergence.size();
+    for (size_t f = 0; f < families; ++f) {
+      result_.best_per_family.push_back(*BestPoint(result_, f, std::nullopt));
     }
     return std::move(result_);
   }
@@ -119,6 +114,20 @@ class Search {
 };
 
 }  // namespace
+
+std::optional<size_t> BestPoint(const CalibrationResult& result, std::optional<size_t> family,
+                                std::optional<ApeScaleForm> form) {
+  const auto divergence = [&](size_t i) {
+    const CalibrationPoint& point = result.points[i];
+    return family.has_value() ? point.family_divergence[*family] : point.mean_divergence;
+  };
+  std::optional<size_t> best;
+  for (size_t i = 0; i < result.points.size(); ++i) {
+    if (form.has_value() && result.points[i].options.form != *form) continue;
+    if (!best.has_value() || divergence(i) < divergence(*best)) best = i;
+  }
+  return best;
+}
 
 absl::StatusOr<CalibrationResult> SearchApeCalibration(const CalibrationSearchOptions& options,
                                                        const CalibrationObjective& objective,

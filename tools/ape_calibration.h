@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -44,6 +45,12 @@ struct CalibrationResult {
   size_t best = 0;                       // index into points: least mean divergence
   std::vector<size_t> best_per_family;   // index into points: least divergence per family
 };
+
+// The point of least divergence among those of `form` (any form when unset): for
+// `family` (an index into family_divergence), or for the mean when unset. nullopt when
+// no point has the form.
+std::optional<size_t> BestPoint(const CalibrationResult& result, std::optional<size_t> family,
+                                std::optional<model::ApeScaleForm> form);
 
 // Returns the divergence from SEQUENTIAL per family at `options` (the same number of
 // families every call; smaller is better).

@@ -26,6 +26,7 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -342,7 +343,6 @@ int Calibrate(const apeserve::model::Engine& engine, const EvalRunner& runner) {
   const ApeOptions& best = search->points[search->best].options;
 
   nlohmann::json points = nlohmann::json::array();
-  nlohmann::json best_per_form = nlohmann::json::object();
   for (const apeserve::tools::CalibrationPoint& point : search->points) {
     nlohmann::json json = ApeJson(point.options);
     json["kl_from_sequential"] = point.mean_divergence;
@@ -350,42 +350,60 @@ int Calibrate(const apeserve::model::Engine& engine, const EvalRunner& runner) {
       json["per_family"][items[f].name] = point.family_divergence[f];
     }
     json["refined"] = point.refined;
-    const std::string form(apeserve::model::ApeScaleFormName(point.options.form));
-    if (!best_per_form.contains(form) ||
-        point.mean_divergence < best_per_form[form]["kl_from_sequential"].get<double>()) {
-      best_per_form[form] = json;
-    }
     points.push_back(std::move(json));
   }
+  nlohmann::json best_per_form = nlohmann::json::object();
+  for (const ApeScaleForm form : search_options->forms) {
+    const size_t index = *apeserve::tools::BestPoint(*search, std::nullopt, form);
+    best_per_form[std::string(apeserve::model::ApeScaleFormName(form))] = points[index];
+  }
 
-  // Held out: PARALLEL, the published defaults, the choice, and each family's own best.
+  // Held out, per family: PARALLEL, the published defaults, the choice, the family's own
+  // best, and the family's best in each form; and the first three over all families.
   const std::vector<std::pair<std::string, ApeOptions>> compared = {
       {"parallel", {.mode = EncodingMode::kParallel}},
       {"ape_published", {}},
       {"ape_calibrated", best}};
-  nlohmann::json held_out = nlohmann::json::object();
   nlohmann::json per_family = nlohmann::json::object();
   for (size_t f = 0; f < items.size(); ++f) {
     const FamilyItems& family = items[f];
-    const apeserve::tools::CalibrationPoint& own = search->points[search->best_per_family[f]];
-    nlohmann::json family_json = ApeJson(own.options);
-    family_json["search_kl"] = own.family_divergence[f];
-    std::vector<std::pair<std::string, ApeOptions>> family_compared = compared;
-    family_compared.emplace_back("ape_family_calibrated", own.options);
-    for (const auto& [name, options] : family_compared) {
-      auto kl = MeanKl(runner, family.held_out, family.held_out_sequential, options);
+    const auto held_out_kl = [&](const ApeOptions& options) {
+      return MeanKl(runner, family.held_out, family.held_out_sequential, options);
+    };
+    // The family's best in one form, or over both: form, T, S and KL, searched and held out.
+    const auto describe = [&](std::optional<ApeScaleForm> form) -> absl::StatusOr<nlohmann::json> {
+      const apeserve::tools::CalibrationPoint& point =
+          search->points[*apeserve::tools::BestPoint(*search, f, form)];
+      auto kl = held_out_kl(point.options);
+      if (!kl.ok()) return kl.status();
+      nlohmann::json json = ApeJson(point.options);
+      json["search_kl"] = point.family_divergence[f];
+      json["held_out_kl"] = *kl;
+      return json;
+    };
+    auto family_json = describe(std::nullopt);
+    if (!family_json.ok()) return Fail(family_json.status().ToString());
+    for (const auto& [name, options] : compared) {
+      auto kl = held_out_kl(options);
       if (!kl.ok()) return Fail(kl.status().ToString());
-      family_json["held_out"][name] = {{"kl_from_sequential", *kl}};
+      (*family_json)["held_out"][name] = {{"kl_from_sequential", *kl}};
     }
-    per_family[family.name] = family_json;
+    (*family_json)["held_out"]["ape_family_calibrated"] = {
+        {"kl_from_sequential", (*family_json)["held_out_kl"]}};
+    for (const ApeScaleForm form : search_options->forms) {
+      auto own = describe(form);
+      if (!own.ok()) return Fail(own.status().ToString());
+      (*family_json)["per_form"][std::string(apeserve::model::ApeScaleFormName(form))] = *own;
+    }
+    per_family[family.name] = *family_json;
   }
+  nlohmann::json held_out = nlohmann::json::object();
   for (const auto& entry : compared) {
-    const std::string& name = entry.first;
     double sum = 0;
     for (const auto& family : per_family) {
-      sum += family["held_out"][name]["kl_from_sequential"].get<double>();
+      sum += family["held_out"][entry.first]["kl_from_sequential"].get<double>();
     }
-    held_out[name] = {{"kl_from_sequential", sum / static_cast<double>(items.size())}};
+    held_out[entry.first] = {{"kl_from_sequential", sum / static_cast<double>(items.size())}};
   }
 
   nlohmann::json result = {
@@ -412,13 +430,20 @@ int Calibrate(const apeserve::model::Engine& engine, const EvalRunner& runner) {
     }
   }
   if (const std::string dir = absl::GetFlag(FLAGS_per_family_out); !dir.empty()) {
+    // DIR/<family>.json: the family's best; DIR/<family>-<form>.json: its best per form.
     for (const auto& [family, json] : per_family.items()) {
-      nlohmann::json own = json;
-      own["model_fingerprint"] = engine.fingerprint();
-      own["family"] = family;
-      if (absl::Status written = WriteJson(absl::StrCat(dir, "/", family, ".json"), own);
-          !written.ok()) {
-        return Fail(written.ToString());
+      std::vector<std::pair<std::string, nlohmann::json>> files = {{family, json}};
+      for (const auto& [form, own] : json["per_form"].items()) {
+        files.emplace_back(absl::StrCat(family, "-", form), own);
+      }
+      for (auto& [name, file] : files) {
+        file.erase("per_form");
+        file["model_fingerprint"] = engine.fingerprint();
+        file["family"] = family;
+        if (absl::Status written = WriteJson(absl::StrCat(dir, "/", name, ".json"), file);
+            !written.ok()) {
+          return Fail(written.ToString());
+        }
       }
     }
   }

@@ -5,7 +5,7 @@
 #      out), writing the overall choice and each family's own best;
 #   2. evaluate each family on a fresh item set (another seed): SEQUENTIAL, PARALLEL,
 #      APE in the published form at the authors' T = S = 0.9, APE with the overall
-#      choice, and APE with the family's own best.
+#      choice, and APE with the family's own best in each form.
 #   tools/quality_report.sh [BUILD_DIR] [OUT_DIR]   (defaults: build/default, var/quality)
 # The overall choice, OUT_DIR/calibration.json, is what deploy/calibration/ ships for
 # the embedded model (copy it there to update the server's defaults).
@@ -24,7 +24,7 @@ log "calibration took $((SECONDS - start)) s"
 for family in rag lookup icl; do
   "$build/tools/apeeval" eval --model="$model" --device=cpu --dtype=float32 \
     --families="$family" --items=24 --seed=7 --max_tokens=24 \
-    --calibration="$out/calibration.json,$out/per-family/$family.json" \
+    --calibration="$out/calibration.json,$out/per-family/$family-multiplicative.json,$out/per-family/$family-additive.json" \
     --json_out="$out/eval-$family.json" | tee "$out/eval-$family.txt"
 done
 log "quality report took $((SECONDS - start)) s"

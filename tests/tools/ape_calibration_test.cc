@@ -82,6 +82,18 @@ TEST(ApeCalibrationTest, CoversTheGridOnceAndRefinesTowardsTheOptimum) {
   const CalibrationPoint& first = result->points[result->best_per_family[0]];
   EXPECT_NEAR(first.options.temperature, 0.62, 0.05);
   EXPECT_NEAR(first.options.scale, 0.47, 0.05);
+
+  // The best of one form: the additive points are all worse by 0.2, but have a best too.
+  const auto additive = BestPoint(*result, 1, ApeScaleForm::kAdditive);
+  ASSERT_TRUE(additive.has_value());
+  EXPECT_EQ(result->points[*additive].options.form, ApeScaleForm::kAdditive);
+  for (const CalibrationPoint& point : result->points) {
+    if (point.options.form != ApeScaleForm::kAdditive) continue;
+    EXPECT_GE(point.family_divergence[1], result->points[*additive].family_divergence[1]);
+  }
+  EXPECT_NEAR(result->points[*additive].options.temperature, 0.80, 0.05);
+  EXPECT_NEAR(result->points[*additive].options.scale, 1.00, 0.05);
+  EXPECT_EQ(BestPoint(*result, std::nullopt, std::nullopt), result->best);
 }
 
 TEST(ApeCalibrationTest, ChoosesTheFormThatFitsBetter) {
@@ -108,6 +120,7 @@ TEST(ApeCalibrationTest, TheGridAloneWithoutRefinement) {
   EXPECT_FLOAT_EQ(best.options.scale, 0.5F);
   EXPECT_EQ(best.options.form, ApeScaleForm::kAdditive);
   EXPECT_FALSE(best.refined);
+  EXPECT_EQ(BestPoint(*result, std::nullopt, ApeScaleForm::kMultiplicative), std::nullopt);
 }
 
 TEST(ApeCalibrationTest, NeverLeavesTheValidRange) {

@@ -10,6 +10,7 @@
 #include <set>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "model/ape_options.h"
 #include "tests/util/subprocess.h"
@@ -156,8 +157,22 @@ TEST_F(ApeevalTest, CalibrateChoosesTheLeastDivergenceOverBothFormsAndWritesWhat
       family_least = std::min(family_least, point.at("per_family").at(family).get<double>());
     }
     EXPECT_DOUBLE_EQ(own.at("search_kl").get<double>(), family_least);
-    EXPECT_TRUE(own.at("held_out").contains("ape_family_calibrated"));
+    EXPECT_DOUBLE_EQ(own.at("held_out").at("ape_family_calibrated").at("kl_from_sequential"),
+                     own.at("held_out_kl").get<double>());
     EXPECT_TRUE(model::ParseApeCalibration(own_text).ok());
+    // And its best in each form, one of which is its best overall.
+    double best_of_forms = 1e300;
+    for (const char* form : {"multiplicative", "additive"}) {
+      SCOPED_TRACE(form);
+      const std::string text = ReadFile(dir_.Join(absl::StrCat(family, "-", form, ".json")));
+      const nlohmann::json per_form = nlohmann::json::parse(text);
+      EXPECT_EQ(per_form.at("form"), form);
+      EXPECT_TRUE(model::ParseApeCalibration(text).ok());
+      EXPECT_EQ(result.at("per_family").at(family).at("per_form").at(form).at("search_kl"),
+                per_form.at("search_kl"));
+      best_of_forms = std::min(best_of_forms, per_form.at("search_kl").get<double>());
+    }
+    EXPECT_DOUBLE_EQ(best_of_forms, family_least);
   }
 }
 
