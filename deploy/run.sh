@@ -15,4 +15,4 @@ if [ -n "$APESERVE_DEFAULT_CALIBRATION" ]; then
 fi
 log "starting apeserve (model $APESERVE_DEFAULT_MODEL, APE calibration ${APESERVE_DEFAULT_CALIBRATION:-built in}, data $APESERVE_DATA_DIR)"
 exec "$APESERVE_ROOT/build/default/server/apeserve" \
-  --model="$APESERVE_DEFAULT_MODEL" --data_dir="$APESERVE_DATA_DIR" "${calibration[@]}" "$@"
+  --model="$APESERVE_DEFAULT_MODEL" --data_dir="$APESERVE_DATA_DIR" ${calibration[@]+"${calibration[@]}"} "$@"

@@ -139,7 +139,8 @@ absl::StatusOr<CalibrationResult> SearchApeCalibration(const CalibrationSearchOp
   for (const ApeScaleForm form : options.forms) {
     for (const float t : options.temperatures) {
       for (const float s : options.scales) {
-        const ApeOptions point{.temperature = t, .scale = s, .form = form};
+        // As Evaluate() will see it, on the lattice.
+        const ApeOptions point{.temperature = Snapped(t), .scale = Snapped(s), .form = form};
         if (absl::Status valid = point.Validate(); !valid.ok()) {
           return absl::InvalidArgumentError(absl::StrCat("calibration grid: ", valid.message()));
         }

@@ -119,6 +119,9 @@ absl::StatusOr<std::vector<TaskFamily>> Families() {
   for (const std::string& name : absl::GetFlag(FLAGS_families)) {
     absl::StatusOr<TaskFamily> family = apeserve::tools::ParseTaskFamily(name);
     if (!family.ok()) return family.status();
+    if (std::find(families.begin(), families.end(), *family) != families.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("--families names '", name, "' twice"));
+    }
     families.push_back(*family);
   }
   if (families.empty()) return absl::InvalidArgumentError("--families names no family");
@@ -157,7 +160,8 @@ absl::StatusOr<ApeOptions> ReadCalibration(const apeserve::model::Engine& engine
   if (!calibration.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", calibration.status().message()));
   }
-  if (calibration->model_fingerprint != engine.fingerprint()) {
+  if (!calibration->model_fingerprint.empty() &&
+      calibration->model_fingerprint != engine.fingerprint()) {
     apeserve::LogWarning(absl::StrCat("calibration '", path, "' was made for another model"));
   }
   return calibration->options;

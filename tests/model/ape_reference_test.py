@@ -119,6 +119,7 @@ class ApeReferenceTest(unittest.TestCase):
         key = (tuple(prefix), tuple(tuple(c) for c in contexts))
         if key not in self.caches:
             model = self.model
+            model.set_attn_implementation("sdpa")
             with torch.no_grad():
                 prefix_cache = model(torch.tensor([prefix]), use_cache=True).past_key_values
                 p = len(prefix)

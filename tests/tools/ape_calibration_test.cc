@@ -113,8 +113,8 @@ TEST(ApeCalibrationTest, TheGridAloneWithoutRefinement) {
   const auto result = SearchApeCalibration(options, TwoFamilies(&calls, 0.0));
   ASSERT_THAT(result, IsOk());
   ASSERT_EQ(result->points.size(), 4U);
-  // Mean of the bowls at the corners: (0.5, 0.5) 0.178, (0.5, 1) 0.193, (1, 0.5) 0.218,
-  // (1, 1) 0.233.
+  // Mean of the bowls at the corners: (0.5, 0.5) 0.278, (0.5, 1) 0.293, (1, 0.5) 0.318,
+  // (1, 1) 0.333.
   const CalibrationPoint& best = result->points[result->best];
   EXPECT_FLOAT_EQ(best.options.temperature, 0.5F);
   EXPECT_FLOAT_EQ(best.options.scale, 0.5F);
@@ -152,6 +152,11 @@ TEST(ApeCalibrationTest, ReportsBadGridsAndObjectiveErrors) {
   EXPECT_THAT(SearchApeCalibration(bad_grid, TwoFamilies(&calls, 0)),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("calibration grid: temperature 0 is outside")));
+  CalibrationSearchOptions off_lattice;  // 0.00003 is 0 on the search's 1e-4 lattice
+  off_lattice.scales = {0.00003F, 0.5F};
+  EXPECT_THAT(SearchApeCalibration(off_lattice, TwoFamilies(&calls, 0)),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("calibration grid: scale 0 is outside")));
   CalibrationSearchOptions empty_grid;
   empty_grid.scales.clear();
   EXPECT_THAT(SearchApeCalibration(empty_grid, TwoFamilies(&calls, 0)),

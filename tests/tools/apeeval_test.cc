@@ -46,6 +46,8 @@ TEST_F(ApeevalTest, EvalReportsEveryModeConsistently) {
   const auto run = RunProgram(command, dir_.path(), absl::Minutes(5));
   ASSERT_EQ(run.exit_status, 0) << run.err;
   EXPECT_THAT(run.out, HasSubstr("KL(seq||m)"));
+  // A calibration that names no model is not said to be another model's.
+  EXPECT_THAT(run.err, ::testing::Not(HasSubstr("made for another model")));
   const nlohmann::json results = nlohmann::json::parse(ReadFile(out));
   for (const char* family : {"rag", "icl"}) {
     SCOPED_TRACE(family);
@@ -92,7 +94,9 @@ TEST_F(ApeevalTest, CalibrateChoosesTheLeastDivergenceOverBothFormsAndWritesWhat
   int grid = 0, refined = 0;
   for (const nlohmann::json& point : points) {
     forms.insert(point.at("form").get<std::string>());
-    distinct.insert(point.dump());
+    distinct.insert(absl::StrCat(point.at("form").get<std::string>(), " ",
+                                 point.at("temperature").get<double>(), " ",
+                                 point.at("scale").get<double>()));
     (point.at("refined").get<bool>() ? refined : grid) += 1;
     // The mean over the two families.
     EXPECT_NEAR(point.at("kl_from_sequential").get<double>(),
@@ -191,6 +195,10 @@ TEST_F(ApeevalTest, ExplainsBadCommandsAndFlags) {
   const auto bad_form = RunProgram(command, dir_.path());
   EXPECT_EQ(bad_form.exit_status, 1);
   EXPECT_THAT(bad_form.err, HasSubstr("--ape_form: INVALID_ARGUMENT: APE scale form 'sideways'"));
+  command.back() = "--families=rag,icl,rag";
+  const auto twice = RunProgram(command, dir_.path());
+  EXPECT_EQ(twice.exit_status, 1);
+  EXPECT_THAT(twice.err, HasSubstr("--families names 'rag' twice"));
   command = Command("calibrate");
   command.push_back("--forms=additive,published");
   const auto bad_forms = RunProgram(command, dir_.path());
