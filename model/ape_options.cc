@@ -1,8 +1,10 @@
 #include "model/ape_options.h"
 
 #include <cmath>
+#include <fstream>
 #include <initializer_list>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -106,6 +108,14 @@ absl::StatusOr<ApeCalibration> ParseApeCalibration(absl::string_view json) {
     calibration.model_fingerprint = model->get<std::string>();
   }
   return calibration;
+}
+
+absl::StatusOr<ApeCalibration> ReadApeCalibration(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read calibration '", path, "'"));
+  std::ostringstream json;
+  json << in.rdbuf();
+  return ParseApeCalibration(json.str());
 }
 
 }  // namespace apeserve::model

@@ -82,6 +82,9 @@ struct ApeCalibration {
 // such an object, or values that fail ApeOptions::Validate().
 absl::StatusOr<ApeCalibration> ParseApeCalibration(absl::string_view json);
 
+// ParseApeCalibration of the file at `path`; NOT_FOUND when it cannot be read.
+absl::StatusOr<ApeCalibration> ReadApeCalibration(const std::string& path);
+
 }  // namespace apeserve::model
 
 #endif  // APESERVE_MODEL_APE_OPTIONS_H_

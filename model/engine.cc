@@ -186,6 +186,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   }
 }
 
+absl::StatusOr<std::string> Engine::ModelFingerprint(const std::string& model_path) {
+  std::error_code error;
+  if (std::filesystem::is_directory(model_path, error)) {
+    APE_ASSIGN_OR_RETURN(const std::unique_ptr<HfCheckpoint> hf, HfCheckpoint::Open(model_path));
+    return FingerprintHf(*hf);
+  }
+  APE_ASSIGN_OR_RETURN(const std::unique_ptr<GgufFile> gguf, GgufFile::Open(model_path));
+  return FingerprintGguf(*gguf);
+}
+
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Engine::~Engine() = default;
 

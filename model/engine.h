@@ -51,6 +51,11 @@ class Engine {
   // memory.
   static absl::StatusOr<std::unique_ptr<Engine>> Load(const EngineOptions& options);
 
+  // The fingerprint() that Load() of `model_path` (a GGUF file or a Hugging Face folder)
+  // would give, from reading the weights' bytes only: no dequantization, no device.
+  // Errors as Load()'s for an unreadable or malformed model.
+  static absl::StatusOr<std::string> ModelFingerprint(const std::string& model_path);
+
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
   ~Engine();

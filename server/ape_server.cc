@@ -10,8 +10,7 @@
 #include "absl/time/clock.h"
 #include "cache/store.h"
 #include "common/status_macros.h"
-#include "model/fingerprint.h"
-#include "model/gguf_file.h"
+#include "model/engine.h"
 #include "model/gguf_header.h"
 #include "model/runtime.h"
 #include "server/admin_service.h"
@@ -97,10 +96,9 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
 
   if (!options.ape_calibration_fingerprint.empty()) {
     // Hashing the weights costs a read of the file (~0.1 s for the embedded model).
-    APE_ASSIGN_OR_RETURN(const std::unique_ptr<model::GgufFile> file,
-                         model::GgufFile::Open(options.model_path));
-    if (const std::string fingerprint = model::FingerprintGguf(*file);
-        fingerprint != options.ape_calibration_fingerprint) {
+    APE_ASSIGN_OR_RETURN(const std::string fingerprint,
+                         model::Engine::ModelFingerprint(options.model_path));
+    if (fingerprint != options.ape_calibration_fingerprint) {
       spdlog::warn(
           "APE calibration '{}' was made for model {}, not this one ({}): its T and S are "
           "used, but were not tuned for this model",

@@ -4,7 +4,6 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
-#include <sstream>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -94,13 +93,7 @@ int main(int argc, char** argv) {
   if (options.data_dir.empty()) return UsageError("--data_dir is required");
   // APE's defaults: built in, then the calibration file, then single flags.
   if (const std::string path = absl::GetFlag(FLAGS_ape_calibration); !path.empty()) {
-    std::ifstream in(path);
-    if (!in.is_open()) {
-      return UsageError(absl::StrCat("--ape_calibration='", path, "' cannot be read"));
-    }
-    std::ostringstream json;
-    json << in.rdbuf();
-    auto calibration = apeserve::model::ParseApeCalibration(json.str());
+    auto calibration = apeserve::model::ReadApeCalibration(path);
     if (!calibration.ok()) {
       return UsageError(
           absl::StrCat("--ape_calibration='", path, "': ", calibration.status().message()));

@@ -24,11 +24,10 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -152,13 +151,10 @@ nlohmann::json ApeJson(const ApeOptions& options) {
 
 absl::StatusOr<ApeOptions> ReadCalibration(const apeserve::model::Engine& engine,
                                            const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read calibration '", path, "'"));
-  std::ostringstream text;
-  text << in.rdbuf();
-  auto calibration = apeserve::model::ParseApeCalibration(text.str());
+  auto calibration = apeserve::model::ReadApeCalibration(path);
   if (!calibration.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", calibration.status().message()));
+    return absl::Status(calibration.status().code(),
+                        absl::StrCat(path, ": ", calibration.status().message()));
   }
   if (!calibration->model_fingerprint.empty() &&
       calibration->model_fingerprint != engine.fingerprint()) {
@@ -374,32 +370,35 @@ int Calibrate(const apeserve::model::Engine& engine, const EvalRunner& runner) {
     const auto held_out_kl = [&](const ApeOptions& options) {
       return MeanKl(runner, family.held_out, family.held_out_sequential, options);
     };
-    // The family's best in one form, or over both: form, T, S and KL, searched and held out.
-    const auto describe = [&](std::optional<ApeScaleForm> form) -> absl::StatusOr<nlohmann::json> {
+    // The family's best in each form, searched and held out; its best overall is the
+    // better of those (held-out KL computed once per point).
+    nlohmann::json per_form = nlohmann::json::object();
+    std::string best_form;
+    for (const ApeScaleForm form : search_options->forms) {
       const apeserve::tools::CalibrationPoint& point =
           search->points[*apeserve::tools::BestPoint(*search, f, form)];
       auto kl = held_out_kl(point.options);
-      if (!kl.ok()) return kl.status();
+      if (!kl.ok()) return Fail(kl.status().ToString());
       nlohmann::json json = ApeJson(point.options);
       json["search_kl"] = point.family_divergence[f];
       json["held_out_kl"] = *kl;
-      return json;
-    };
-    auto family_json = describe(std::nullopt);
-    if (!family_json.ok()) return Fail(family_json.status().ToString());
+      const std::string name(apeserve::model::ApeScaleFormName(form));
+      if (best_form.empty() ||
+          point.family_divergence[f] < per_form[best_form]["search_kl"].get<double>()) {
+        best_form = name;
+      }
+      per_form[name] = std::move(json);
+    }
+    nlohmann::json family_json = per_form[best_form];
     for (const auto& [name, options] : compared) {
       auto kl = held_out_kl(options);
       if (!kl.ok()) return Fail(kl.status().ToString());
-      (*family_json)["held_out"][name] = {{"kl_from_sequential", *kl}};
+      family_json["held_out"][name] = {{"kl_from_sequential", *kl}};
     }
-    (*family_json)["held_out"]["ape_family_calibrated"] = {
-        {"kl_from_sequential", (*family_json)["held_out_kl"]}};
-    for (const ApeScaleForm form : search_options->forms) {
-      auto own = describe(form);
-      if (!own.ok()) return Fail(own.status().ToString());
-      (*family_json)["per_form"][std::string(apeserve::model::ApeScaleFormName(form))] = *own;
-    }
-    per_family[family.name] = *family_json;
+    family_json["held_out"]["ape_family_calibrated"] = {
+        {"kl_from_sequential", family_json["held_out_kl"]}};
+    family_json["per_form"] = std::move(per_form);
+    per_family[family.name] = std::move(family_json);
   }
   nlohmann::json held_out = nlohmann::json::object();
   for (const auto& entry : compared) {

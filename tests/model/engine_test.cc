@@ -64,6 +64,14 @@ TEST_F(EngineTest, DescribesTheModel) {
   EXPECT_EQ((*engine_->chat_template())->format(), ChatFormat::kChatMl);
 }
 
+TEST_F(EngineTest, FingerprintsAModelWithoutLoadingIt) {
+  const auto fingerprint = Engine::ModelFingerprint(apeserve::testing::TestModelPath());
+  ASSERT_THAT(fingerprint, IsOk());
+  EXPECT_EQ(*fingerprint, engine_->fingerprint());
+  EXPECT_THAT(Engine::ModelFingerprint("/nonexistent/model.gguf"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("/nonexistent/model.gguf")));
+}
+
 TEST_F(EngineTest, IncrementalFeedingEqualsOnePass) {
   const std::vector<int32_t> prompt = engine_->tokenizer().Encode("One, two, three, four, five");
   auto whole = engine_->NewSequence();
