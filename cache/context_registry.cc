@@ -64,9 +64,17 @@ class ContextRegistry::Impl {
   absl::StatusOr<StoredDocument> Put(const DocumentInput& input, absl::string_view prefix_hash,
                                      const model::KvSegment* kv);
   absl::StatusOr<StoredDocument> Get(absl::string_view namespace_id, absl::string_view id) const;
+  absl::StatusOr<DocumentPage> List(absl::string_view namespace_id,
+                                    const ListOptions& options) const;
+  absl::StatusOr<StoredDocument> UpdateLabels(absl::string_view namespace_id, absl::string_view id,
+                                              std::map<std::string, std::string> labels);
   absl::StatusOr<bool> Delete(absl::string_view namespace_id, absl::string_view id);
   absl::StatusOr<LoadedContext> Load(absl::string_view namespace_id, absl::string_view id,
                                      absl::string_view prefix_hash);
+  bool KvStored(const StoredDocument& document, absl::string_view prefix_hash) const {
+    return stored_.Contains(
+        KvKey{document.content_hash, options_.model_fingerprint, std::string(prefix_hash)}.Name());
+  }
   void Sweep();
   absl::Status Flush() {
     return FromRocksDb(db().Flush(rocksdb::FlushOptions(), {store_->docs(), store_->kv()}),
@@ -318,6 +326,66 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Get(absl::string_view name
   return DecodeDocumentRecord(value, namespace_id, id);
 }
 
+absl::StatusOr<DocumentPage> ContextRegistry::Impl::List(absl::string_view namespace_id,
+                                                         const ListOptions& options) const {
+  APE_RETURN_IF_ERROR(ValidateNamespace(namespace_id));
+  if (options.limit == 0 || options.max_examined == 0) {
+    return absl::InvalidArgumentError("a page needs a limit of at least 1");
+  }
+  const std::string prefix = DocumentKey(namespace_id, "");
+  DocumentPage page;
+  std::unique_ptr<rocksdb::Iterator> it(db().NewIterator(rocksdb::ReadOptions(), store_->docs()));
+  it->Seek(DocumentKey(namespace_id, options.start_after));
+  // Seek lands on start_after itself when it exists; the page begins after it.
+  if (!options.start_after.empty() && it->Valid() &&
+      View(it->key()) == DocumentKey(namespace_id, options.start_after)) {
+    it->Next();
+  }
+  size_t examined = 0;
+  for (; it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    const absl::string_view id = View(it->key()).substr(prefix.size());
+    if (page.documents.size() == options.limit || examined == options.max_examined) {
+      // More follow; the next page starts after the last one looked at.
+      break;
+    }
+    ++examined;
+    APE_ASSIGN_OR_RETURN(StoredDocument document,
+                         DecodeDocumentRecord(View(it->value()), namespace_id, id));
+    const bool matches = std::all_of(options.labels.begin(), options.labels.end(),
+                                     [&](const auto& label) {
+                                       const auto found = document.labels.find(label.first);
+                                       return found != document.labels.end() &&
+                                              found->second == label.second;
+                                     });
+    page.next_start_after = document.id;
+    if (!matches) continue;
+    document.text.clear();
+    page.documents.push_back(std::move(document));
+  }
+  APE_RETURN_IF_ERROR(FromRocksDb(it->status(), "list documents"));
+  // Nothing left after the last record looked at: no next page.
+  if (!it->Valid() || !it->key().starts_with(prefix)) page.next_start_after.clear();
+  return page;
+}
+
+absl::StatusOr<StoredDocument> ContextRegistry::Impl::UpdateLabels(
+    absl::string_view namespace_id, absl::string_view id,
+    std::map<std::string, std::string> labels) {
+  std::lock_guard<std::mutex> lock(write_mutex_);
+  APE_ASSIGN_OR_RETURN(StoredDocument document, Get(namespace_id, id));
+  document.labels = std::move(labels);
+  APE_RETURN_IF_ERROR(ValidateDocumentInput({.namespace_id = document.namespace_id,
+                                             .id = document.id,
+                                             .tokens = document.tokens,
+                                             .text = document.text,
+                                             .labels = document.labels}));
+  APE_RETURN_IF_ERROR(
+      FromRocksDb(db().Put(WriteOptions(), store_->docs(), DocumentKey(namespace_id, id),
+                           EncodeDocumentRecord(document)),
+                  absl::StrCat("update document ", DocumentName(namespace_id, id))));
+  return document;
+}
+
 absl::StatusOr<bool> ContextRegistry::Impl::Delete(absl::string_view namespace_id,
                                                    absl::string_view id) {
   std::lock_guard<std::mutex> lock(write_mutex_);
@@ -502,6 +570,17 @@ absl::StatusOr<StoredDocument> ContextRegistry::Get(absl::string_view namespace_
   return impl_->Get(namespace_id, id);
 }
 
+absl::StatusOr<DocumentPage> ContextRegistry::List(absl::string_view namespace_id,
+                                                   const ListOptions& options) const {
+  return impl_->List(namespace_id, options);
+}
+
+absl::StatusOr<StoredDocument> ContextRegistry::UpdateLabels(
+    absl::string_view namespace_id, absl::string_view id,
+    std::map<std::string, std::string> labels) {
+  return impl_->UpdateLabels(namespace_id, id, std::move(labels));
+}
+
 absl::StatusOr<bool> ContextRegistry::Delete(absl::string_view namespace_id, absl::string_view id) {
   return impl_->Delete(namespace_id, id);
 }
@@ -510,6 +589,11 @@ absl::StatusOr<LoadedContext> ContextRegistry::Load(absl::string_view namespace_
                                                     absl::string_view id,
                                                     absl::string_view prefix_hash) {
   return impl_->Load(namespace_id, id, prefix_hash);
+}
+
+bool ContextRegistry::KvStored(const StoredDocument& document,
+                               absl::string_view prefix_hash) const {
+  return impl_->KvStored(document, prefix_hash);
 }
 
 void ContextRegistry::Sweep() { impl_->Sweep(); }

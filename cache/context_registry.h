@@ -92,6 +92,28 @@ struct LoadedContext {
   KvSource source = KvSource::kStore;
 };
 
+// One page of ContextRegistry::List.
+struct DocumentPage {
+  // In id order (bytewise), text left out.
+  std::vector<StoredDocument> documents;
+  // Pass as `start_after` for the next page; empty when the namespace has no more.
+  std::string next_start_after;
+};
+
+// Which documents List returns.
+struct ListOptions {
+  // Ids after this one (bytewise); empty starts at the first.
+  std::string start_after = {};
+  // Documents per page, at least 1. Default: 100.
+  size_t limit = 100;
+  // Only documents holding all of these labels (key and value equal).
+  std::map<std::string, std::string> labels = {};
+  // Records examined at most per page, so that a filter matching little cannot make one
+  // call read the whole namespace: a page may then hold fewer than `limit` documents
+  // (even none) and still name a next one. Default: 10,000.
+  size_t max_examined = 10000;
+};
+
 struct RegistryStats {
   TierStats device;
   TierStats host;
@@ -131,6 +153,16 @@ class ContextRegistry {
   // unreadable.
   absl::StatusOr<StoredDocument> Get(absl::string_view namespace_id, absl::string_view id) const;
 
+  // The documents of a namespace, page by page, in a stable order. INVALID_ARGUMENT for
+  // a bad namespace or limit; DATA_LOSS naming an unreadable record.
+  absl::StatusOr<DocumentPage> List(absl::string_view namespace_id,
+                                    const ListOptions& options) const;
+
+  // Replaces the document's labels; its tokens and KV stay. Returns it, text included.
+  // NOT_FOUND / DATA_LOSS as Get; INVALID_ARGUMENT for labels past the limits.
+  absl::StatusOr<StoredDocument> UpdateLabels(absl::string_view namespace_id, absl::string_view id,
+                                              std::map<std::string, std::string> labels);
+
   // Deletes the document; true if it existed (deleting twice is not an error).
   absl::StatusOr<bool> Delete(absl::string_view namespace_id, absl::string_view id);
 
@@ -138,6 +170,10 @@ class ContextRegistry {
   // error when the KV has to be rebuilt and that fails.
   absl::StatusOr<LoadedContext> Load(absl::string_view namespace_id, absl::string_view id,
                                      absl::string_view prefix_hash);
+
+  // Whether KV of `document`'s content after `prefix_hash` is in the store now (it may
+  // be evicted a moment later); the cheap answer to "will a load rebuild it".
+  bool KvStored(const StoredDocument& document, absl::string_view prefix_hash) const;
 
   // Drops KV idle for longer than the time-to-live from every tier. Put calls it; a
   // server may also call it on a timer.

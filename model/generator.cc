@@ -7,11 +7,10 @@
 #include "model/tokenizer.h"
 
 namespace apeserve::model {
-namespace {
 
 // Tracks generated text against stop strings: text is released once it can no longer
 // be the beginning of a stop string.
-class StopMatcher {
+class TokenGenerator::StopMatcher {
  public:
   explicit StopMatcher(const std::vector<std::string>& stops) : stops_(stops) {}
 
@@ -64,8 +63,6 @@ class StopMatcher {
   bool stopped_ = false;
 };
 
-}  // namespace
-
 absl::string_view FinishReasonName(FinishReason reason) {
   switch (reason) {
     case FinishReason::kLength:
@@ -80,54 +77,75 @@ absl::string_view FinishReasonName(FinishReason reason) {
   return "unknown";
 }
 
+TokenGenerator::TokenGenerator(const Tokenizer& tokenizer, const SamplingOptions& options,
+                               absl::Span<const int32_t> prompt)
+    : tokenizer_(tokenizer),
+      options_(options),
+      sampler_(options_),
+      decoder_(tokenizer),
+      matcher_(std::make_unique<StopMatcher>(options_.stop)),
+      history_(prompt.begin(), prompt.end()) {}
+
+TokenGenerator::~TokenGenerator() = default;
+
+const std::string& TokenGenerator::text() const { return matcher_->text(); }
+
+TokenGenerator::Step TokenGenerator::Next(absl::Span<const float> logits) {
+  const Sampler::Choice choice = sampler_.Next(logits, history_);
+  tokens_.push_back(choice.token);
+  logprobs_.push_back(choice.logprob);
+  history_.push_back(choice.token);
+  Step step{.token = choice.token, .logprob = choice.logprob};
+  const bool eos = !options_.ignore_eos && tokenizer_.IsEndOfSequence(choice.token);
+  const bool at_limit = static_cast<int>(tokens_.size()) >= options_.max_tokens;
+  // The end-of-sequence token ends the text; it is not part of it.
+  step.text = eos ? "" : matcher_->Add(decoder_.Push(choice.token));
+  if (eos || (!matcher_->stopped() && at_limit)) {
+    // The end: release what the decoder and the matcher still hold.
+    step.text += matcher_->Add(decoder_.Finish());
+    if (!matcher_->stopped()) step.text += matcher_->Flush();
+  }
+  if (eos) {
+    step.finished = true;
+    step.finish_reason = FinishReason::kEndOfSequence;
+  } else if (matcher_->stopped()) {
+    step.finished = true;
+    step.finish_reason = FinishReason::kStop;
+  } else if (at_limit) {
+    step.finished = true;
+    step.finish_reason = FinishReason::kLength;
+  }
+  return step;
+}
+
 absl::StatusOr<GenerationResult> Generate(const Engine& engine, Engine::Sequence& sequence,
                                           absl::Span<const int32_t> prompt,
                                           const SamplingOptions& options,
                                           const TokenCallback& on_token) {
   APE_RETURN_IF_ERROR(options.Validate());
-  const Tokenizer& tokenizer = engine.tokenizer();
-  std::vector<int32_t> history(prompt.begin(), prompt.end());
   APE_ASSIGN_OR_RETURN(std::vector<float> logits, engine.Feed(sequence, prompt));
-
-  Sampler sampler(options);
-  StreamingDecoder decoder(tokenizer);
-  StopMatcher matcher(options.stop);
+  TokenGenerator generator(engine.tokenizer(), options, prompt);
   GenerationResult result;
   while (true) {
-    const Sampler::Choice choice = sampler.Next(logits, history);
-    result.tokens.push_back(choice.token);
-    result.logprobs.push_back(choice.logprob);
-    history.push_back(choice.token);
-    const bool eos = !options.ignore_eos && tokenizer.IsEndOfSequence(choice.token);
-    // The end-of-sequence token ends the text; it is not part of it.
-    std::string released = eos ? "" : matcher.Add(decoder.Push(choice.token));
-    if (eos ||
-        (!matcher.stopped() && static_cast<int>(result.tokens.size()) == options.max_tokens)) {
-      // The end: release what the decoder and the matcher still hold.
-      released += matcher.Add(decoder.Finish());
-      if (!matcher.stopped()) released += matcher.Flush();
-    }
-    if (on_token && !on_token(choice.token, choice.logprob, released)) {
+    TokenGenerator::Step step = generator.Next(logits);
+    if (on_token && !on_token(step.token, step.logprob, step.text)) {
       result.finish_reason = FinishReason::kCancelled;
       break;
     }
-    if (eos) {
-      result.finish_reason = FinishReason::kEndOfSequence;
+    if (step.finished) {
+      result.finish_reason = step.finish_reason;
       break;
     }
-    if (matcher.stopped()) {
-      result.finish_reason = FinishReason::kStop;
-      break;
-    }
-    if (static_cast<int>(result.tokens.size()) == options.max_tokens) break;
-    auto next = engine.Feed(sequence, {choice.token});
+    auto next = engine.Feed(sequence, {step.token});
     if (!next.ok()) {
       if (next.status().code() == absl::StatusCode::kOutOfRange) break;  // context full: length
       return next.status();
     }
     logits = *std::move(next);
   }
-  result.text = matcher.text();
+  result.tokens = generator.tokens();
+  result.logprobs = generator.logprobs();
+  result.text = generator.text();
   return result;
 }
 

@@ -8,12 +8,19 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "cache/store.h"
+#include "cache/context_registry.h"
 #include "common/status_macros.h"
 #include "model/engine.h"
 #include "model/gguf_header.h"
+#include "model/prompt_pieces.h"
 #include "model/runtime.h"
 #include "server/admin_service.h"
+#include "server/backend.h"
+#include "server/context_service.h"
+#include "server/generation_service.h"
+#include "server/prefix_cache.h"
+#include "server/scheduler.h"
+#include "server/server_counters.h"
 #include "spdlog/spdlog.h"
 
 #ifndef APESERVE_VERSION
@@ -41,7 +48,56 @@ absl::Status Validate(const ServerOptions& options) {
   if (absl::Status valid = options.ape_defaults.Validate(); !valid.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("ape_defaults: ", valid.message()));
   }
+  const RequestLimits& limits = options.limits;
+  if (limits.max_queued_requests < 1 || limits.max_running_requests < 1 ||
+      limits.max_contexts_per_request < 1 || limits.max_new_tokens < 1 ||
+      limits.max_query_tokens < 1 || limits.max_context_bytes < 1 ||
+      limits.max_context_tokens < 0 || limits.max_continuations < 1 ||
+      limits.max_batch_contexts < 1) {
+    return absl::InvalidArgumentError(
+        "limits: queue, running requests, contexts per request, new tokens, query tokens, "
+        "context bytes, continuations and batch size must be at least 1 (context tokens 0 "
+        "or more)");
+  }
   return absl::OkStatus();
+}
+
+absl::string_view ChatFormatName(model::ChatFormat format) {
+  switch (format) {
+    case model::ChatFormat::kChatMl:
+      return "chatml";
+    case model::ChatFormat::kLlama3:
+      return "llama3";
+    case model::ChatFormat::kLlama2:
+      return "llama2";
+    case model::ChatFormat::kMistral:
+      return "mistral";
+  }
+  return "unknown";
+}
+
+ape::v1::ModelInfo DescribeModel(const model::Engine& engine, const model::ChatTemplate& chat,
+                                 const StorageOptions& storage) {
+  const model::ModelConfig& config = engine.config();
+  ape::v1::ModelInfo info;
+  info.set_architecture(config.architecture);
+  info.set_context_length(config.max_position);
+  info.set_vocab_size(config.vocab_size);
+  info.set_num_layers(config.num_layers);
+  info.set_hidden_size(config.hidden_size);
+  info.set_num_heads(config.num_heads);
+  info.set_num_kv_heads(config.num_kv_heads);
+  info.set_chat_template(std::string(ChatFormatName(chat.format())));
+  info.set_fingerprint(engine.fingerprint());
+  info.set_dtype(engine.dtype());
+  info.set_device(engine.device());
+  const int64_t element_bytes =
+      storage.kv_quantization != cache::KvQuantization::kNone ? 1
+      : engine.dtype() == "float32"                          ? 4
+                                                             : 2;
+  info.set_kv_bytes_per_token(2 * config.num_layers * config.num_kv_heads * config.head_dim *
+                              element_bytes);
+  return info;
 }
 
 ape::v1::ApeScaleForm ToProto(model::ApeScaleForm form) {
@@ -94,22 +150,79 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
                options.model_path, header.version, header.tensor_count, header.metadata_count,
                header.file_size);
 
-  if (!options.ape_calibration_fingerprint.empty()) {
-    // Hashing the weights costs a read of the file (~0.1 s for the embedded model).
-    APE_ASSIGN_OR_RETURN(const std::string fingerprint,
-                         model::Engine::ModelFingerprint(options.model_path));
-    if (fingerprint != options.ape_calibration_fingerprint) {
-      spdlog::warn(
-          "APE calibration '{}' was made for model {}, not this one ({}): its T and S are "
-          "used, but were not tuned for this model",
-          options.ape_calibration_file, options.ape_calibration_fingerprint, fingerprint);
-    }
+  std::unique_ptr<ApeServer> server(new ApeServer());
+  server->options_ = std::make_unique<ServerOptions>(options);
+  const absl::Time load_start = absl::Now();
+  APE_ASSIGN_OR_RETURN(server->engine_, model::Engine::Load({.model_path = options.model_path,
+                                                            .device = options.device,
+                                                            .dtype = options.dtype}));
+  const model::Engine& engine = *server->engine_;
+  APE_ASSIGN_OR_RETURN(const model::ChatTemplate* chat, engine.chat_template());
+  spdlog::info("model loaded in {:.1f} s: {}, {} layers, context {} tokens, {} on {}, chat format {}",
+               absl::ToDoubleSeconds(absl::Now() - load_start), engine.config().architecture,
+               engine.config().num_layers, engine.config().max_position, engine.dtype(),
+               engine.device(), std::string(ChatFormatName(chat->format())));
+  server->pieces_ = std::make_unique<model::PromptPieces>(engine.tokenizer(), *chat);
+  server->prefixes_ = std::make_unique<PrefixCache>(engine, *server->pieces_);
+  // The default prefix is encoded now: most requests use it.
+  APE_RETURN_IF_ERROR(server->prefixes_->Get("").status());
+
+  if (!options.ape_calibration_fingerprint.empty() &&
+      options.ape_calibration_fingerprint != engine.fingerprint()) {
+    spdlog::warn(
+        "APE calibration '{}' was made for model {}, not this one ({}): its T and S are "
+        "used, but were not tuned for this model",
+        options.ape_calibration_file, options.ape_calibration_fingerprint, engine.fingerprint());
   }
 
-  std::unique_ptr<ApeServer> server(new ApeServer());
-  APE_ASSIGN_OR_RETURN(server->store_, cache::Store::Open({.path = options.data_dir}));
-  server->admin_service_ =
-      std::make_unique<AdminService>(DescribeServer(options, header, device, runtime));
+  cache::ContextRegistryOptions registry_options;
+  registry_options.store.path = options.data_dir;
+  registry_options.model_fingerprint = engine.fingerprint();
+  registry_options.sync_writes = options.storage.sync_writes;
+  registry_options.kv_quantization = options.storage.kv_quantization;
+  registry_options.host_cache_bytes = options.storage.host_cache_bytes;
+  registry_options.device_cache_bytes = options.storage.device_cache_bytes;
+  registry_options.stored_kv_bytes = options.storage.stored_kv_bytes;
+  PrefixCache& prefixes = *server->prefixes_;
+  cache::KvEncoder encoder = [&engine, &prefixes](absl::string_view prefix_hash,
+                                                  absl::Span<const int32_t> tokens)
+      -> absl::StatusOr<model::KvSegment> {
+    const std::shared_ptr<const model::EncodedPrefix> prefix = prefixes.FindByHash(prefix_hash);
+    if (prefix == nullptr) {
+      return absl::InternalError(absl::StrCat("no encoded prefix ", prefix_hash));
+    }
+    APE_ASSIGN_OR_RETURN(model::EncodedContext context, engine.EncodeContext(*prefix, tokens));
+    return std::move(context.kv);
+  };
+  cache::DeviceUploader uploader = nullptr;
+  if (engine.device() != "cpu" && options.storage.device_cache_bytes > 0) {
+    uploader = [&engine](const model::EncodedContext& host) -> absl::StatusOr<cache::DeviceCopy> {
+      APE_ASSIGN_OR_RETURN(model::EncodedContext on_device, engine.ToDevice(host));
+      const size_t bytes = on_device.device != nullptr ? on_device.device->bytes() : 0;
+      return cache::DeviceCopy{
+          .context = std::make_shared<const model::EncodedContext>(std::move(on_device)),
+          .bytes = bytes};
+    };
+  }
+  APE_ASSIGN_OR_RETURN(server->registry_,
+                       cache::ContextRegistry::Open(registry_options, std::move(encoder),
+                                                    std::move(uploader)));
+  server->scheduler_ = std::make_unique<Scheduler>(SchedulerOptions{
+      .max_queued = static_cast<size_t>(options.limits.max_queued_requests),
+      .max_running = static_cast<size_t>(options.limits.max_running_requests)});
+  server->counters_ = std::make_unique<ServerCounters>();
+  server->backend_ = std::make_unique<Backend>(Backend{.options = *server->options_,
+                                                       .engine = engine,
+                                                       .pieces = *server->pieces_,
+                                                       .registry = *server->registry_,
+                                                       .prefixes = prefixes,
+                                                       .scheduler = *server->scheduler_,
+                                                       .counters = *server->counters_});
+  server->admin_service_ = std::make_unique<AdminService>(
+      DescribeServer(options, header, device, runtime),
+      DescribeModel(engine, *chat, options.storage), *server->backend_);
+  server->context_service_ = std::make_unique<ContextService>(*server->backend_);
+  server->generation_service_ = std::make_unique<GenerationService>(*server->backend_);
 
   // Process-wide switches; setting them again for a second server is harmless.
   grpc::EnableDefaultHealthCheckService(true);
@@ -123,6 +236,8 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
   // loudly rather than take half of the traffic.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(server->admin_service_.get());
+  builder.RegisterService(server->context_service_.get());
+  builder.RegisterService(server->generation_service_.get());
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(
@@ -135,9 +250,13 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
 
 void ApeServer::Shutdown(absl::Duration grace) {
   if (grpc_server_ == nullptr) return;
+  if (counters_ != nullptr) counters_->draining = true;
   // Health checks turn NOT_SERVING first, so that balancers stop sending new calls.
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  // Running calls may finish within the grace; then gRPC cancels them, and their
+  // tasks stop at their next step.
   grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  if (scheduler_ != nullptr) scheduler_->Stop();
 }
 
 void ApeServer::Wait() {

@@ -5,12 +5,14 @@
 #include <fstream>
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "cache/kv_quantization.h"
 #include "common/logging.h"
 #include "model/ape_options.h"
 #include "server/ape_server.h"
@@ -26,6 +28,40 @@ ABSL_FLAG(std::string, listen, kDefaults.listen_address,
 ABSL_FLAG(std::string, model, "", "GGUF model file (required)");
 ABSL_FLAG(std::string, data_dir, "", "folder of the document and KV store (required)");
 ABSL_FLAG(std::string, device, kDefaults.device, "compute device: auto, cpu, cuda or cuda:N");
+ABSL_FLAG(std::string, dtype, kDefaults.dtype,
+          "compute dtype: auto (float32 on the CPU, bfloat16 on a GPU), float32, bfloat16, float16");
+// Storage of contexts and their KV.
+ABSL_FLAG(int64_t, host_cache_mib, kDefaults.storage.host_cache_bytes >> 20,
+          "MiB of decoded KV kept in host memory (the host tier)");
+ABSL_FLAG(int64_t, device_cache_mib, kDefaults.storage.device_cache_bytes >> 20,
+          "MiB of KV kept in GPU memory (the device tier; CUDA only, 0 is off)");
+ABSL_FLAG(int64_t, stored_kv_mib, kDefaults.storage.stored_kv_bytes >> 20,
+          "MiB of KV kept in the store on disk, least recently used evicted first (0: no "
+          "limit); contexts themselves are never evicted, their KV is rebuilt when needed");
+ABSL_FLAG(bool, sync_writes, kDefaults.storage.sync_writes,
+          "fsync every stored context before acknowledging it (false: survives a crash of "
+          "the process but not of the machine; faster ingestion)");
+ABSL_FLAG(std::string, kv_storage, "none",
+          "how new KV is stored: none (as computed), int8_per_channel or int8_per_token "
+          "(a quarter of float32's bytes)");
+// What one request may ask for.
+ABSL_FLAG(int64_t, max_context_bytes, static_cast<int64_t>(kDefaults.limits.max_context_bytes),
+          "bytes of one context's text");
+ABSL_FLAG(int64_t, max_context_tokens, kDefaults.limits.max_context_tokens,
+          "tokens of one context (0: what fits the model's window)");
+ABSL_FLAG(int, max_contexts_per_request, kDefaults.limits.max_contexts_per_request,
+          "contexts one Generate or Score request may name");
+ABSL_FLAG(int64_t, max_query_tokens, kDefaults.limits.max_query_tokens, "tokens of one query");
+ABSL_FLAG(int, max_new_tokens, kDefaults.limits.max_new_tokens,
+          "tokens one request may generate");
+ABSL_FLAG(int, max_continuations, kDefaults.limits.max_continuations,
+          "continuations one Score request may carry");
+ABSL_FLAG(int, max_batch_contexts, kDefaults.limits.max_batch_contexts,
+          "contexts one BatchCreateContexts call may carry");
+ABSL_FLAG(int, max_queued_requests, kDefaults.limits.max_queued_requests,
+          "requests waiting for the engine; more are refused with RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_running_requests, kDefaults.limits.max_running_requests,
+          "requests the engine works on at once, one step of each in turn");
 ABSL_FLAG(std::string, ape_calibration, "",
           "take APE's defaults (T, S, form) from this file, written by `apeeval calibrate`; "
           "the three flags below override single values");
@@ -89,6 +125,41 @@ int main(int argc, char** argv) {
   options.model_path = absl::GetFlag(FLAGS_model);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.device = absl::GetFlag(FLAGS_device);
+  options.dtype = absl::GetFlag(FLAGS_dtype);
+  // Sizes in MiB, from 0 to 1 TiB.
+  const auto mib = [](int64_t value) -> std::optional<size_t> {
+    if (value < 0 || value > (int64_t{1} << 20)) return std::nullopt;
+    return static_cast<size_t>(value) << 20;
+  };
+  for (const auto& [name, value, target] :
+       {std::tuple<const char*, int64_t, size_t*>{"--host_cache_mib",
+                                                  absl::GetFlag(FLAGS_host_cache_mib),
+                                                  &options.storage.host_cache_bytes},
+        {"--device_cache_mib", absl::GetFlag(FLAGS_device_cache_mib),
+         &options.storage.device_cache_bytes},
+        {"--stored_kv_mib", absl::GetFlag(FLAGS_stored_kv_mib), &options.storage.stored_kv_bytes}}) {
+    const std::optional<size_t> bytes = mib(value);
+    if (!bytes.has_value()) return UsageError(absl::StrCat(name, "=", value, " is not a size"));
+    *target = *bytes;
+  }
+  options.storage.sync_writes = absl::GetFlag(FLAGS_sync_writes);
+  if (auto quantization = apeserve::cache::ParseKvQuantization(absl::GetFlag(FLAGS_kv_storage));
+      quantization.ok()) {
+    options.storage.kv_quantization = *quantization;
+  } else {
+    return UsageError(absl::StrCat("--kv_storage: ", quantization.status().message()));
+  }
+  apeserve::server::RequestLimits& limits = options.limits;
+  if (absl::GetFlag(FLAGS_max_context_bytes) < 1) return UsageError("--max_context_bytes must be positive");
+  limits.max_context_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_context_bytes));
+  limits.max_context_tokens = absl::GetFlag(FLAGS_max_context_tokens);
+  limits.max_contexts_per_request = absl::GetFlag(FLAGS_max_contexts_per_request);
+  limits.max_query_tokens = absl::GetFlag(FLAGS_max_query_tokens);
+  limits.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+  limits.max_continuations = absl::GetFlag(FLAGS_max_continuations);
+  limits.max_batch_contexts = absl::GetFlag(FLAGS_max_batch_contexts);
+  limits.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
+  limits.max_running_requests = absl::GetFlag(FLAGS_max_running_requests);
   if (options.model_path.empty()) return UsageError("--model is required");
   if (options.data_dir.empty()) return UsageError("--data_dir is required");
   // APE's defaults: built in, then the calibration file, then single flags.

@@ -3,11 +3,54 @@
 #ifndef APESERVE_SERVER_SERVER_OPTIONS_H_
 #define APESERVE_SERVER_SERVER_OPTIONS_H_
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
+#include "absl/time/time.h"
+#include "cache/kv_quantization.h"
 #include "model/ape_options.h"
 
 namespace apeserve::server {
+
+// What one request may ask for. Requests past a limit are refused with a message that
+// names the limit; none of them changes what the model can do.
+struct RequestLimits {
+  // Bytes of one context's text. Default: 16 MiB (the store's own limit).
+  size_t max_context_bytes = size_t{16} << 20;
+  // Tokens of one context; 0: as many as fit the model's window after the prefix.
+  // Default: 0.
+  int64_t max_context_tokens = 0;
+  // Contexts (stored and inline) one request names. Default: 256.
+  int max_contexts_per_request = 256;
+  // Tokens of a query. Default: 4096.
+  int64_t max_query_tokens = 4096;
+  // Tokens one request may generate; also the default of requests that leave
+  // max_tokens unset, when below 256. Default: 4096.
+  int max_new_tokens = 4096;
+  // Continuations one Score request may carry. Default: 64.
+  int max_continuations = 64;
+  // Contexts one BatchCreateContexts may carry. Default: 10,000.
+  int max_batch_contexts = 10000;
+  // Requests waiting for the engine; one more is refused with RESOURCE_EXHAUSTED.
+  // Default: 64.
+  int max_queued_requests = 64;
+  // Requests the engine works on at once, a step of each in turn. Default: 8.
+  int max_running_requests = 8;
+};
+
+// Where KV lives and how it is kept (cache::ContextRegistryOptions).
+struct StorageOptions {
+  // Byte budgets: decoded KV in host memory (default 1 GiB); KV on the GPU (default 0,
+  // off; used only on a CUDA device); KV in the store (default 0, unlimited).
+  size_t host_cache_bytes = size_t{1} << 30;
+  size_t device_cache_bytes = 0;
+  size_t stored_kv_bytes = 0;
+  // fsync the write-ahead log before acknowledging a write. Default: true.
+  bool sync_writes = true;
+  // How new KV is stored. Default: as computed (float).
+  cache::KvQuantization kv_quantization = cache::KvQuantization::kNone;
+};
 
 struct ServerOptions {
   // host:port to listen on; port 0 picks a free port (see ApeServer::port()).
@@ -19,6 +62,9 @@ struct ServerOptions {
   std::string data_dir;
   // Compute device: "auto", "cpu", "cuda" or "cuda:N". Default: "auto".
   std::string device = "auto";
+  // Compute dtype: "auto", "float32", "bfloat16" or "float16". Default: "auto"
+  // (float32 on the CPU, bfloat16 on a GPU).
+  std::string dtype = "auto";
   // Largest request the server accepts, in bytes. Default: 64 MiB.
   int max_receive_message_bytes = 64 << 20;
   // APE's temperature, scale and scale form for requests that leave them unset (e.g.
@@ -30,6 +76,8 @@ struct ServerOptions {
   // The model fingerprint the calibration names, if any. A calibration made for another
   // model is used, with a warning at start: its values are valid, but tuned elsewhere.
   std::string ape_calibration_fingerprint;
+  RequestLimits limits;
+  StorageOptions storage;
 };
 
 }  // namespace apeserve::server

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <map>
 #include <memory>
 #include <random>
 #include <set>
@@ -194,6 +195,90 @@ TEST(ContextRegistryTest, ReplacingADocumentDropsKvNoLongerReferenced) {
 }
 
 // Ids, text and labels are kept as bytes: what is not UTF-8 reads back all the same.
+TEST(ContextRegistryTest, ListsANamespacePageByPageInIdOrderWithLabelFilters) {
+  TempDir dir;
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  auto registry = OpenOrDie(RegistryOptions(dir.Join("data")), encoder.encoder);
+  ASSERT_NE(registry, nullptr);
+  for (int n : {3, 1, 5, 2, 4}) {
+    DocumentInput document = SyntheticDocument(n, n);
+    document.labels["parity"] = n % 2 == 0 ? "even" : "odd";
+    ASSERT_THAT(registry->Put(document, kPrefix), IsOk());
+  }
+  DocumentInput elsewhere = SyntheticDocument(9, 9);
+  elsewhere.namespace_id = "other";
+  ASSERT_THAT(registry->Put(elsewhere, kPrefix), IsOk());
+
+  std::vector<std::string> ids;
+  ListOptions options{.limit = 2};
+  for (int pages = 1;; ++pages) {
+    absl::StatusOr<DocumentPage> page = registry->List("ns", options);
+    ASSERT_THAT(page, IsOk());
+    for (const StoredDocument& document : page->documents) {
+      ids.push_back(document.id);
+      EXPECT_TRUE(document.text.empty()) << "pages leave the text out";
+      EXPECT_EQ(document.tokens.size(), SyntheticTokens(std::stoi(document.labels.at("n"))).size());
+    }
+    if (page->next_start_after.empty()) {
+      EXPECT_EQ(pages, 3);
+      break;
+    }
+    ASSERT_LT(pages, 10);
+    options.start_after = page->next_start_after;
+  }
+  EXPECT_EQ(ids, (std::vector<std::string>{"doc-1", "doc-2", "doc-3", "doc-4", "doc-5"}));
+
+  absl::StatusOr<DocumentPage> even =
+      registry->List("ns", {.limit = 10, .labels = {{"parity", "even"}}});
+  ASSERT_THAT(even, IsOk());
+  ASSERT_EQ(even->documents.size(), 2);
+  EXPECT_EQ(even->documents[0].id, "doc-2");
+  EXPECT_EQ(even->documents[1].id, "doc-4");
+  EXPECT_TRUE(even->next_start_after.empty());
+
+  // A filter that matches little still returns within max_examined records per page.
+  absl::StatusOr<DocumentPage> bounded =
+      registry->List("ns", {.limit = 10, .labels = {{"n", "5"}}, .max_examined = 2});
+  ASSERT_THAT(bounded, IsOk());
+  EXPECT_TRUE(bounded->documents.empty());
+  EXPECT_EQ(bounded->next_start_after, "doc-2");
+
+  absl::StatusOr<DocumentPage> empty = registry->List("nobody", {});
+  ASSERT_THAT(empty, IsOk());
+  EXPECT_TRUE(empty->documents.empty());
+  EXPECT_THAT(registry->List("ns", {.limit = 0}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("limit")));
+  EXPECT_THAT(registry->List("bad namespace!", {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("namespace")));
+}
+
+TEST(ContextRegistryTest, UpdatesLabelsAndKeepsTokensTextAndKv) {
+  TempDir dir;
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  auto registry = OpenOrDie(RegistryOptions(dir.Join("data")), encoder.encoder);
+  ASSERT_NE(registry, nullptr);
+  ASSERT_THAT(registry->Put(SyntheticDocument(1, 1), kPrefix), IsOk());
+  absl::StatusOr<StoredDocument> updated =
+      registry->UpdateLabels("ns", "doc-1", {{"topic", "goats"}});
+  ASSERT_THAT(updated, IsOk());
+  EXPECT_EQ(updated->labels, (std::map<std::string, std::string>{{"topic", "goats"}}));
+  absl::StatusOr<StoredDocument> read = registry->Get("ns", "doc-1");
+  ASSERT_THAT(read, IsOk());
+  EXPECT_EQ(read->labels, updated->labels);
+  EXPECT_EQ(read->text, "text 1");
+  EXPECT_EQ(read->tokens, SyntheticTokens(1));
+  absl::StatusOr<LoadedContext> loaded = registry->Load("ns", "doc-1", kPrefix);
+  ASSERT_THAT(loaded, IsOk());
+  EXPECT_EQ(loaded->source, KvSource::kStore);
+  EXPECT_EQ(*encoder.calls, 1) << "an update never re-encodes";
+
+  EXPECT_THAT(registry->UpdateLabels("ns", "missing", {}),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing")));
+  EXPECT_THAT(registry->UpdateLabels("ns", "doc-1", {{"", "empty key"}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("label")));
+  EXPECT_EQ(registry->Get("ns", "doc-1")->labels, updated->labels) << "a refused update changes nothing";
+}
+
 TEST(ContextRegistryTest, KeepsIdsTextAndLabelsThatAreNotUtf8) {
   TempDir dir;
   auto registry =

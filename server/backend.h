@@ -1,0 +1,32 @@
+// What the services share: the options, the engine and its prompt pieces, the context
+// registry, the prefixes, the scheduler and the counters. ApeServer owns them all and
+// outlives every call. Thread-safety: as each member's.
+#ifndef APESERVE_SERVER_BACKEND_H_
+#define APESERVE_SERVER_BACKEND_H_
+
+#include "cache/context_registry.h"
+#include "model/engine.h"
+#include "model/prompt_pieces.h"
+#include "server/prefix_cache.h"
+#include "server/scheduler.h"
+#include "server/server_counters.h"
+#include "server/server_options.h"
+
+namespace apeserve::server {
+
+struct Backend {
+  const ServerOptions& options;
+  const model::Engine& engine;
+  const model::PromptPieces& pieces;
+  cache::ContextRegistry& registry;
+  PrefixCache& prefixes;
+  Scheduler& scheduler;
+  ServerCounters& counters;
+};
+
+// The namespace a request names, "default" when empty.
+inline constexpr char kDefaultNamespace[] = "default";
+
+}  // namespace apeserve::server
+
+#endif  // APESERVE_SERVER_BACKEND_H_
