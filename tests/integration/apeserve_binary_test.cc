@@ -17,6 +17,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "ape/v1/admin.grpc.pb.h"
+#include "tests/util/running_server.h"
 #include "tests/util/subprocess.h"
 #include "tests/util/temp_dir.h"
 #include "tests/util/test_paths.h"
@@ -25,54 +26,11 @@ namespace apeserve {
 namespace {
 
 using ::apeserve::testing::ReadFile;
+using ::apeserve::testing::RunningServer;
 using ::apeserve::testing::RunProgram;
 using ::apeserve::testing::Subprocess;
 using ::apeserve::testing::TempDir;
 using ::testing::HasSubstr;
-
-// An apeserve process on a free loopback port, stopped with SIGTERM at the end.
-class RunningServer {
- public:
-  RunningServer(const TempDir& dir, const std::string& data_dir, const std::string& tag,
-                const std::vector<std::string>& extra_flags = {})
-      : port_file_(dir.Join(tag + ".port")),
-        stderr_path_(dir.Join(tag + ".err")),
-        process_(Command(data_dir, port_file_, extra_flags), dir.Join(tag + ".out"), stderr_path_) {
-  }
-
-  // Waits for the port file; nullopt if the server exited or took too long.
-  std::optional<int> WaitForPort(absl::Duration timeout = absl::Seconds(120)) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline) {
-      int port = 0;
-      if (absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(port_file_)), &port) && port > 0) {
-        return port;
-      }
-      if (process_.Wait(absl::Milliseconds(50)).has_value()) return std::nullopt;
-    }
-    return std::nullopt;
-  }
-
-  Subprocess& process() { return process_; }
-  std::string Stderr() const { return ReadFile(stderr_path_); }
-
- private:
-  static std::vector<std::string> Command(const std::string& data_dir, const std::string& port_file,
-                                          const std::vector<std::string>& extra_flags) {
-    std::vector<std::string> command = {apeserve::testing::ApeserveBinary(),
-                                        "--model=" + apeserve::testing::TestModelPath(),
-                                        "--data_dir=" + data_dir,
-                                        "--listen=127.0.0.1:0",
-                                        "--device=cpu",
-                                        "--port_file=" + port_file};
-    command.insert(command.end(), extra_flags.begin(), extra_flags.end());
-    return command;
-  }
-
-  std::string port_file_;
-  std::string stderr_path_;
-  Subprocess process_;
-};
 
 class ApeserveBinaryTest : public ::testing::Test {
  protected:
