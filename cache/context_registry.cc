@@ -51,14 +51,18 @@ class ContextRegistry::Impl {
         uploader_(std::move(uploader)),
         device_({.capacity_bytes = uploader_ ? options.device_cache_bytes : 0,
                  .ttl = options.kv_ttl,
-                 .clock = options.clock}),
+                 .clock = options.clock,
+                 .pinned = PinnedPredicate()}),
         host_({.capacity_bytes = options.host_cache_bytes,
                .ttl = options.kv_ttl,
-               .clock = options.clock}),
+               .clock = options.clock,
+               .pinned = PinnedPredicate()}),
         stored_({.capacity_bytes = options.stored_kv_bytes > 0 ? options.stored_kv_bytes
                                                                : std::numeric_limits<size_t>::max(),
                  .ttl = options.kv_ttl,
-                 .clock = options.clock}) {}
+                 .clock = options.clock,
+                 .pinned = PinnedPredicate(),
+                 .never_evict_pinned = true}) {}
 
   absl::Status IndexStoredKv();
   absl::StatusOr<StoredDocument> Put(const DocumentInput& input, absl::string_view prefix_hash,
@@ -66,8 +70,8 @@ class ContextRegistry::Impl {
   absl::StatusOr<StoredDocument> Get(absl::string_view namespace_id, absl::string_view id) const;
   absl::StatusOr<DocumentPage> List(absl::string_view namespace_id,
                                     const ListOptions& options) const;
-  absl::StatusOr<StoredDocument> UpdateLabels(absl::string_view namespace_id, absl::string_view id,
-                                              std::map<std::string, std::string> labels);
+  absl::StatusOr<StoredDocument> Update(absl::string_view namespace_id, absl::string_view id,
+                                        const DocumentUpdate& update);
   absl::StatusOr<bool> Delete(absl::string_view namespace_id, absl::string_view id);
   absl::StatusOr<LoadedContext> Load(absl::string_view namespace_id, absl::string_view id,
                                      absl::string_view prefix_hash);
@@ -88,6 +92,34 @@ class ContextRegistry::Impl {
     rocksdb::WriteOptions write;
     write.sync = options_.sync_writes;
     return write;
+  }
+
+  // The stored record, expired or not (writers see what is there).
+  absl::StatusOr<StoredDocument> ReadRecord(absl::string_view namespace_id,
+                                            absl::string_view id) const;
+  // Deletes a document under the write lock; true if it existed.
+  absl::StatusOr<bool> DeleteLocked(absl::string_view namespace_id, absl::string_view id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mutex_);
+  // Deletes the documents whose expiry has passed.
+  void DeleteExpired() ABSL_LOCKS_EXCLUDED(write_mutex_);
+  // Counts pinned references per content; the tiers ask through PinnedPredicate.
+  LruTierOptions::PinnedFn PinnedPredicate() {
+    return [this](absl::string_view name) {
+      const absl::string_view content = name.substr(0, name.find('/'));
+      std::lock_guard<std::mutex> lock(pins_mutex_);
+      return pinned_contents_.contains(content);
+    };
+  }
+  void Pin(const std::string& content_hash, int delta) ABSL_LOCKS_EXCLUDED(pins_mutex_) {
+    if (delta == 0) return;
+    std::lock_guard<std::mutex> lock(pins_mutex_);
+    if ((pinned_contents_[content_hash] += delta) <= 0) pinned_contents_.erase(content_hash);
+  }
+  // Applies the budget again after an unpin, dropping what no longer fits.
+  void Rebalance() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mutex_) {
+    host_.Evict();
+    device_.Evict();
+    DropStored(stored_.Evict());
   }
 
   // Whether a document other than the one whose reference key is `except` refers to
@@ -128,6 +160,11 @@ class ContextRegistry::Impl {
   std::atomic<uint64_t> corrupt_kv_{0};
   std::atomic<uint64_t> documents_put_{0};
   std::atomic<uint64_t> documents_deleted_{0};
+  std::atomic<uint64_t> documents_expired_{0};
+  // Contents referenced by at least one pinned document, with how many. Locked after
+  // a tier's lock (the tiers call PinnedPredicate), never before.
+  mutable std::mutex pins_mutex_;
+  absl::flat_hash_map<std::string, int> pinned_contents_ ABSL_GUARDED_BY(pins_mutex_);
   std::atomic<uint64_t> kv_shared_{0};
   mutable std::mutex load_stats_mutex_;
   uint64_t store_bytes_loaded_ ABSL_GUARDED_BY(load_stats_mutex_) = 0;
@@ -135,6 +172,18 @@ class ContextRegistry::Impl {
 };
 
 absl::Status ContextRegistry::Impl::IndexStoredKv() {
+  {
+    // Pins first, so that indexing the KV below never evicts a pinned document's.
+    std::unique_ptr<rocksdb::Iterator> it(db().NewIterator(rocksdb::ReadOptions(), store_->docs()));
+    for (it->Seek(std::string(1, kReferenceTag)); it->Valid() && it->key()[0] == kReferenceTag;
+         it->Next()) {
+      if (View(it->value()) != kPinnedReference) continue;
+      if (absl::StatusOr<std::string> content = ParseReferenceKey(View(it->key())); content.ok()) {
+        Pin(*content, 1);
+      }
+    }
+    APE_RETURN_IF_ERROR(FromRocksDb(it->status(), "index the pinned documents"));
+  }
   struct Entry {
     KvKey key;
     KvEntryInfo info;
@@ -264,7 +313,9 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
                           .tokens = input.tokens,
                           .text = input.text,
                           .labels = input.labels,
-                          .created = options_.clock()};
+                          .created = options_.clock(),
+                          .pinned = input.pinned,
+                          .expires = input.expires};
   const std::string document_key = DocumentKey(input.namespace_id, input.id);
   const std::string reference_key = ReferenceKey(content_hash, input.namespace_id, input.id);
   std::unique_lock<std::mutex> lock(write_mutex_);
@@ -279,10 +330,16 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
   }
   rocksdb::WriteBatch batch;
   std::optional<std::string> dropped_content;
-  const absl::StatusOr<StoredDocument> existing = Get(input.namespace_id, input.id);
+  const absl::StatusOr<StoredDocument> existing = ReadRecord(input.namespace_id, input.id);
   if (existing.ok() && existing->content_hash != content_hash) {
     APE_ASSIGN_OR_RETURN(dropped_content, Unreference(batch, *existing));
-  } else if (existing.status().code() == absl::StatusCode::kDataLoss) {
+  }
+  if (existing.ok() && existing->expires != absl::InfiniteFuture()) {
+    APE_RETURN_IF_ERROR(FromRocksDb(
+        batch.Delete(store_->docs(), ExpiryKey(existing->expires, input.namespace_id, input.id)),
+        "batch an expiry delete"));
+  }
+  if (existing.status().code() == absl::StatusCode::kDataLoss) {
     // Its content is unknown, so its reference stays and keeps that KV alive: space
     // lost, nothing served wrongly.
     spdlog::warn("store: replacing an unreadable document record: {}",
@@ -293,7 +350,13 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
   APE_RETURN_IF_ERROR(FromRocksDb(
       batch.Put(store_->docs(), document_key, EncodeDocumentRecord(document)), "batch a document"));
   APE_RETURN_IF_ERROR(
-      FromRocksDb(batch.Put(store_->docs(), reference_key, ""), "batch a reference"));
+      FromRocksDb(batch.Put(store_->docs(), reference_key, input.pinned ? kPinnedReference : ""),
+                  "batch a reference"));
+  if (input.expires != absl::InfiniteFuture()) {
+    APE_RETURN_IF_ERROR(FromRocksDb(
+        batch.Put(store_->docs(), ExpiryKey(input.expires, input.namespace_id, input.id), ""),
+        "batch an expiry"));
+  }
   std::optional<size_t> stored_bytes;
   if (shared_kv) {
     kv_shared_.fetch_add(1);
@@ -305,13 +368,29 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
       FromRocksDb(db().Write(WriteOptions(), &batch),
                   absl::StrCat("store document ", DocumentName(input.namespace_id, input.id))));
   documents_put_.fetch_add(1);
+  // Pins change before the KV enters the index, so a pinned document's is never
+  // evicted on the way in.
+  Pin(content_hash, input.pinned ? 1 : 0);
+  if (existing.ok() && existing->pinned) Pin(existing->content_hash, -1);
   if (dropped_content.has_value()) ForgetContent(*dropped_content);
   if (stored_bytes.has_value()) DropStored(stored_.Insert(name, key, *stored_bytes));
+  if (existing.ok() && existing->pinned && !input.pinned) Rebalance();
   return document;
 }
 
 absl::StatusOr<StoredDocument> ContextRegistry::Impl::Get(absl::string_view namespace_id,
                                                           absl::string_view id) const {
+  APE_ASSIGN_OR_RETURN(StoredDocument document, ReadRecord(namespace_id, id));
+  if (document.expires <= options_.clock()) {
+    // Gone for every reader from its expiry on; the next Sweep deletes it.
+    return absl::NotFoundError(absl::StrCat("document ", DocumentName(namespace_id, id),
+                                            " expired at ", absl::FormatTime(document.expires)));
+  }
+  return document;
+}
+
+absl::StatusOr<StoredDocument> ContextRegistry::Impl::ReadRecord(absl::string_view namespace_id,
+                                                                 absl::string_view id) const {
   APE_RETURN_IF_ERROR(ValidateNamespace(namespace_id));
   APE_RETURN_IF_ERROR(ValidateContextId(id));
   std::string value;
@@ -358,7 +437,7 @@ absl::StatusOr<DocumentPage> ContextRegistry::Impl::List(absl::string_view names
                                               found->second == label.second;
                                      });
     page.next_start_after = document.id;
-    if (!matches) continue;
+    if (!matches || document.expires <= options_.clock()) continue;
     document.text.clear();
     page.documents.push_back(std::move(document));
   }
@@ -368,33 +447,71 @@ absl::StatusOr<DocumentPage> ContextRegistry::Impl::List(absl::string_view names
   return page;
 }
 
-absl::StatusOr<StoredDocument> ContextRegistry::Impl::UpdateLabels(
-    absl::string_view namespace_id, absl::string_view id,
-    std::map<std::string, std::string> labels) {
+absl::StatusOr<StoredDocument> ContextRegistry::Impl::Update(absl::string_view namespace_id,
+                                                             absl::string_view id,
+                                                             const DocumentUpdate& update) {
   std::lock_guard<std::mutex> lock(write_mutex_);
   APE_ASSIGN_OR_RETURN(StoredDocument document, Get(namespace_id, id));
-  document.labels = std::move(labels);
+  const StoredDocument before = document;
+  if (update.labels.has_value()) document.labels = *update.labels;
+  if (update.pinned.has_value()) document.pinned = *update.pinned;
+  if (update.expires.has_value()) document.expires = *update.expires;
   APE_RETURN_IF_ERROR(ValidateDocumentInput({.namespace_id = document.namespace_id,
                                              .id = document.id,
                                              .tokens = document.tokens,
                                              .text = document.text,
                                              .labels = document.labels}));
+  rocksdb::WriteBatch batch;
+  APE_RETURN_IF_ERROR(FromRocksDb(
+      batch.Put(store_->docs(), DocumentKey(namespace_id, id), EncodeDocumentRecord(document)),
+      "batch a document"));
+  if (document.pinned != before.pinned) {
+    APE_RETURN_IF_ERROR(FromRocksDb(
+        batch.Put(store_->docs(), ReferenceKey(document.content_hash, namespace_id, id),
+                  document.pinned ? kPinnedReference : ""),
+        "batch a reference"));
+  }
+  if (document.expires != before.expires) {
+    if (before.expires != absl::InfiniteFuture()) {
+      APE_RETURN_IF_ERROR(FromRocksDb(
+          batch.Delete(store_->docs(), ExpiryKey(before.expires, namespace_id, id)),
+          "batch an expiry delete"));
+    }
+    if (document.expires != absl::InfiniteFuture()) {
+      APE_RETURN_IF_ERROR(FromRocksDb(
+          batch.Put(store_->docs(), ExpiryKey(document.expires, namespace_id, id), ""),
+          "batch an expiry"));
+    }
+  }
   APE_RETURN_IF_ERROR(
-      FromRocksDb(db().Put(WriteOptions(), store_->docs(), DocumentKey(namespace_id, id),
-                           EncodeDocumentRecord(document)),
+      FromRocksDb(db().Write(WriteOptions(), &batch),
                   absl::StrCat("update document ", DocumentName(namespace_id, id))));
+  if (document.pinned != before.pinned) {
+    Pin(document.content_hash, document.pinned ? 1 : -1);
+    if (!document.pinned) Rebalance();
+  }
   return document;
 }
 
 absl::StatusOr<bool> ContextRegistry::Impl::Delete(absl::string_view namespace_id,
                                                    absl::string_view id) {
   std::lock_guard<std::mutex> lock(write_mutex_);
-  const absl::StatusOr<StoredDocument> existing = Get(namespace_id, id);
+  return DeleteLocked(namespace_id, id);
+}
+
+absl::StatusOr<bool> ContextRegistry::Impl::DeleteLocked(absl::string_view namespace_id,
+                                                         absl::string_view id) {
+  const absl::StatusOr<StoredDocument> existing = ReadRecord(namespace_id, id);
   if (existing.status().code() == absl::StatusCode::kNotFound) return false;
   rocksdb::WriteBatch batch;
   std::optional<std::string> dropped_content;
   if (existing.ok()) {
     APE_ASSIGN_OR_RETURN(dropped_content, Unreference(batch, *existing));
+    if (existing->expires != absl::InfiniteFuture()) {
+      APE_RETURN_IF_ERROR(FromRocksDb(
+          batch.Delete(store_->docs(), ExpiryKey(existing->expires, namespace_id, id)),
+          "batch an expiry delete"));
+    }
   } else if (existing.status().code() == absl::StatusCode::kDataLoss) {
     spdlog::warn("store: deleting an unreadable document record: {}",
                  std::string(existing.status().message()));
@@ -407,8 +524,41 @@ absl::StatusOr<bool> ContextRegistry::Impl::Delete(absl::string_view namespace_i
       FromRocksDb(db().Write(WriteOptions(), &batch),
                   absl::StrCat("delete document ", DocumentName(namespace_id, id))));
   documents_deleted_.fetch_add(1);
+  if (existing.ok() && existing->pinned) {
+    Pin(existing->content_hash, -1);
+    Rebalance();
+  }
   if (dropped_content.has_value()) ForgetContent(*dropped_content);
   return true;
+}
+
+void ContextRegistry::Impl::DeleteExpired() {
+  const std::string limit = ExpiryKeyLimit(options_.clock());
+  std::vector<ExpiringDocument> due;
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db().NewIterator(rocksdb::ReadOptions(), store_->docs()));
+    for (it->Seek(std::string(1, kExpiryTag)); it->Valid() && it->key().compare(limit) < 0;
+         it->Next()) {
+      if (absl::StatusOr<ExpiringDocument> document = ParseExpiryKey(View(it->key()));
+          document.ok()) {
+        due.push_back(*std::move(document));
+      }
+    }
+  }
+  if (due.empty()) return;
+  std::lock_guard<std::mutex> lock(write_mutex_);
+  for (const ExpiringDocument& document : due) {
+    // Looked at again under the lock: an update may have moved the expiry since.
+    const absl::StatusOr<StoredDocument> record = ReadRecord(document.namespace_id, document.id);
+    if (record.ok() && record->expires > options_.clock()) continue;
+    const absl::StatusOr<bool> deleted = DeleteLocked(document.namespace_id, document.id);
+    if (!deleted.ok()) {
+      spdlog::warn("store: deleting expired document {} failed: {}",
+                   DocumentName(document.namespace_id, document.id), deleted.status().ToString());
+      continue;
+    }
+    if (*deleted) documents_expired_.fetch_add(1);
+  }
 }
 
 absl::StatusOr<std::optional<model::KvSegment>> ContextRegistry::Impl::ReadStored(
@@ -513,6 +663,7 @@ absl::StatusOr<LoadedContext> ContextRegistry::Impl::Load(absl::string_view name
 }
 
 void ContextRegistry::Impl::Sweep() {
+  DeleteExpired();
   host_.EvictExpired();
   device_.EvictExpired();
   std::lock_guard<std::mutex> lock(write_mutex_);
@@ -527,8 +678,13 @@ RegistryStats ContextRegistry::Impl::stats() const {
                       .corrupt_kv = corrupt_kv_.load(),
                       .documents_put = documents_put_.load(),
                       .documents_deleted = documents_deleted_.load(),
+                      .documents_expired = documents_expired_.load(),
                       .kv_shared = kv_shared_.load()};
   if (options_.stored_kv_bytes == 0) stats.store.capacity_bytes = 0;  // unlimited
+  {
+    std::lock_guard<std::mutex> lock(pins_mutex_);
+    stats.pinned_contents = pinned_contents_.size();
+  }
   std::lock_guard<std::mutex> lock(load_stats_mutex_);
   stats.store_bytes_loaded = store_bytes_loaded_;
   stats.store_load_seconds = store_load_seconds_;
@@ -575,10 +731,10 @@ absl::StatusOr<DocumentPage> ContextRegistry::List(absl::string_view namespace_i
   return impl_->List(namespace_id, options);
 }
 
-absl::StatusOr<StoredDocument> ContextRegistry::UpdateLabels(
-    absl::string_view namespace_id, absl::string_view id,
-    std::map<std::string, std::string> labels) {
-  return impl_->UpdateLabels(namespace_id, id, std::move(labels));
+absl::StatusOr<StoredDocument> ContextRegistry::Update(absl::string_view namespace_id,
+                                                       absl::string_view id,
+                                                       const DocumentUpdate& update) {
+  return impl_->Update(namespace_id, id, update);
 }
 
 absl::StatusOr<bool> ContextRegistry::Delete(absl::string_view namespace_id, absl::string_view id) {

@@ -14,6 +14,9 @@
 // Every stored value carries a checksum. A KV value that fails it is rebuilt; a
 // document record that fails it gives DATA_LOSS. Documents are never evicted; KV is
 // evicted from each tier by its byte budget and an optional idle time-to-live.
+// Retention per document: a pinned document's KV never leaves the store (and leaves
+// the memory tiers last); a document with an expiry is invisible from that time and
+// deleted, KV included, by the next Sweep.
 //
 // Thread-safety: all methods may be called concurrently. Writes (Put, Delete, and the
 // write-back of rebuilt KV) are serialized inside; loads run in parallel. One process
@@ -26,6 +29,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -92,6 +96,14 @@ struct LoadedContext {
   KvSource source = KvSource::kStore;
 };
 
+// What ContextRegistry::Update changes: the fields that are set.
+struct DocumentUpdate {
+  std::optional<std::map<std::string, std::string>> labels = std::nullopt;
+  std::optional<bool> pinned = std::nullopt;
+  // absl::InfiniteFuture(): never expires.
+  std::optional<absl::Time> expires = std::nullopt;
+};
+
 // One page of ContextRegistry::List.
 struct DocumentPage {
   // In id order (bytewise), text left out.
@@ -122,6 +134,8 @@ struct RegistryStats {
   uint64_t corrupt_kv = 0;  // stored KV that failed its checks (then rebuilt)
   uint64_t documents_put = 0;
   uint64_t documents_deleted = 0;
+  uint64_t documents_expired = 0;  // deleted because their expiry passed
+  uint64_t pinned_contents = 0;    // contents whose KV a pinned document holds
   uint64_t kv_shared = 0;  // puts that found their KV already stored
   uint64_t store_bytes_loaded = 0;
   double store_load_seconds = 0;  // time spent reading and decoding them
@@ -158,10 +172,10 @@ class ContextRegistry {
   absl::StatusOr<DocumentPage> List(absl::string_view namespace_id,
                                     const ListOptions& options) const;
 
-  // Replaces the document's labels; its tokens and KV stay. Returns it, text included.
-  // NOT_FOUND / DATA_LOSS as Get; INVALID_ARGUMENT for labels past the limits.
-  absl::StatusOr<StoredDocument> UpdateLabels(absl::string_view namespace_id, absl::string_view id,
-                                              std::map<std::string, std::string> labels);
+  // Changes the fields `update` sets; tokens and KV stay. Returns the document, text
+  // included. NOT_FOUND / DATA_LOSS as Get; INVALID_ARGUMENT for labels past the limits.
+  absl::StatusOr<StoredDocument> Update(absl::string_view namespace_id, absl::string_view id,
+                                        const DocumentUpdate& update);
 
   // Deletes the document; true if it existed (deleting twice is not an error).
   absl::StatusOr<bool> Delete(absl::string_view namespace_id, absl::string_view id);
@@ -175,8 +189,8 @@ class ContextRegistry {
   // be evicted a moment later); the cheap answer to "will a load rebuild it".
   bool KvStored(const StoredDocument& document, absl::string_view prefix_hash) const;
 
-  // Drops KV idle for longer than the time-to-live from every tier. Put calls it; a
-  // server may also call it on a timer.
+  // Drops KV idle for longer than the time-to-live from every tier, and deletes the
+  // documents whose expiry has passed. Put calls it; a server calls it on a timer.
   void Sweep();
 
   // Writes what is in memory (the memtables) to the store's files, so that they

@@ -64,6 +64,10 @@ std::string EncodeDocumentRecord(const StoredDocument& document) {
     label->set_value(value);
   }
   record.set_created_unix_micros(absl::ToUnixMicros(document.created));
+  record.set_pinned(document.pinned);
+  if (document.expires != absl::InfiniteFuture()) {
+    record.set_expire_unix_micros(absl::ToUnixMicros(document.expires));
+  }
   return FrameRecord(kDocumentMagic, record.SerializeAsString());
 }
 
@@ -87,6 +91,10 @@ absl::StatusOr<StoredDocument> DecodeDocumentRecord(absl::string_view value,
       .text = record.text(),
       .labels = {},
       .created = absl::FromUnixMicros(record.created_unix_micros()),
+      .pinned = record.pinned(),
+      .expires = record.expire_unix_micros() == 0
+                     ? absl::InfiniteFuture()
+                     : absl::FromUnixMicros(record.expire_unix_micros()),
   };
   for (const Label& label : record.labels()) document.labels[label.key()] = label.value();
   if (document.tokens.empty() || ContentHash(document.tokens) != document.content_hash) {

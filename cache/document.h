@@ -22,6 +22,11 @@ struct DocumentInput {
   std::vector<int32_t> tokens;
   std::string text;
   std::map<std::string, std::string> labels;
+  // Retention (DESIGN.md §4): the KV of a pinned document is never evicted from the
+  // store and goes last from the host tier; a document expires, KV and all, at
+  // `expires`.
+  bool pinned = false;
+  absl::Time expires = absl::InfiniteFuture();
 };
 
 struct StoredDocument {
@@ -32,6 +37,8 @@ struct StoredDocument {
   std::string text;
   std::map<std::string, std::string> labels;
   absl::Time created;
+  bool pinned = false;
+  absl::Time expires = absl::InfiniteFuture();
 };
 
 // Limits on one document; they also keep its record far below protobuf's 2 GiB.

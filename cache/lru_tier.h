@@ -37,6 +37,13 @@ struct LruTierOptions {
   absl::Duration ttl = absl::InfiniteDuration();
   // Where time comes from (tests move it by hand). Default: the wall clock.
   std::function<absl::Time()> clock = [] { return absl::Now(); };
+  // Which entries are pinned (per-document retention). Pinned entries never expire by
+  // the time-to-live, and the budget evicts them only after every unpinned one; with
+  // `never_evict_pinned`, not at all (the tier may then exceed its budget). Called
+  // under the tier's lock: it must not call back into the tier. Default: none.
+  using PinnedFn = std::function<bool(absl::string_view name)>;
+  PinnedFn pinned = nullptr;
+  bool never_evict_pinned = false;
 };
 
 // A snapshot of one tier's counters.
@@ -69,7 +76,7 @@ class LruTier {
       return std::nullopt;
     }
     const absl::Time now = options_.clock();
-    if (now - found->second->last_used > options_.ttl) {
+    if (now - found->second->last_used > options_.ttl && !IsPinned(found->second->name)) {
       ++expirations_;
       ++misses_;
       RemoveLocked(found->second);
@@ -88,7 +95,7 @@ class LruTier {
     const auto found = index_.find(name);
     if (found == index_.end()) return false;
     const absl::Time now = options_.clock();
-    if (now - found->second->last_used > options_.ttl) {
+    if (now - found->second->last_used > options_.ttl && !IsPinned(found->second->name)) {
       ++expirations_;
       RemoveLocked(found->second);
       return false;
@@ -105,8 +112,8 @@ class LruTier {
   }
 
   // Adds or replaces `name`, then evicts least recently used entries until the tier
-  // fits its budget. Returns the names evicted (never `name` itself unless the entry
-  // alone exceeds the budget, in which case it is not kept and its name is returned).
+  // fits its budget (unpinned ones first). Returns the names evicted; `name` itself
+  // among them only when nothing else was left to evict.
   std::vector<std::string> Insert(const std::string& name, Value value, size_t bytes)
       ABSL_LOCKS_EXCLUDED(mutex_) {
     return Insert(name, std::move(value), bytes, options_.clock());
@@ -119,18 +126,25 @@ class LruTier {
     std::lock_guard<std::mutex> lock(mutex_);
     std::vector<std::string> evicted;
     if (const auto found = index_.find(name); found != index_.end()) RemoveLocked(found->second);
-    if (bytes > options_.capacity_bytes) {
+    if (bytes > options_.capacity_bytes && !(options_.never_evict_pinned && IsPinned(name))) {
       evicted.push_back(name);
       return evicted;
     }
     order_.push_front(Entry{name, std::move(value), bytes, last_used});
     index_[name] = order_.begin();
     bytes_ += bytes;
-    while (bytes_ > options_.capacity_bytes) {
-      evicted.push_back(order_.back().name);
-      ++evictions_;
-      RemoveLocked(std::prev(order_.end()));
-    }
+    EvictLocked(/*include_pinned=*/false, evicted);
+    if (!options_.never_evict_pinned) EvictLocked(/*include_pinned=*/true, evicted);
+    return evicted;
+  }
+
+  // Evicts until the tier fits its budget again (after entries stopped being pinned);
+  // returns the names evicted.
+  std::vector<std::string> Evict() ABSL_LOCKS_EXCLUDED(mutex_) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<std::string> evicted;
+    EvictLocked(/*include_pinned=*/false, evicted);
+    if (!options_.never_evict_pinned) EvictLocked(/*include_pinned=*/true, evicted);
     return evicted;
   }
 
@@ -164,10 +178,16 @@ class LruTier {
     std::vector<std::string> expired;
     const absl::Time now = options_.clock();
     // The least recently used sit at the back: stop at the first one still fresh.
-    while (!order_.empty() && now - order_.back().last_used > options_.ttl) {
-      expired.push_back(order_.back().name);
+    for (auto it = order_.end(); it != order_.begin();) {
+      const auto candidate = std::prev(it);
+      if (now - candidate->last_used <= options_.ttl) break;
+      if (IsPinned(candidate->name)) {
+        it = candidate;
+        continue;
+      }
+      expired.push_back(candidate->name);
       ++expirations_;
-      RemoveLocked(std::prev(order_.end()));
+      RemoveLocked(candidate);
     }
     return expired;
   }
@@ -191,6 +211,25 @@ class LruTier {
     absl::Time last_used;
   };
   using Iterator = typename std::list<Entry>::iterator;
+
+  bool IsPinned(absl::string_view name) const {
+    return options_.pinned != nullptr && options_.pinned(name);
+  }
+
+  // Evicts least recently used entries (pinned ones too, if asked) until the tier fits.
+  void EvictLocked(bool include_pinned, std::vector<std::string>& evicted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    for (auto it = order_.end(); bytes_ > options_.capacity_bytes && it != order_.begin();) {
+      const auto candidate = std::prev(it);
+      if (!include_pinned && IsPinned(candidate->name)) {
+        it = candidate;
+        continue;
+      }
+      evicted.push_back(candidate->name);
+      ++evictions_;
+      RemoveLocked(candidate);
+    }
+  }
 
   void RemoveLocked(Iterator entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
     bytes_ -= entry->bytes;

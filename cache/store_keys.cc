@@ -14,7 +14,6 @@ namespace apeserve::cache {
 namespace {
 
 constexpr char kDocumentTag = 'd';
-constexpr char kReferenceTag = 'r';
 constexpr char kLayerTag = 'l';
 constexpr size_t kMaxNamespaceBytes = 128;
 constexpr size_t kMaxIdBytes = 512;
@@ -103,6 +102,47 @@ std::string ReferenceKey(absl::string_view content_hash, absl::string_view names
 
 std::string ReferencePrefix(absl::string_view content_hash) {
   return ContentRangeBegin(kReferenceTag, content_hash);
+}
+
+absl::StatusOr<std::string> ParseReferenceKey(absl::string_view key) {
+  const size_t slash = key.find('/');
+  if (key.size() < 2 || key[0] != kReferenceTag || slash == absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", absl::CHexEscape(key), "' is not a reference key"));
+  }
+  return std::string(key.substr(1, slash - 1));
+}
+
+namespace {
+
+// Big-endian, with the sign bit flipped: byte order equals numeric order.
+std::string SortableMicros(absl::Time time) {
+  const uint64_t value = static_cast<uint64_t>(absl::ToUnixMicros(time)) ^ (uint64_t{1} << 63);
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(value >> (56 - 8 * i));
+  return bytes;
+}
+
+}  // namespace
+
+std::string ExpiryKey(absl::Time expires, absl::string_view namespace_id, absl::string_view id) {
+  return absl::StrCat(absl::string_view(&kExpiryTag, 1), SortableMicros(expires), namespace_id,
+                      absl::string_view("\0", 1), id);
+}
+
+std::string ExpiryKeyLimit(absl::Time time) {
+  return absl::StrCat(absl::string_view(&kExpiryTag, 1),
+                      SortableMicros(time + absl::Microseconds(1)));
+}
+
+absl::StatusOr<ExpiringDocument> ParseExpiryKey(absl::string_view key) {
+  const size_t nul = key.find('\0', 9);
+  if (key.size() < 11 || key[0] != kExpiryTag || nul == absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", absl::CHexEscape(key), "' is not an expiry key"));
+  }
+  return ExpiringDocument{.namespace_id = std::string(key.substr(9, nul - 9)),
+                          .id = std::string(key.substr(nul + 1))};
 }
 
 std::string KvEntryKey(const KvKey& key) {

@@ -2,7 +2,9 @@
 //
 // Column family "docs":
 //   d <namespace> \0 <id>                      -> framed DocumentRecord
-//   r <content_hash> / <namespace> \0 <id>     -> "" (the document references that KV)
+//   r <content_hash> / <namespace> \0 <id>     -> "" or "p" (the document references that
+//                                                KV; "p": and pins it)
+//   x <expiry, 8 bytes> <namespace> \0 <id>     -> "" (the document expires then)
 // Column family "kv":
 //   m <content_hash> / <fingerprint> / <prefix_hash>           -> framed KvEntryRecord
 //   l <content_hash> / <fingerprint> / <prefix_hash> / <layer> -> KV blob (kv_blob.h)
@@ -18,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 
 namespace apeserve::cache {
@@ -50,6 +53,25 @@ std::string ReferenceKey(absl::string_view content_hash, absl::string_view names
                          absl::string_view id);
 // Every reference to one content starts with this.
 std::string ReferencePrefix(absl::string_view content_hash);
+// The value of a reference from a pinned document (others hold "").
+inline constexpr char kPinnedReference[] = "p";
+// The first byte of every reference key (for a scan of all of them).
+inline constexpr char kReferenceTag = 'r';
+// The content hash a reference key names; INVALID_ARGUMENT if it is not one.
+absl::StatusOr<std::string> ParseReferenceKey(absl::string_view key);
+
+// Expiry index: keys sort by expiry time (microseconds since the epoch, big-endian,
+// offset so that times before 1970 sort first too).
+std::string ExpiryKey(absl::Time expires, absl::string_view namespace_id, absl::string_view id);
+// Every expiry key at or before `time` sorts before this.
+std::string ExpiryKeyLimit(absl::Time time);
+inline constexpr char kExpiryTag = 'x';
+struct ExpiringDocument {
+  std::string namespace_id;
+  std::string id;
+};
+// INVALID_ARGUMENT if `key` is not an expiry key.
+absl::StatusOr<ExpiringDocument> ParseExpiryKey(absl::string_view key);
 
 std::string KvEntryKey(const KvKey& key);
 std::string KvLayerKey(const KvKey& key, uint32_t layer);

@@ -23,6 +23,7 @@ namespace apeserve::cache {
 namespace {
 
 using ::apeserve::testing::IsOk;
+using ::apeserve::testing::IsOkAndHolds;
 using ::apeserve::testing::kModelA;
 using ::apeserve::testing::kModelB;
 using ::apeserve::testing::kPrefix;
@@ -259,7 +260,7 @@ TEST(ContextRegistryTest, UpdatesLabelsAndKeepsTokensTextAndKv) {
   ASSERT_NE(registry, nullptr);
   ASSERT_THAT(registry->Put(SyntheticDocument(1, 1), kPrefix), IsOk());
   absl::StatusOr<StoredDocument> updated =
-      registry->UpdateLabels("ns", "doc-1", {{"topic", "goats"}});
+      registry->Update("ns", "doc-1", {.labels = {{{"topic", "goats"}}}});
   ASSERT_THAT(updated, IsOk());
   EXPECT_EQ(updated->labels, (std::map<std::string, std::string>{{"topic", "goats"}}));
   absl::StatusOr<StoredDocument> read = registry->Get("ns", "doc-1");
@@ -272,11 +273,93 @@ TEST(ContextRegistryTest, UpdatesLabelsAndKeepsTokensTextAndKv) {
   EXPECT_EQ(loaded->source, KvSource::kStore);
   EXPECT_EQ(*encoder.calls, 1) << "an update never re-encodes";
 
-  EXPECT_THAT(registry->UpdateLabels("ns", "missing", {}),
+  EXPECT_THAT(registry->Update("ns", "missing", {}),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing")));
-  EXPECT_THAT(registry->UpdateLabels("ns", "doc-1", {{"", "empty key"}}),
+  EXPECT_THAT(registry->Update("ns", "doc-1", {.labels = {{{"", "empty key"}}}}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("label")));
   EXPECT_EQ(registry->Get("ns", "doc-1")->labels, updated->labels) << "a refused update changes nothing";
+}
+
+// Document n with as many tokens as document 1 (SyntheticTokens' length repeats every 13).
+DocumentInput SameSize(int n) { return SyntheticDocument(n, 1 + 13 * (n - 1)); }
+
+TEST(ContextRegistryTest, APinnedDocumentsKvSurvivesEvictionPressureAcrossRestarts) {
+  TempDir dir;
+  ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+  const size_t one = SyntheticKv(kModelA, kPrefix, SyntheticTokens(1), {}).TotalBytes();
+  options.stored_kv_bytes = 2 * one + one / 2;  // room for two documents' KV
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  {
+    auto registry = OpenOrDie(options, encoder.encoder);
+    ASSERT_NE(registry, nullptr);
+    DocumentInput pinned = SyntheticDocument(1, 1);
+    pinned.pinned = true;
+    ASSERT_THAT(registry->Put(pinned, kPrefix), IsOk());
+    for (int n = 2; n <= 6; ++n) ASSERT_THAT(registry->Put(SameSize(n), kPrefix), IsOk());
+    EXPECT_TRUE(registry->KvStored(*registry->Get("ns", "doc-1"), kPrefix));
+    EXPECT_FALSE(registry->KvStored(*registry->Get("ns", "doc-2"), kPrefix)) << "evicted";
+    EXPECT_EQ(registry->stats().pinned_contents, 1);
+  }
+  // The pin is stored: a restart indexes it before the KV, so nothing evicts it.
+  auto registry = OpenOrDie(options, encoder.encoder);
+  ASSERT_NE(registry, nullptr);
+  const int calls = *encoder.calls;
+  absl::StatusOr<LoadedContext> loaded = registry->Load("ns", "doc-1", kPrefix);
+  ASSERT_THAT(loaded, IsOk());
+  EXPECT_EQ(loaded->source, KvSource::kStore);
+  EXPECT_EQ(*encoder.calls, calls);
+  for (int n = 7; n <= 9; ++n) ASSERT_THAT(registry->Put(SameSize(n), kPrefix), IsOk());
+  EXPECT_TRUE(registry->KvStored(*registry->Get("ns", "doc-1"), kPrefix));
+
+  // Unpinned, it is an ordinary entry again: the budget evicts it (least recently used).
+  ASSERT_THAT(registry->Update("ns", "doc-1", {.pinned = false}), IsOk());
+  EXPECT_EQ(registry->stats().pinned_contents, 0);
+  for (int n = 10; n <= 11; ++n) ASSERT_THAT(registry->Put(SameSize(n), kPrefix), IsOk());
+  EXPECT_FALSE(registry->KvStored(*registry->Get("ns", "doc-1"), kPrefix));
+  EXPECT_FALSE(registry->Get("ns", "doc-1")->pinned);
+}
+
+TEST(ContextRegistryTest, AnExpiredDocumentIsGoneWithItsKv) {
+  TempDir dir;
+  absl::Time now = absl::FromUnixSeconds(1'800'000'000);
+  ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+  options.clock = [&now] { return now; };
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  auto registry = OpenOrDie(options, encoder.encoder);
+  ASSERT_NE(registry, nullptr);
+  DocumentInput soon = SyntheticDocument(1, 1);
+  soon.expires = now + absl::Seconds(10);
+  ASSERT_THAT(registry->Put(soon, kPrefix), IsOk());
+  DocumentInput later = SyntheticDocument(2, 2);
+  later.expires = now + absl::Seconds(30);
+  ASSERT_THAT(registry->Put(later, kPrefix), IsOk());
+  ASSERT_THAT(registry->Put(SyntheticDocument(3, 3), kPrefix), IsOk());
+  EXPECT_EQ(registry->Get("ns", "doc-1")->expires, now + absl::Seconds(10));
+  // Moved later before it passes.
+  ASSERT_THAT(registry->Update("ns", "doc-2", {.expires = now + absl::Seconds(60)}), IsOk());
+
+  now += absl::Seconds(11);
+  // Invisible at once, to every reader.
+  EXPECT_THAT(registry->Get("ns", "doc-1"), StatusIs(absl::StatusCode::kNotFound, HasSubstr("expired")));
+  EXPECT_THAT(registry->Load("ns", "doc-1", kPrefix), StatusIs(absl::StatusCode::kNotFound, HasSubstr("expired")));
+  absl::StatusOr<DocumentPage> page = registry->List("ns", {});
+  ASSERT_THAT(page, IsOk());
+  EXPECT_EQ(page->documents.size(), 2);
+  // Deleted, KV included, by the sweep.
+  const uint64_t stored_before = registry->stats().store.entries;
+  registry->Sweep();
+  EXPECT_EQ(registry->stats().documents_expired, 1);
+  EXPECT_EQ(registry->stats().store.entries, stored_before - 1);
+  EXPECT_THAT(registry->Delete("ns", "doc-1"), IsOkAndHolds(false));
+
+  now += absl::Seconds(30);  // doc-2's first expiry has passed, its new one not
+  registry->Sweep();
+  EXPECT_THAT(registry->Get("ns", "doc-2"), IsOk());
+  ASSERT_THAT(registry->Update("ns", "doc-2", {.expires = absl::InfiniteFuture()}), IsOk());
+  now += absl::Hours(1);
+  registry->Sweep();
+  EXPECT_THAT(registry->Get("ns", "doc-2"), IsOk());
+  EXPECT_EQ(registry->stats().documents_expired, 1);
 }
 
 TEST(ContextRegistryTest, KeepsIdsTextAndLabelsThatAreNotUtf8) {

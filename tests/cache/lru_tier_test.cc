@@ -66,6 +66,35 @@ TEST(LruTierTest, IdleEntriesExpire) {
   EXPECT_EQ(tier.stats().bytes, 0U);
 }
 
+TEST(LruTierTest, PinnedEntriesGoLastAndNeverExpire) {
+  absl::Time now = absl::FromUnixSeconds(1000);
+  const auto pinned = [](absl::string_view name) { return absl::StartsWith(name, "pin"); };
+  LruTier<int> tier({.capacity_bytes = 100,
+                     .ttl = absl::Seconds(10),
+                     .clock = [&] { return now; },
+                     .pinned = pinned});
+  tier.Insert("pin-a", 1, 40);
+  tier.Insert("b", 2, 40);
+  // pin-a is the least recently used, but b goes first.
+  EXPECT_THAT(tier.Insert("c", 3, 40), ElementsAre("b"));
+  // Even the newest unpinned entry goes before a pinned one.
+  EXPECT_THAT(tier.Insert("d", 4, 90), ElementsAre("c", "d"));
+  tier.Insert("e", 5, 10);
+  now += absl::Seconds(11);
+  EXPECT_THAT(tier.EvictExpired(), ElementsAre("e"));
+  EXPECT_THAT(tier.Lookup("pin-a"), Optional(1)) << "idle, but pinned";
+  // With only pinned entries left to evict, they go too (the host tier's policy).
+  EXPECT_THAT(tier.Insert("pin-f", 6, 90), ElementsAre("pin-a"));
+
+  // The store's policy: pinned entries are never evicted, even past the budget.
+  LruTier<int> store({.capacity_bytes = 100, .pinned = pinned, .never_evict_pinned = true});
+  store.Insert("pin-a", 1, 60);
+  EXPECT_THAT(store.Insert("pin-b", 2, 60), IsEmpty());
+  EXPECT_THAT(store.Insert("c", 3, 10), ElementsAre("c"));
+  EXPECT_THAT(store.Insert("pin-big", 4, 500), IsEmpty());
+  EXPECT_EQ(store.stats().bytes, 620U);
+}
+
 TEST(LruTierTest, ErasesByNameAndByPrefix) {
   LruTier<int> tier({.capacity_bytes = 100});
   tier.Insert("x/1", 1, 1);

@@ -54,7 +54,7 @@ def _call(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         raise ApeserveError.from_rpc_error(error) from None
 
 
-def _choice(value: str, choices: Mapping[str, int], what: str) -> int:
+def _choice(value: str, choices: Mapping[str, _T], what: str) -> _T:
     try:
         return choices[value]
     except KeyError:
@@ -90,7 +90,9 @@ class GenerateStream(Iterator[str]):
             try:
                 message = _call(next, self._call)
             except StopIteration:
-                raise ApeserveError("UNKNOWN", "the stream ended without its last message")
+                raise ApeserveError(
+                    "UNKNOWN", "the stream ended without its last message"
+                ) from None
             self._messages.append(message)
             if message.HasField("end"):
                 self.result = GenerateResult.from_stream(self._messages)
@@ -419,7 +421,7 @@ class Client:
         except ImportError:
             # Without grpcio-health-checking, call the method by hand: the request
             # (service "") encodes to no bytes, and SERVING (1) in field 1 to 08 01.
-            check = self._channel.unary_unary(
+            check: grpc.UnaryUnaryMultiCallable[None, bool] = self._channel.unary_unary(
                 "/grpc.health.v1.Health/Check",
                 request_serializer=lambda _: b"",
                 response_deserializer=lambda data: data == b"\x08\x01",
