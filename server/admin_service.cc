@@ -60,6 +60,8 @@ grpc::ServerUnaryReactor* AdminService::GetStats(grpc::CallbackServerContext* co
   response->set_contexts_stored(static_cast<int64_t>(registry.documents_put));
   response->set_contexts_deleted(static_cast<int64_t>(registry.documents_deleted));
   response->set_kv_shared(static_cast<int64_t>(registry.kv_shared));
+  response->set_contexts_expired(static_cast<int64_t>(registry.documents_expired));
+  response->set_pinned_contents(static_cast<int64_t>(registry.pinned_contents));
   return Done(context);
 }
 

@@ -18,6 +18,7 @@
 #include "server/backend.h"
 #include "server/context_service.h"
 #include "server/generation_service.h"
+#include "server/periodic_task.h"
 #include "server/prefix_cache.h"
 #include "server/scheduler.h"
 #include "server/server_counters.h"
@@ -207,6 +208,9 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
   APE_ASSIGN_OR_RETURN(server->registry_,
                        cache::ContextRegistry::Open(registry_options, std::move(encoder),
                                                     std::move(uploader)));
+  cache::ContextRegistry& registry = *server->registry_;
+  server->sweeper_ =
+      std::make_unique<PeriodicTask>(absl::Seconds(1), [&registry] { registry.Sweep(); });
   server->scheduler_ = std::make_unique<Scheduler>(SchedulerOptions{
       .max_queued = static_cast<size_t>(options.limits.max_queued_requests),
       .max_running = static_cast<size_t>(options.limits.max_running_requests)});

@@ -31,6 +31,7 @@ namespace apeserve::server {
 class AdminService;
 class ContextService;
 class GenerationService;
+class PeriodicTask;
 class PrefixCache;
 class Scheduler;
 class ServerCounters;
@@ -71,6 +72,7 @@ class ApeServer {
   std::unique_ptr<model::PromptPieces> pieces_;
   std::unique_ptr<PrefixCache> prefixes_;
   std::unique_ptr<cache::ContextRegistry> registry_;
+  std::unique_ptr<PeriodicTask> sweeper_;  // the registry's Sweep, every second
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ServerCounters> counters_;
   std::unique_ptr<ServerOptions> options_;

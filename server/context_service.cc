@@ -7,6 +7,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "google/protobuf/util/time_util.h"
 #include "model/utf8.h"
 #include "server/call_support.h"
 #include "server/ingest_task.h"
@@ -194,16 +195,33 @@ grpc::Status ContextService::UpdateContext(grpc::ServerContext* /*context*/,
   const auto finish = [&](const absl::Status& status) {
     return FinishCall(backend_, "UpdateContext", "", status, start);
   };
-  for (const std::string& path : request->update_mask().paths()) {
-    if (path != "labels") {
-      return finish(absl::InvalidArgumentError(absl::StrCat(
-          "update_mask names '", path, "'; the field that may change is 'labels'")));
+  const ape::v1::Context& update = request->context();
+  cache::DocumentUpdate change;
+  std::vector<std::string> paths(request->update_mask().paths().begin(),
+                                 request->update_mask().paths().end());
+  if (paths.empty()) paths.push_back("labels");
+  for (const std::string& path : paths) {
+    if (path == "labels") {
+      change.labels.emplace(update.labels().begin(), update.labels().end());
+    } else if (path == "pinned") {
+      change.pinned = update.pinned();
+    } else if (path == "expire_time") {
+      change.expires = update.has_expire_time()
+                           ? absl::FromUnixMicros(google::protobuf::util::TimeUtil::TimestampToMicroseconds(
+                                 update.expire_time()))
+                           : absl::InfiniteFuture();
+    } else if (path == "ttl") {
+      absl::StatusOr<absl::Duration> ttl = TtlOf(update.ttl(), "context.ttl");
+      if (!ttl.ok()) return finish(ttl.status());
+      change.expires = *ttl > absl::ZeroDuration() ? absl::Now() + *ttl : absl::InfiniteFuture();
+    } else {
+      return finish(absl::InvalidArgumentError(
+          absl::StrCat("update_mask names '", path,
+                       "'; the fields that may change are labels, pinned, expire_time and ttl")));
     }
   }
-  const ape::v1::Context& update = request->context();
-  absl::StatusOr<cache::StoredDocument> document = backend_.registry.UpdateLabels(
-      NamespaceOf(update.namespace_()), update.context_id(),
-      {update.labels().begin(), update.labels().end()});
+  absl::StatusOr<cache::StoredDocument> document = backend_.registry.Update(
+      NamespaceOf(update.namespace_()), update.context_id(), change);
   if (document.ok()) *response = ToContextProto(*document, KvStored(*document), false);
   return finish(document.status());
 }

@@ -22,7 +22,24 @@ ape::v1::Context ToContextProto(const cache::StoredDocument& document, bool kv_s
   context.set_content_hash(document.content_hash);
   if (include_text) context.set_text(document.text);
   context.set_kv_state(kv_stored ? ape::v1::KV_STATE_STORED : ape::v1::KV_STATE_EVICTED);
+  context.set_pinned(document.pinned);
+  if (document.expires != absl::InfiniteFuture()) {
+    *context.mutable_expire_time() = google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(
+        absl::ToUnixMicros(document.expires));
+  }
   return context;
+}
+
+absl::StatusOr<absl::Duration> TtlOf(const google::protobuf::Duration& ttl,
+                                      absl::string_view field) {
+  const absl::Duration duration =
+      absl::Seconds(ttl.seconds()) + absl::Nanoseconds(ttl.nanos());
+  if (duration < absl::ZeroDuration() || duration > absl::Hours(24 * 365 * 100)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " is ", absl::FormatDuration(duration),
+                     "; it must be from 0 (never expires) to 100 years"));
+  }
+  return duration;
 }
 
 IngestTask::IngestTask(const Backend& backend, std::vector<ape::v1::CreateContextRequest> contexts,
@@ -65,7 +82,12 @@ absl::StatusOr<ape::v1::Context> IngestTask::Store(const ape::v1::CreateContextR
       .id = request.context_id().empty() ? NewContextId() : request.context_id(),
       .tokens = {},
       .text = request.text(),
-      .labels = {request.labels().begin(), request.labels().end()}};
+      .labels = {request.labels().begin(), request.labels().end()},
+      .pinned = request.pinned()};
+  if (request.has_ttl()) {
+    APE_ASSIGN_OR_RETURN(const absl::Duration ttl, TtlOf(request.ttl(), "ttl"));
+    if (ttl > absl::ZeroDuration()) document.expires = absl::Now() + ttl;
+  }
   APE_RETURN_IF_ERROR(cache::ValidateNamespace(document.namespace_id));
   APE_RETURN_IF_ERROR(cache::ValidateContextId(document.id));
   if (document.text.empty()) return absl::InvalidArgumentError("text is empty: nothing to store");

@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "ape/v1/context.pb.h"
 #include "cache/document.h"
 #include "server/backend.h"
@@ -22,6 +24,11 @@ namespace apeserve::server {
 // A stored document as the API shows it; `kv_stored` fills kv_state.
 ape::v1::Context ToContextProto(const cache::StoredDocument& document, bool kv_stored,
                                 bool include_text);
+
+// A time-to-live from the API; INVALID_ARGUMENT naming `field` when negative or past
+// 100 years.
+absl::StatusOr<absl::Duration> TtlOf(const google::protobuf::Duration& ttl,
+                                     absl::string_view field);
 
 class IngestTask final : public Task {
  public:

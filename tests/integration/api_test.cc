@@ -236,6 +236,104 @@ TEST_F(ApiTest, ContextsAreCreatedListedReadRelabelledAndDeleted) {
   EXPECT_EQ(reply.content_hash(), goats.content_hash());
 }
 
+TEST_F(ApiTest, APinnedContextKeepsItsKvUnderEvictionPressure) {
+  // 4 MiB of stored KV hold about three of these contexts (45 KiB of KV per token).
+  Start({"--stored_kv_mib=4"});
+  ape::v1::CreateContextRequest pinned;
+  pinned.set_context_id("pinned");
+  pinned.set_text(kGoats);
+  pinned.set_pinned(true);
+  {
+    grpc::ClientContext context;
+    ape::v1::Context reply;
+    ASSERT_TRUE(clients_->contexts->CreateContext(&context, pinned, &reply).ok());
+    EXPECT_TRUE(reply.pinned());
+  }
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_TRUE(Create(absl::StrCat("filler-", i), absl::StrCat(kGoats, " Filler ", i, ".")).ok());
+  }
+  const auto kv_state = [&](const std::string& id) {
+    ape::v1::GetContextRequest request;
+    request.set_context_id(id);
+    grpc::ClientContext context;
+    ape::v1::Context reply;
+    EXPECT_TRUE(clients_->contexts->GetContext(&context, request, &reply).ok());
+    return reply.kv_state();
+  };
+  EXPECT_EQ(kv_state("pinned"), ape::v1::KV_STATE_STORED);
+  EXPECT_EQ(kv_state("filler-0"), ape::v1::KV_STATE_EVICTED);
+  EXPECT_EQ(kv_state("filler-5"), ape::v1::KV_STATE_STORED);
+  EXPECT_EQ(Stats().pinned_contents(), 1);
+  ape::v1::GenerateResponse reply;
+  ASSERT_TRUE(Generate(Greedy("How many goats?", {"pinned"}, ape::v1::ENCODING_MODE_APE, 4), reply).ok());
+  EXPECT_EQ(reply.usage().context_tokens_store(), reply.usage().context_tokens());
+  // An evicted context is rebuilt from its stored tokens.
+  ASSERT_TRUE(Generate(Greedy("How many goats?", {"filler-0"}, ape::v1::ENCODING_MODE_APE, 4), reply).ok());
+  EXPECT_EQ(reply.usage().context_tokens_recomputed(), reply.usage().context_tokens());
+
+  // Unpinned later through an update.
+  ape::v1::UpdateContextRequest update;
+  update.mutable_context()->set_context_id("pinned");
+  update.mutable_context()->set_pinned(false);
+  update.mutable_update_mask()->add_paths("pinned");
+  grpc::ClientContext context;
+  ape::v1::Context updated;
+  ASSERT_TRUE(clients_->contexts->UpdateContext(&context, update, &updated).ok());
+  EXPECT_FALSE(updated.pinned());
+  EXPECT_EQ(Stats().pinned_contents(), 0);
+}
+
+TEST_F(ApiTest, AContextWithATimeToLiveExpiresWithItsKv) {
+  Start();
+  ape::v1::CreateContextRequest request;
+  request.set_context_id("brief");
+  request.set_text(kBees);
+  request.mutable_ttl()->set_seconds(1);
+  ape::v1::Context created;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(clients_->contexts->CreateContext(&context, request, &created).ok());
+  }
+  ASSERT_TRUE(created.has_expire_time());
+  EXPECT_NEAR(created.expire_time().seconds(), absl::ToUnixSeconds(absl::Now()) + 1, 2);
+  ASSERT_TRUE(Create("lasting", kGoats).ok());
+  // A time-to-live given later, then taken back.
+  {
+    ape::v1::UpdateContextRequest update;
+    update.mutable_context()->set_context_id("lasting");
+    update.mutable_context()->mutable_ttl()->set_seconds(1);
+    update.mutable_update_mask()->add_paths("ttl");
+    grpc::ClientContext context;
+    ape::v1::Context reply;
+    ASSERT_TRUE(clients_->contexts->UpdateContext(&context, update, &reply).ok());
+    EXPECT_TRUE(reply.has_expire_time());
+    update.mutable_context()->clear_expiration();
+    update.mutable_update_mask()->set_paths(0, "expire_time");
+    grpc::ClientContext again;
+    ASSERT_TRUE(clients_->contexts->UpdateContext(&again, update, &reply).ok());
+    EXPECT_FALSE(reply.has_expire_time());
+  }
+  absl::SleepFor(absl::Milliseconds(1500));
+  ape::v1::GenerateResponse reply;
+  const grpc::Status gone =
+      Generate(Greedy("Who keeps bees?", {"brief"}, ape::v1::ENCODING_MODE_APE, 4), reply);
+  EXPECT_EQ(CodeOf(gone), absl::StatusCode::kNotFound);
+  EXPECT_THAT(gone.error_message(), HasSubstr("brief"));
+  // The sweeper deletes it, KV included, within a second or so.
+  for (int i = 0; i < 100 && Stats().contexts_expired() < 1; ++i) absl::SleepFor(absl::Milliseconds(50));
+  const ape::v1::Stats stats = Stats();
+  EXPECT_EQ(stats.contexts_expired(), 1);
+  EXPECT_EQ(stats.store_tier().entries(), 1);
+  ASSERT_TRUE(Generate(Greedy("How many goats?", {"lasting"}, ape::v1::ENCODING_MODE_APE, 4), reply).ok());
+  // A negative time-to-live is refused by name.
+  request.mutable_ttl()->set_seconds(-5);
+  grpc::ClientContext context;
+  ape::v1::Context refused;
+  const grpc::Status status = clients_->contexts->CreateContext(&context, request, &refused);
+  EXPECT_EQ(CodeOf(status), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.error_message(), HasSubstr("ttl"));
+}
+
 TEST_F(ApiTest, UploadsInChunksAndIngestsBatchesWithPerContextResults) {
   Start();
   const std::string text = absl::StrCat(kGoats, " ", kBridge, " ", kBees);
