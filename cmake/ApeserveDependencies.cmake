@@ -27,6 +27,7 @@ find_package(nlohmann_json CONFIG REQUIRED)
 find_package(GTest CONFIG REQUIRED)
 pkg_check_modules(xxhash REQUIRED IMPORTED_TARGET libxxhash)
 pkg_check_modules(pcre2 REQUIRED IMPORTED_TARGET libpcre2-8)
+pkg_check_modules(httplib REQUIRED IMPORTED_TARGET cpp-httplib)
 
 find_program(APESERVE_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
 

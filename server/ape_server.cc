@@ -18,6 +18,7 @@
 #include "server/backend.h"
 #include "server/context_service.h"
 #include "server/generation_service.h"
+#include "server/metrics_endpoint.h"
 #include "server/periodic_task.h"
 #include "server/prefix_cache.h"
 #include "server/scheduler.h"
@@ -222,8 +223,15 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
                                                        .prefixes = prefixes,
                                                        .scheduler = *server->scheduler_,
                                                        .counters = *server->counters_});
+  ape::v1::ServerInfo info = DescribeServer(options, header, device, runtime);
+  if (!options.metrics_address.empty()) {
+    APE_ASSIGN_OR_RETURN(server->metrics_,
+                         MetricsEndpoint::Start(options.metrics_address, *server->backend_));
+    info.set_metrics_address(server->metrics_->address());
+    spdlog::info("metrics on http://{}/metrics", server->metrics_->address());
+  }
   server->admin_service_ = std::make_unique<AdminService>(
-      DescribeServer(options, header, device, runtime),
+      std::move(info),
       DescribeModel(engine, *chat, options.storage), *server->backend_);
   server->context_service_ = std::make_unique<ContextService>(*server->backend_);
   server->generation_service_ = std::make_unique<GenerationService>(*server->backend_);

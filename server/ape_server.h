@@ -31,6 +31,7 @@ namespace apeserve::server {
 class AdminService;
 class ContextService;
 class GenerationService;
+class MetricsEndpoint;
 class PeriodicTask;
 class PrefixCache;
 class Scheduler;
@@ -77,6 +78,7 @@ class ApeServer {
   std::unique_ptr<ServerCounters> counters_;
   std::unique_ptr<ServerOptions> options_;
   std::unique_ptr<Backend> backend_;
+  std::unique_ptr<MetricsEndpoint> metrics_;
   std::unique_ptr<AdminService> admin_service_;
   std::unique_ptr<ContextService> context_service_;
   std::unique_ptr<GenerationService> generation_service_;

@@ -22,8 +22,8 @@ AliveCheck AliveCheckFor(grpc::ServerContextBase* context) {
 grpc::Status FinishCall(const Backend& backend, absl::string_view method,
                         absl::string_view request_id, const absl::Status& status, absl::Time start,
                         absl::string_view details) {
-  backend.counters.CountCall(method, status.code());
   const double milliseconds = absl::ToDoubleMilliseconds(absl::Now() - start);
+  backend.counters.CountCall(method, status.code(), milliseconds / 1000);
   const auto level = status.ok() || absl::IsNotFound(status) || absl::IsInvalidArgument(status)
                          ? spdlog::level::info
                          : spdlog::level::warn;

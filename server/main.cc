@@ -16,6 +16,7 @@
 #include "common/logging.h"
 #include "model/ape_options.h"
 #include "server/ape_server.h"
+#include "server/log_format.h"
 #include "server/server_options.h"
 #include "spdlog/spdlog.h"
 
@@ -77,6 +78,10 @@ ABSL_FLAG(std::optional<std::string>, ape_form, std::nullopt,
 ABSL_FLAG(std::string, port_file, "",
           "once serving, write the port to this file (for scripts and tests)");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off");
+ABSL_FLAG(std::string, log_format, "text",
+          "text (human-readable lines) or json (one JSON object per line, for log collectors)");
+ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_address,
+          "host:port of the Prometheus metrics endpoint (GET /metrics); empty turns it off");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "on SIGTERM or SIGINT, how long running calls may finish before they are cancelled");
 
@@ -119,6 +124,10 @@ int main(int argc, char** argv) {
                                    "' is not one of trace, debug, info, warn, error, off"));
   }
   spdlog::set_level(level);
+  if (absl::Status format = apeserve::server::SetLogFormat(absl::GetFlag(FLAGS_log_format));
+      !format.ok()) {
+    return UsageError(absl::StrCat("--log_format: ", format.message()));
+  }
 
   apeserve::server::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);
@@ -126,6 +135,7 @@ int main(int argc, char** argv) {
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.device = absl::GetFlag(FLAGS_device);
   options.dtype = absl::GetFlag(FLAGS_dtype);
+  options.metrics_address = absl::GetFlag(FLAGS_metrics_listen);
   // Sizes in MiB, from 0 to 1 TiB.
   const auto mib = [](int64_t value) -> std::optional<size_t> {
     if (value < 0 || value > (int64_t{1} << 20)) return std::nullopt;

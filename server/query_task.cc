@@ -239,6 +239,8 @@ absl::StatusOr<bool> GenerateTask::Answer() {
   if (generator_->tokens().size() == 1) {
     first_token_ = absl::Now();
     timings_.set_time_to_first_token_ms(absl::ToDoubleMilliseconds(first_token_ - enqueued()));
+    backend_.counters.ObserveTimeToFirstToken(model::EncodingModeName(plan_.ape.mode),
+                                              timings_.time_to_first_token_ms() / 1000);
   }
   ape::v1::GenerateStreamResponse chunk;
   chunk.set_request_id(plan_.request_id);
@@ -305,7 +307,6 @@ absl::StatusOr<bool> ScoreTask::Answer() {
       backend_.engine.tokenizer().Encode(plan_.continuations[index]);
   APE_ASSIGN_OR_RETURN(const model::ScoreResult result,
                        model::Score(backend_.engine, *sequence_, query_tokens_, continuation));
-  if (index == 0) timings_.set_time_to_first_token_ms(MillisecondsSince(enqueued()));
   timings_.set_prefill_ms(timings_.prefill_ms() + MillisecondsSince(start));
   ape::v1::ContinuationScore* score = response_.add_scores();
   score->mutable_token_ids()->Add(continuation.begin(), continuation.end());

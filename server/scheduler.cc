@@ -79,6 +79,10 @@ void Scheduler::Loop() {
     for (auto it = running.begin(); it != running.end();) {
       if ((*it)->Step()) {
         it = running.erase(it);
+        // Counted out at once, not at the next admission: a caller that has its
+        // answer sees the load without it.
+        std::lock_guard<std::mutex> lock(mutex_);
+        running_ = running.size();
       } else {
         ++it;
       }

@@ -78,6 +78,9 @@ struct ServerOptions {
   std::string ape_calibration_fingerprint;
   RequestLimits limits;
   StorageOptions storage;
+  // host:port of the Prometheus metrics endpoint (HTTP GET /metrics); port 0 picks a
+  // free one; empty turns it off. Default: "127.0.0.1:9464" (loopback only).
+  std::string metrics_address = "127.0.0.1:9464";
 };
 
 }  // namespace apeserve::server

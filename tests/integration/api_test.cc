@@ -3,12 +3,15 @@
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <signal.h>
 
 #include <algorithm>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -668,6 +671,8 @@ TEST_F(ApiTest, SixteenConcurrentStreamsAllAnswerAsTheyWouldAlone) {
     EXPECT_TRUE(statuses[i].ok()) << i << ": " << statuses[i].error_message();
     EXPECT_EQ(texts[i], alone[i % questions.size()]) << i;
   }
+  // The scheduler counts a task out right after its last step, which sent the answer.
+  for (int i = 0; i < 50 && Load().running() > 0; ++i) absl::SleepFor(absl::Milliseconds(10));
   const ape::v1::Load load = Load();
   EXPECT_EQ(load.queued(), 0);
   EXPECT_EQ(load.running(), 0);
@@ -754,6 +759,55 @@ TEST_F(ApiTest, SigtermLetsARunningStreamFinishAndExitsZero) {
   EXPECT_EQ(chunks, 41);
   EXPECT_EQ(server_->process().Wait(absl::Seconds(60)), std::optional<int>(0)) << server_->Stderr();
   EXPECT_THAT(server_->Stderr(), HasSubstr("call=GenerateStream"));
+}
+
+TEST_F(ApiTest, ServesPrometheusMetricsAndJsonLogs) {
+  Start({"--log_format=json"});
+  ape::v1::ServerInfo info;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(clients_->admin->GetServerInfo(&context, {}, &info).ok());
+  }
+  ASSERT_FALSE(info.metrics_address().empty());
+  ASSERT_TRUE(Create("goats", kGoats).ok());
+  ape::v1::GenerateRequest request = Greedy("Who?", {"goats"}, ape::v1::ENCODING_MODE_APE, 3);
+  request.set_request_id("json-1");
+  ape::v1::GenerateResponse reply;
+  ASSERT_TRUE(Generate(request, reply).ok());
+
+  const size_t colon = info.metrics_address().rfind(':');
+  httplib::Client http(info.metrics_address().substr(0, colon),
+                       std::stoi(info.metrics_address().substr(colon + 1)));
+  const httplib::Result scrape = http.Get("/metrics");
+  ASSERT_TRUE(scrape) << httplib::to_string(scrape.error());
+  EXPECT_EQ(scrape->status, 200);
+  EXPECT_THAT(scrape->get_header_value("Content-Type"), HasSubstr("text/plain; version=0.0.4"));
+  const std::string& metrics = scrape->body;
+  EXPECT_THAT(metrics, HasSubstr("apeserve_requests_total{method=\"Generate\",code=\"OK\"} 1\n"));
+  EXPECT_THAT(metrics, HasSubstr("apeserve_requests_total{method=\"CreateContext\",code=\"OK\"} 1\n"));
+  EXPECT_THAT(metrics, HasSubstr("apeserve_time_to_first_token_seconds_count{mode=\"ape\"} 1\n"));
+  EXPECT_THAT(metrics, HasSubstr("apeserve_request_duration_seconds_bucket{method=\"Generate\",le=\"+Inf\"} 1\n"));
+  EXPECT_THAT(metrics, HasSubstr("apeserve_generated_tokens_total 3\n"));
+  EXPECT_THAT(metrics, HasSubstr("apeserve_kv_entries{tier=\"store\"} 1\n"));
+  EXPECT_THAT(metrics, HasSubstr(absl::StrCat("apeserve_context_tokens_total{source=\"store\"} ",
+                                              reply.usage().context_tokens(), "\n")));
+  EXPECT_THAT(metrics, HasSubstr("# TYPE apeserve_queued_requests gauge\n"));
+  EXPECT_EQ(http.Get("/nothing-here")->status, 404);
+  Stop();
+
+  // Every log line is one JSON object; the call has its line with the request id.
+  int lines = 0, calls = 0;
+  std::istringstream log(server_->Stderr());
+  for (std::string line; std::getline(log, line);) {
+    const nlohmann::json json = nlohmann::json::parse(line, nullptr, false);
+    ASSERT_TRUE(json.is_object()) << line;
+    EXPECT_TRUE(json.contains("time") && json.contains("level")) << line;
+    ++lines;
+    const std::string message = json.value("message", "");
+    if (message.find("call=Generate request_id=json-1 status=OK") != std::string::npos) ++calls;
+  }
+  EXPECT_GT(lines, 5);
+  EXPECT_EQ(calls, 1);
 }
 
 TEST_F(ApiTest, AdminServiceDescribesTheModelAndCountsCalls) {

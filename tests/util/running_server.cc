@@ -17,6 +17,7 @@ std::vector<std::string> Command(const std::string& data_dir, const std::string&
                                       "--listen=127.0.0.1:0",
                                       "--device=cpu",
                                       "--sync_writes=false",
+                                      "--metrics_listen=127.0.0.1:0",
                                       "--port_file=" + port_file};
   command.insert(command.end(), extra_flags.begin(), extra_flags.end());
   return command;
