@@ -30,7 +30,7 @@ size_t ContextBytes(const model::EncodedContext& context) {
   return context.kv.TotalBytes() + context.tokens.size() * sizeof(int32_t);
 }
 
-std::string DocumentName(absl::string_view namespace_id, absl::string_view id) {
+std::string ContextName(absl::string_view namespace_id, absl::string_view id) {
   return absl::StrCat(namespace_id, "/", absl::CHexEscape(id));
 }
 
@@ -65,17 +65,17 @@ class ContextRegistry::Impl {
                  .never_evict_pinned = true}) {}
 
   absl::Status IndexStoredKv();
-  absl::StatusOr<StoredDocument> Put(const DocumentInput& input, absl::string_view prefix_hash,
+  absl::StatusOr<StoredContext> Put(const ContextInput& input, absl::string_view prefix_hash,
                                      const model::KvSegment* kv);
-  absl::StatusOr<StoredDocument> Get(absl::string_view namespace_id, absl::string_view id) const;
-  absl::StatusOr<DocumentPage> List(absl::string_view namespace_id,
+  absl::StatusOr<StoredContext> Get(absl::string_view namespace_id, absl::string_view id) const;
+  absl::StatusOr<ContextPage> List(absl::string_view namespace_id,
                                     const ListOptions& options) const;
-  absl::StatusOr<StoredDocument> Update(absl::string_view namespace_id, absl::string_view id,
-                                        const DocumentUpdate& update);
+  absl::StatusOr<StoredContext> Update(absl::string_view namespace_id, absl::string_view id,
+                                        const ContextUpdate& update);
   absl::StatusOr<bool> Delete(absl::string_view namespace_id, absl::string_view id);
   absl::StatusOr<LoadedContext> Load(absl::string_view namespace_id, absl::string_view id,
                                      absl::string_view prefix_hash);
-  bool KvStored(const StoredDocument& document, absl::string_view prefix_hash) const {
+  bool KvStored(const StoredContext& document, absl::string_view prefix_hash) const {
     return stored_.Contains(
         KvKey{document.content_hash, options_.model_fingerprint, std::string(prefix_hash)}.Name());
   }
@@ -95,7 +95,7 @@ class ContextRegistry::Impl {
   }
 
   // The stored record, expired or not (writers see what is there).
-  absl::StatusOr<StoredDocument> ReadRecord(absl::string_view namespace_id,
+  absl::StatusOr<StoredContext> ReadRecord(absl::string_view namespace_id,
                                             absl::string_view id) const;
   // Deletes a document under the write lock; true if it existed.
   absl::StatusOr<bool> DeleteLocked(absl::string_view namespace_id, absl::string_view id)
@@ -130,7 +130,7 @@ class ContextRegistry::Impl {
   // other document references that content, of the content's KV. Returns the content
   // whose KV goes.
   absl::StatusOr<std::optional<std::string>> Unreference(rocksdb::WriteBatch& batch,
-                                                         const StoredDocument& document) const
+                                                         const StoredContext& document) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mutex_);
   // Deletes stored KV entries by tier name (evicted or expired).
   void DropStored(const std::vector<std::string>& names)
@@ -158,9 +158,9 @@ class ContextRegistry::Impl {
 
   std::atomic<uint64_t> rebuilds_{0};
   std::atomic<uint64_t> corrupt_kv_{0};
-  std::atomic<uint64_t> documents_put_{0};
-  std::atomic<uint64_t> documents_deleted_{0};
-  std::atomic<uint64_t> documents_expired_{0};
+  std::atomic<uint64_t> contexts_stored_{0};
+  std::atomic<uint64_t> contexts_deleted_{0};
+  std::atomic<uint64_t> contexts_expired_{0};
   // Contents referenced by at least one pinned document, with how many. Locked after
   // a tier's lock (the tiers call PinnedPredicate), never before.
   mutable std::mutex pins_mutex_;
@@ -182,7 +182,7 @@ absl::Status ContextRegistry::Impl::IndexStoredKv() {
         Pin(*content, 1);
       }
     }
-    APE_RETURN_IF_ERROR(FromRocksDb(it->status(), "index the pinned documents"));
+    APE_RETURN_IF_ERROR(FromRocksDb(it->status(), "index the pinned contexts"));
   }
   struct Entry {
     KvKey key;
@@ -242,7 +242,7 @@ absl::StatusOr<bool> ContextRegistry::Impl::Referenced(absl::string_view content
 }
 
 absl::StatusOr<std::optional<std::string>> ContextRegistry::Impl::Unreference(
-    rocksdb::WriteBatch& batch, const StoredDocument& document) const {
+    rocksdb::WriteBatch& batch, const StoredContext& document) const {
   const std::string reference =
       ReferenceKey(document.content_hash, document.namespace_id, document.id);
   APE_RETURN_IF_ERROR(
@@ -274,10 +274,10 @@ void ContextRegistry::Impl::ForgetContent(absl::string_view content_hash) {
   device_.EraseWithPrefix(prefix);
 }
 
-absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& input,
+absl::StatusOr<StoredContext> ContextRegistry::Impl::Put(const ContextInput& input,
                                                           absl::string_view prefix_hash,
                                                           const model::KvSegment* kv) {
-  APE_RETURN_IF_ERROR(ValidateDocumentInput(input));
+  APE_RETURN_IF_ERROR(ValidateContextInput(input));
   APE_RETURN_IF_ERROR(ValidateHash("prefix hash", prefix_hash));
   const std::string content_hash = ContentHash(input.tokens);
   const KvKey key{content_hash, options_.model_fingerprint, std::string(prefix_hash)};
@@ -286,7 +286,7 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
     APE_RETURN_IF_ERROR(kv->Validate());
     if (kv->length != static_cast<int64_t>(input.tokens.size())) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "the KV given covers ", kv->length, " tokens; the document has ", input.tokens.size()));
+          "the KV given covers ", kv->length, " tokens; the context has ", input.tokens.size()));
     }
   }
 
@@ -307,7 +307,7 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
   };
   if (kv == nullptr && !stored_.Contains(name)) APE_RETURN_IF_ERROR(obtain_kv());
 
-  StoredDocument document{.namespace_id = input.namespace_id,
+  StoredContext document{.namespace_id = input.namespace_id,
                           .id = input.id,
                           .content_hash = content_hash,
                           .tokens = input.tokens,
@@ -316,7 +316,7 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
                           .created = options_.clock(),
                           .pinned = input.pinned,
                           .expires = input.expires};
-  const std::string document_key = DocumentKey(input.namespace_id, input.id);
+  const std::string document_key = ContextKey(input.namespace_id, input.id);
   const std::string reference_key = ReferenceKey(content_hash, input.namespace_id, input.id);
   std::unique_lock<std::mutex> lock(write_mutex_);
   // The KV seen stored above may have been evicted, expired or deleted since; sharing
@@ -330,7 +330,7 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
   }
   rocksdb::WriteBatch batch;
   std::optional<std::string> dropped_content;
-  const absl::StatusOr<StoredDocument> existing = ReadRecord(input.namespace_id, input.id);
+  const absl::StatusOr<StoredContext> existing = ReadRecord(input.namespace_id, input.id);
   if (existing.ok() && existing->content_hash != content_hash) {
     APE_ASSIGN_OR_RETURN(dropped_content, Unreference(batch, *existing));
   }
@@ -342,13 +342,13 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
   if (existing.status().code() == absl::StatusCode::kDataLoss) {
     // Its content is unknown, so its reference stays and keeps that KV alive: space
     // lost, nothing served wrongly.
-    spdlog::warn("store: replacing an unreadable document record: {}",
+    spdlog::warn("store: replacing an unreadable context record: {}",
                  std::string(existing.status().message()));
   } else if (!existing.ok() && existing.status().code() != absl::StatusCode::kNotFound) {
     return existing.status();
   }
   APE_RETURN_IF_ERROR(FromRocksDb(
-      batch.Put(store_->docs(), document_key, EncodeDocumentRecord(document)), "batch a document"));
+      batch.Put(store_->docs(), document_key, EncodeContextRecord(document)), "batch a context"));
   APE_RETURN_IF_ERROR(
       FromRocksDb(batch.Put(store_->docs(), reference_key, input.pinned ? kPinnedReference : ""),
                   "batch a reference"));
@@ -366,8 +366,8 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
   }
   APE_RETURN_IF_ERROR(
       FromRocksDb(db().Write(WriteOptions(), &batch),
-                  absl::StrCat("store document ", DocumentName(input.namespace_id, input.id))));
-  documents_put_.fetch_add(1);
+                  absl::StrCat("store context ", ContextName(input.namespace_id, input.id))));
+  contexts_stored_.fetch_add(1);
   // Pins change before the KV enters the index, so a pinned document's is never
   // evicted on the way in.
   Pin(content_hash, input.pinned ? 1 : 0);
@@ -378,58 +378,58 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Put(const DocumentInput& i
   return document;
 }
 
-absl::StatusOr<StoredDocument> ContextRegistry::Impl::Get(absl::string_view namespace_id,
+absl::StatusOr<StoredContext> ContextRegistry::Impl::Get(absl::string_view namespace_id,
                                                           absl::string_view id) const {
-  APE_ASSIGN_OR_RETURN(StoredDocument document, ReadRecord(namespace_id, id));
+  APE_ASSIGN_OR_RETURN(StoredContext document, ReadRecord(namespace_id, id));
   if (document.expires <= options_.clock()) {
     // Gone for every reader from its expiry on; the next Sweep deletes it.
-    return absl::NotFoundError(absl::StrCat("document ", DocumentName(namespace_id, id),
+    return absl::NotFoundError(absl::StrCat("context ", ContextName(namespace_id, id),
                                             " expired at ", absl::FormatTime(document.expires)));
   }
   return document;
 }
 
-absl::StatusOr<StoredDocument> ContextRegistry::Impl::ReadRecord(absl::string_view namespace_id,
+absl::StatusOr<StoredContext> ContextRegistry::Impl::ReadRecord(absl::string_view namespace_id,
                                                                  absl::string_view id) const {
   APE_RETURN_IF_ERROR(ValidateNamespace(namespace_id));
   APE_RETURN_IF_ERROR(ValidateContextId(id));
   std::string value;
   const rocksdb::Status read =
-      db().Get(rocksdb::ReadOptions(), store_->docs(), DocumentKey(namespace_id, id), &value);
+      db().Get(rocksdb::ReadOptions(), store_->docs(), ContextKey(namespace_id, id), &value);
   if (read.IsNotFound()) {
     return absl::NotFoundError(
-        absl::StrCat("document ", DocumentName(namespace_id, id), " does not exist"));
+        absl::StrCat("context ", ContextName(namespace_id, id), " does not exist"));
   }
   APE_RETURN_IF_ERROR(
-      FromRocksDb(read, absl::StrCat("read document ", DocumentName(namespace_id, id))));
-  return DecodeDocumentRecord(value, namespace_id, id);
+      FromRocksDb(read, absl::StrCat("read context ", ContextName(namespace_id, id))));
+  return DecodeContextRecord(value, namespace_id, id);
 }
 
-absl::StatusOr<DocumentPage> ContextRegistry::Impl::List(absl::string_view namespace_id,
+absl::StatusOr<ContextPage> ContextRegistry::Impl::List(absl::string_view namespace_id,
                                                          const ListOptions& options) const {
   APE_RETURN_IF_ERROR(ValidateNamespace(namespace_id));
   if (options.limit == 0 || options.max_examined == 0) {
     return absl::InvalidArgumentError("a page needs a limit of at least 1");
   }
-  const std::string prefix = DocumentKey(namespace_id, "");
-  DocumentPage page;
+  const std::string prefix = ContextKey(namespace_id, "");
+  ContextPage page;
   std::unique_ptr<rocksdb::Iterator> it(db().NewIterator(rocksdb::ReadOptions(), store_->docs()));
-  it->Seek(DocumentKey(namespace_id, options.start_after));
+  it->Seek(ContextKey(namespace_id, options.start_after));
   // Seek lands on start_after itself when it exists; the page begins after it.
   if (!options.start_after.empty() && it->Valid() &&
-      View(it->key()) == DocumentKey(namespace_id, options.start_after)) {
+      View(it->key()) == ContextKey(namespace_id, options.start_after)) {
     it->Next();
   }
   size_t examined = 0;
   for (; it->Valid() && it->key().starts_with(prefix); it->Next()) {
     const absl::string_view id = View(it->key()).substr(prefix.size());
-    if (page.documents.size() == options.limit || examined == options.max_examined) {
+    if (page.contexts.size() == options.limit || examined == options.max_examined) {
       // More follow; the next page starts after the last one looked at.
       break;
     }
     ++examined;
-    APE_ASSIGN_OR_RETURN(StoredDocument document,
-                         DecodeDocumentRecord(View(it->value()), namespace_id, id));
+    APE_ASSIGN_OR_RETURN(StoredContext document,
+                         DecodeContextRecord(View(it->value()), namespace_id, id));
     const bool matches = std::all_of(options.labels.begin(), options.labels.end(),
                                      [&](const auto& label) {
                                        const auto found = document.labels.find(label.first);
@@ -439,32 +439,32 @@ absl::StatusOr<DocumentPage> ContextRegistry::Impl::List(absl::string_view names
     page.next_start_after = document.id;
     if (!matches || document.expires <= options_.clock()) continue;
     document.text.clear();
-    page.documents.push_back(std::move(document));
+    page.contexts.push_back(std::move(document));
   }
-  APE_RETURN_IF_ERROR(FromRocksDb(it->status(), "list documents"));
+  APE_RETURN_IF_ERROR(FromRocksDb(it->status(), "list contexts"));
   // Nothing left after the last record looked at: no next page.
   if (!it->Valid() || !it->key().starts_with(prefix)) page.next_start_after.clear();
   return page;
 }
 
-absl::StatusOr<StoredDocument> ContextRegistry::Impl::Update(absl::string_view namespace_id,
+absl::StatusOr<StoredContext> ContextRegistry::Impl::Update(absl::string_view namespace_id,
                                                              absl::string_view id,
-                                                             const DocumentUpdate& update) {
+                                                             const ContextUpdate& update) {
   std::lock_guard<std::mutex> lock(write_mutex_);
-  APE_ASSIGN_OR_RETURN(StoredDocument document, Get(namespace_id, id));
-  const StoredDocument before = document;
+  APE_ASSIGN_OR_RETURN(StoredContext document, Get(namespace_id, id));
+  const StoredContext before = document;
   if (update.labels.has_value()) document.labels = *update.labels;
   if (update.pinned.has_value()) document.pinned = *update.pinned;
   if (update.expires.has_value()) document.expires = *update.expires;
-  APE_RETURN_IF_ERROR(ValidateDocumentInput({.namespace_id = document.namespace_id,
+  APE_RETURN_IF_ERROR(ValidateContextInput({.namespace_id = document.namespace_id,
                                              .id = document.id,
                                              .tokens = document.tokens,
                                              .text = document.text,
                                              .labels = document.labels}));
   rocksdb::WriteBatch batch;
   APE_RETURN_IF_ERROR(FromRocksDb(
-      batch.Put(store_->docs(), DocumentKey(namespace_id, id), EncodeDocumentRecord(document)),
-      "batch a document"));
+      batch.Put(store_->docs(), ContextKey(namespace_id, id), EncodeContextRecord(document)),
+      "batch a context"));
   if (document.pinned != before.pinned) {
     APE_RETURN_IF_ERROR(FromRocksDb(
         batch.Put(store_->docs(), ReferenceKey(document.content_hash, namespace_id, id),
@@ -485,7 +485,7 @@ absl::StatusOr<StoredDocument> ContextRegistry::Impl::Update(absl::string_view n
   }
   APE_RETURN_IF_ERROR(
       FromRocksDb(db().Write(WriteOptions(), &batch),
-                  absl::StrCat("update document ", DocumentName(namespace_id, id))));
+                  absl::StrCat("update context ", ContextName(namespace_id, id))));
   if (document.pinned != before.pinned) {
     Pin(document.content_hash, document.pinned ? 1 : -1);
     if (!document.pinned) Rebalance();
@@ -501,7 +501,7 @@ absl::StatusOr<bool> ContextRegistry::Impl::Delete(absl::string_view namespace_i
 
 absl::StatusOr<bool> ContextRegistry::Impl::DeleteLocked(absl::string_view namespace_id,
                                                          absl::string_view id) {
-  const absl::StatusOr<StoredDocument> existing = ReadRecord(namespace_id, id);
+  const absl::StatusOr<StoredContext> existing = ReadRecord(namespace_id, id);
   if (existing.status().code() == absl::StatusCode::kNotFound) return false;
   rocksdb::WriteBatch batch;
   std::optional<std::string> dropped_content;
@@ -513,17 +513,17 @@ absl::StatusOr<bool> ContextRegistry::Impl::DeleteLocked(absl::string_view names
           "batch an expiry delete"));
     }
   } else if (existing.status().code() == absl::StatusCode::kDataLoss) {
-    spdlog::warn("store: deleting an unreadable document record: {}",
+    spdlog::warn("store: deleting an unreadable context record: {}",
                  std::string(existing.status().message()));
   } else {
     return existing.status();
   }
   APE_RETURN_IF_ERROR(
-      FromRocksDb(batch.Delete(store_->docs(), DocumentKey(namespace_id, id)), "batch a delete"));
+      FromRocksDb(batch.Delete(store_->docs(), ContextKey(namespace_id, id)), "batch a delete"));
   APE_RETURN_IF_ERROR(
       FromRocksDb(db().Write(WriteOptions(), &batch),
-                  absl::StrCat("delete document ", DocumentName(namespace_id, id))));
-  documents_deleted_.fetch_add(1);
+                  absl::StrCat("delete context ", ContextName(namespace_id, id))));
+  contexts_deleted_.fetch_add(1);
   if (existing.ok() && existing->pinned) {
     Pin(existing->content_hash, -1);
     Rebalance();
@@ -534,12 +534,12 @@ absl::StatusOr<bool> ContextRegistry::Impl::DeleteLocked(absl::string_view names
 
 void ContextRegistry::Impl::DeleteExpired() {
   const std::string limit = ExpiryKeyLimit(options_.clock());
-  std::vector<ExpiringDocument> due;
+  std::vector<ExpiringContext> due;
   {
     std::unique_ptr<rocksdb::Iterator> it(db().NewIterator(rocksdb::ReadOptions(), store_->docs()));
     for (it->Seek(std::string(1, kExpiryTag)); it->Valid() && it->key().compare(limit) < 0;
          it->Next()) {
-      if (absl::StatusOr<ExpiringDocument> document = ParseExpiryKey(View(it->key()));
+      if (absl::StatusOr<ExpiringContext> document = ParseExpiryKey(View(it->key()));
           document.ok()) {
         due.push_back(*std::move(document));
       }
@@ -547,17 +547,17 @@ void ContextRegistry::Impl::DeleteExpired() {
   }
   if (due.empty()) return;
   std::lock_guard<std::mutex> lock(write_mutex_);
-  for (const ExpiringDocument& document : due) {
+  for (const ExpiringContext& document : due) {
     // Looked at again under the lock: an update may have moved the expiry since.
-    const absl::StatusOr<StoredDocument> record = ReadRecord(document.namespace_id, document.id);
+    const absl::StatusOr<StoredContext> record = ReadRecord(document.namespace_id, document.id);
     if (record.ok() && record->expires > options_.clock()) continue;
     const absl::StatusOr<bool> deleted = DeleteLocked(document.namespace_id, document.id);
     if (!deleted.ok()) {
-      spdlog::warn("store: deleting expired document {} failed: {}",
-                   DocumentName(document.namespace_id, document.id), deleted.status().ToString());
+      spdlog::warn("store: deleting expired context {} failed: {}",
+                   ContextName(document.namespace_id, document.id), deleted.status().ToString());
       continue;
     }
-    if (*deleted) documents_expired_.fetch_add(1);
+    if (*deleted) contexts_expired_.fetch_add(1);
   }
 }
 
@@ -624,7 +624,7 @@ LoadedContext ContextRegistry::Impl::Serve(const std::string& name, ContextPtr c
 absl::StatusOr<LoadedContext> ContextRegistry::Impl::Load(absl::string_view namespace_id,
                                                           absl::string_view id,
                                                           absl::string_view prefix_hash) {
-  APE_ASSIGN_OR_RETURN(StoredDocument document, Get(namespace_id, id));
+  APE_ASSIGN_OR_RETURN(StoredContext document, Get(namespace_id, id));
   APE_RETURN_IF_ERROR(ValidateHash("prefix hash", prefix_hash));
   const KvKey key{document.content_hash, options_.model_fingerprint, std::string(prefix_hash)};
   const std::string name = key.Name();
@@ -649,7 +649,7 @@ absl::StatusOr<LoadedContext> ContextRegistry::Impl::Load(absl::string_view name
     APE_RETURN_IF_ERROR(kv->Validate());
     if (kv->length != static_cast<int64_t>(document.tokens.size())) {
       return absl::InternalError(absl::StrCat("the encoder returned KV of ", kv->length,
-                                              " tokens for a document of ",
+                                              " tokens for a context of ",
                                               document.tokens.size()));
     }
     rebuilds_.fetch_add(1);
@@ -676,9 +676,9 @@ RegistryStats ContextRegistry::Impl::stats() const {
                       .store = stored_.stats(),
                       .rebuilds = rebuilds_.load(),
                       .corrupt_kv = corrupt_kv_.load(),
-                      .documents_put = documents_put_.load(),
-                      .documents_deleted = documents_deleted_.load(),
-                      .documents_expired = documents_expired_.load(),
+                      .contexts_stored = contexts_stored_.load(),
+                      .contexts_deleted = contexts_deleted_.load(),
+                      .contexts_expired = contexts_expired_.load(),
                       .kv_shared = kv_shared_.load()};
   if (options_.stored_kv_bytes == 0) stats.store.capacity_bytes = 0;  // unlimited
   {
@@ -713,27 +713,27 @@ ContextRegistry::ContextRegistry(ContextRegistryOptions options, std::unique_ptr
 
 ContextRegistry::~ContextRegistry() = default;
 
-absl::StatusOr<StoredDocument> ContextRegistry::Put(const DocumentInput& document,
+absl::StatusOr<StoredContext> ContextRegistry::Put(const ContextInput& document,
                                                     absl::string_view prefix_hash,
                                                     const model::KvSegment* kv) {
-  absl::StatusOr<StoredDocument> stored = impl_->Put(document, prefix_hash, kv);
+  absl::StatusOr<StoredContext> stored = impl_->Put(document, prefix_hash, kv);
   if (stored.ok()) impl_->Sweep();
   return stored;
 }
 
-absl::StatusOr<StoredDocument> ContextRegistry::Get(absl::string_view namespace_id,
+absl::StatusOr<StoredContext> ContextRegistry::Get(absl::string_view namespace_id,
                                                     absl::string_view id) const {
   return impl_->Get(namespace_id, id);
 }
 
-absl::StatusOr<DocumentPage> ContextRegistry::List(absl::string_view namespace_id,
+absl::StatusOr<ContextPage> ContextRegistry::List(absl::string_view namespace_id,
                                                    const ListOptions& options) const {
   return impl_->List(namespace_id, options);
 }
 
-absl::StatusOr<StoredDocument> ContextRegistry::Update(absl::string_view namespace_id,
+absl::StatusOr<StoredContext> ContextRegistry::Update(absl::string_view namespace_id,
                                                        absl::string_view id,
-                                                       const DocumentUpdate& update) {
+                                                       const ContextUpdate& update) {
   return impl_->Update(namespace_id, id, update);
 }
 
@@ -747,7 +747,7 @@ absl::StatusOr<LoadedContext> ContextRegistry::Load(absl::string_view namespace_
   return impl_->Load(namespace_id, id, prefix_hash);
 }
 
-bool ContextRegistry::KvStored(const StoredDocument& document,
+bool ContextRegistry::KvStored(const StoredContext& document,
                                absl::string_view prefix_hash) const {
   return impl_->KvStored(document, prefix_hash);
 }

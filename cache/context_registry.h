@@ -37,7 +37,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "cache/document.h"
+#include "cache/stored_context.h"
 #include "cache/kv_quantization.h"
 #include "cache/lru_tier.h"
 #include "cache/store.h"
@@ -97,7 +97,7 @@ struct LoadedContext {
 };
 
 // What ContextRegistry::Update changes: the fields that are set.
-struct DocumentUpdate {
+struct ContextUpdate {
   std::optional<std::map<std::string, std::string>> labels = std::nullopt;
   std::optional<bool> pinned = std::nullopt;
   // absl::InfiniteFuture(): never expires.
@@ -105,9 +105,9 @@ struct DocumentUpdate {
 };
 
 // One page of ContextRegistry::List.
-struct DocumentPage {
+struct ContextPage {
   // In id order (bytewise), text left out.
-  std::vector<StoredDocument> documents;
+  std::vector<StoredContext> contexts;
   // Pass as `start_after` for the next page; empty when the namespace has no more.
   std::string next_start_after;
 };
@@ -132,9 +132,9 @@ struct RegistryStats {
   TierStats store;          // KV in RocksDB: hits are loads from disk, misses led to rebuilds
   uint64_t rebuilds = 0;    // KV recomputed through the encoder on a load
   uint64_t corrupt_kv = 0;  // stored KV that failed its checks (then rebuilt)
-  uint64_t documents_put = 0;
-  uint64_t documents_deleted = 0;
-  uint64_t documents_expired = 0;  // deleted because their expiry passed
+  uint64_t contexts_stored = 0;
+  uint64_t contexts_deleted = 0;
+  uint64_t contexts_expired = 0;  // deleted because their expiry passed
   uint64_t pinned_contents = 0;    // contents whose KV a pinned document holds
   uint64_t kv_shared = 0;  // puts that found their KV already stored
   uint64_t store_bytes_loaded = 0;
@@ -160,22 +160,22 @@ class ContextRegistry {
   // identical document already stored, else the encoder's. One atomic write; returns
   // after it is durable as sync_writes says. INVALID_ARGUMENT for bad names, no tokens
   // or KV that does not fit; the encoder's error if it fails.
-  absl::StatusOr<StoredDocument> Put(const DocumentInput& document, absl::string_view prefix_hash,
+  absl::StatusOr<StoredContext> Put(const ContextInput& document, absl::string_view prefix_hash,
                                      const model::KvSegment* kv = nullptr);
 
   // NOT_FOUND naming the document if there is none; DATA_LOSS if its record is
   // unreadable.
-  absl::StatusOr<StoredDocument> Get(absl::string_view namespace_id, absl::string_view id) const;
+  absl::StatusOr<StoredContext> Get(absl::string_view namespace_id, absl::string_view id) const;
 
   // The documents of a namespace, page by page, in a stable order. INVALID_ARGUMENT for
   // a bad namespace or limit; DATA_LOSS naming an unreadable record.
-  absl::StatusOr<DocumentPage> List(absl::string_view namespace_id,
+  absl::StatusOr<ContextPage> List(absl::string_view namespace_id,
                                     const ListOptions& options) const;
 
   // Changes the fields `update` sets; tokens and KV stay. Returns the document, text
   // included. NOT_FOUND / DATA_LOSS as Get; INVALID_ARGUMENT for labels past the limits.
-  absl::StatusOr<StoredDocument> Update(absl::string_view namespace_id, absl::string_view id,
-                                        const DocumentUpdate& update);
+  absl::StatusOr<StoredContext> Update(absl::string_view namespace_id, absl::string_view id,
+                                        const ContextUpdate& update);
 
   // Deletes the document; true if it existed (deleting twice is not an error).
   absl::StatusOr<bool> Delete(absl::string_view namespace_id, absl::string_view id);
@@ -187,7 +187,7 @@ class ContextRegistry {
 
   // Whether KV of `document`'s content after `prefix_hash` is in the store now (it may
   // be evicted a moment later); the cheap answer to "will a load rebuild it".
-  bool KvStored(const StoredDocument& document, absl::string_view prefix_hash) const;
+  bool KvStored(const StoredContext& document, absl::string_view prefix_hash) const;
 
   // Drops KV idle for longer than the time-to-live from every tier, and deletes the
   // documents whose expiry has passed. Put calls it; a server calls it on a timer.

@@ -13,7 +13,7 @@
 namespace apeserve::cache {
 namespace {
 
-constexpr char kDocumentTag = 'd';
+constexpr char kContextTag = 'd';
 constexpr char kLayerTag = 'l';
 constexpr size_t kMaxNamespaceBytes = 128;
 constexpr size_t kMaxIdBytes = 512;
@@ -90,8 +90,8 @@ std::string ContentHash(absl::Span<const int32_t> tokens) {
   return absl::StrFormat("%016x%016x", hash.high64, hash.low64);
 }
 
-std::string DocumentKey(absl::string_view namespace_id, absl::string_view id) {
-  return absl::StrCat(absl::string_view(&kDocumentTag, 1), namespace_id, absl::string_view("\0", 1),
+std::string ContextKey(absl::string_view namespace_id, absl::string_view id) {
+  return absl::StrCat(absl::string_view(&kContextTag, 1), namespace_id, absl::string_view("\0", 1),
                       id);
 }
 
@@ -135,13 +135,13 @@ std::string ExpiryKeyLimit(absl::Time time) {
                       SortableMicros(time + absl::Microseconds(1)));
 }
 
-absl::StatusOr<ExpiringDocument> ParseExpiryKey(absl::string_view key) {
+absl::StatusOr<ExpiringContext> ParseExpiryKey(absl::string_view key) {
   const size_t nul = key.find('\0', 9);
   if (key.size() < 11 || key[0] != kExpiryTag || nul == absl::string_view::npos) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", absl::CHexEscape(key), "' is not an expiry key"));
   }
-  return ExpiringDocument{.namespace_id = std::string(key.substr(9, nul - 9)),
+  return ExpiringContext{.namespace_id = std::string(key.substr(9, nul - 9)),
                           .id = std::string(key.substr(nul + 1))};
 }
 

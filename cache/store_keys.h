@@ -1,7 +1,7 @@
 // The key schema of the data directory (DESIGN.md section 4), in one place.
 //
 // Column family "docs":
-//   d <namespace> \0 <id>                      -> framed DocumentRecord
+//   d <namespace> \0 <id>                      -> framed ContextRecord
 //   r <content_hash> / <namespace> \0 <id>     -> "" or "p" (the document references that
 //                                                KV; "p": and pins it)
 //   x <expiry, 8 bytes> <namespace> \0 <id>     -> "" (the document expires then)
@@ -47,7 +47,7 @@ absl::Status ValidateKvKey(const KvKey& key);
 // XXH3-128 of the token ids (little-endian int32), as 32 hex digits.
 std::string ContentHash(absl::Span<const int32_t> tokens);
 
-std::string DocumentKey(absl::string_view namespace_id, absl::string_view id);
+std::string ContextKey(absl::string_view namespace_id, absl::string_view id);
 
 std::string ReferenceKey(absl::string_view content_hash, absl::string_view namespace_id,
                          absl::string_view id);
@@ -66,12 +66,12 @@ std::string ExpiryKey(absl::Time expires, absl::string_view namespace_id, absl::
 // Every expiry key at or before `time` sorts before this.
 std::string ExpiryKeyLimit(absl::Time time);
 inline constexpr char kExpiryTag = 'x';
-struct ExpiringDocument {
+struct ExpiringContext {
   std::string namespace_id;
   std::string id;
 };
 // INVALID_ARGUMENT if `key` is not an expiry key.
-absl::StatusOr<ExpiringDocument> ParseExpiryKey(absl::string_view key);
+absl::StatusOr<ExpiringContext> ParseExpiryKey(absl::string_view key);
 
 std::string KvEntryKey(const KvKey& key);
 std::string KvLayerKey(const KvKey& key, uint32_t layer);

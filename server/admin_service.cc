@@ -57,10 +57,10 @@ grpc::ServerUnaryReactor* AdminService::GetStats(grpc::CallbackServerContext* co
   Fill(registry.store, *response->mutable_store_tier());
   response->set_kv_rebuilds(static_cast<int64_t>(registry.rebuilds));
   response->set_kv_corrupt(static_cast<int64_t>(registry.corrupt_kv));
-  response->set_contexts_stored(static_cast<int64_t>(registry.documents_put));
-  response->set_contexts_deleted(static_cast<int64_t>(registry.documents_deleted));
+  response->set_contexts_stored(static_cast<int64_t>(registry.contexts_stored));
+  response->set_contexts_deleted(static_cast<int64_t>(registry.contexts_deleted));
   response->set_kv_shared(static_cast<int64_t>(registry.kv_shared));
-  response->set_contexts_expired(static_cast<int64_t>(registry.documents_expired));
+  response->set_contexts_expired(static_cast<int64_t>(registry.contexts_expired));
   response->set_pinned_contents(static_cast<int64_t>(registry.pinned_contents));
   return Done(context);
 }

@@ -33,7 +33,7 @@ std::string Summary(const ape::v1::Context& context) {
 
 }  // namespace
 
-bool ContextService::KvStored(const cache::StoredDocument& document) const {
+bool ContextService::KvStored(const cache::StoredContext& document) const {
   auto prefix = backend_.prefixes.Get("");
   return prefix.ok() && backend_.registry.KvStored(document, (*prefix)->hash);
 }
@@ -148,7 +148,7 @@ grpc::Status ContextService::GetContext(grpc::ServerContext* /*context*/,
                                         const ape::v1::GetContextRequest* request,
                                         ape::v1::Context* response) {
   const absl::Time start = absl::Now();
-  absl::StatusOr<cache::StoredDocument> document =
+  absl::StatusOr<cache::StoredContext> document =
       backend_.registry.Get(NamespaceOf(request->namespace_()), request->context_id());
   if (document.ok()) {
     *response = ToContextProto(*document, KvStored(*document), request->include_text());
@@ -176,10 +176,10 @@ grpc::Status ContextService::ListContexts(grpc::ServerContext* /*context*/,
     return finish(absl::InvalidArgumentError(
         "page_token is not one this server gave out: pass next_page_token unchanged"));
   }
-  absl::StatusOr<cache::DocumentPage> page =
+  absl::StatusOr<cache::ContextPage> page =
       backend_.registry.List(NamespaceOf(request->namespace_()), options);
   if (!page.ok()) return finish(page.status());
-  for (const cache::StoredDocument& document : page->documents) {
+  for (const cache::StoredContext& document : page->contexts) {
     *response->add_contexts() = ToContextProto(document, KvStored(document), false);
   }
   if (!page->next_start_after.empty()) {
@@ -196,7 +196,7 @@ grpc::Status ContextService::UpdateContext(grpc::ServerContext* /*context*/,
     return FinishCall(backend_, "UpdateContext", "", status, start);
   };
   const ape::v1::Context& update = request->context();
-  cache::DocumentUpdate change;
+  cache::ContextUpdate change;
   std::vector<std::string> paths(request->update_mask().paths().begin(),
                                  request->update_mask().paths().end());
   if (paths.empty()) paths.push_back("labels");
@@ -220,7 +220,7 @@ grpc::Status ContextService::UpdateContext(grpc::ServerContext* /*context*/,
                        "'; the fields that may change are labels, pinned, expire_time and ttl")));
     }
   }
-  absl::StatusOr<cache::StoredDocument> document = backend_.registry.Update(
+  absl::StatusOr<cache::StoredContext> document = backend_.registry.Update(
       NamespaceOf(update.namespace_()), update.context_id(), change);
   if (document.ok()) *response = ToContextProto(*document, KvStored(*document), false);
   return finish(document.status());

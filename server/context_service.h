@@ -43,7 +43,7 @@ class ContextService final : public ape::v1::ContextService::Service {
   absl::StatusOr<ape::v1::Context> StoreOne(grpc::ServerContext* context,
                                             ape::v1::CreateContextRequest request);
   // Whether `document`'s KV after the default prefix is stored.
-  bool KvStored(const cache::StoredDocument& document) const;
+  bool KvStored(const cache::StoredContext& document) const;
 
   const Backend& backend_;
 };

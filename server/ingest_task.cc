@@ -10,7 +10,7 @@
 
 namespace apeserve::server {
 
-ape::v1::Context ToContextProto(const cache::StoredDocument& document, bool kv_stored,
+ape::v1::Context ToContextProto(const cache::StoredContext& document, bool kv_stored,
                                 bool include_text) {
   ape::v1::Context context;
   context.set_namespace_(document.namespace_id);
@@ -77,7 +77,7 @@ bool IngestTask::Step() {
 
 absl::StatusOr<ape::v1::Context> IngestTask::Store(const ape::v1::CreateContextRequest& request) {
   const RequestLimits& limits = backend_.options.limits;
-  cache::DocumentInput document{
+  cache::ContextInput document{
       .namespace_id = request.namespace_().empty() ? kDefaultNamespace : request.namespace_(),
       .id = request.context_id().empty() ? NewContextId() : request.context_id(),
       .tokens = {},
@@ -115,7 +115,7 @@ absl::StatusOr<ape::v1::Context> IngestTask::Store(const ape::v1::CreateContextR
         ") and with room for a query, the model's context of ", backend_.engine.config().max_position,
         " holds ", room, ": split the document"));
   }
-  APE_ASSIGN_OR_RETURN(const cache::StoredDocument stored,
+  APE_ASSIGN_OR_RETURN(const cache::StoredContext stored,
                        backend_.registry.Put(document, prefix->hash));
   return ToContextProto(stored, /*kv_stored=*/true, /*include_text=*/false);
 }

@@ -13,7 +13,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "ape/v1/context.pb.h"
-#include "cache/document.h"
+#include "cache/stored_context.h"
 #include "server/backend.h"
 #include "server/query_task.h"
 #include "server/reply_channel.h"
@@ -22,7 +22,7 @@
 namespace apeserve::server {
 
 // A stored document as the API shows it; `kv_stored` fills kv_state.
-ape::v1::Context ToContextProto(const cache::StoredDocument& document, bool kv_stored,
+ape::v1::Context ToContextProto(const cache::StoredContext& document, bool kv_stored,
                                 bool include_text);
 
 // A time-to-live from the API; INVALID_ARGUMENT naming `field` when negative or past

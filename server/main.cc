@@ -27,7 +27,7 @@ const apeserve::server::ServerOptions kDefaults;
 ABSL_FLAG(std::string, listen, kDefaults.listen_address,
           "host:port to serve on; port 0 picks a free one (see --port_file)");
 ABSL_FLAG(std::string, model, "", "GGUF model file (required)");
-ABSL_FLAG(std::string, data_dir, "", "folder of the document and KV store (required)");
+ABSL_FLAG(std::string, data_dir, "", "folder of the context and KV store (required)");
 ABSL_FLAG(std::string, device, kDefaults.device, "compute device: auto, cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, dtype, kDefaults.dtype,
           "compute dtype: auto (float32 on the CPU, bfloat16 on a GPU), float32, bfloat16, float16");

@@ -113,11 +113,11 @@ std::string RenderMetrics(const Backend& backend) {
          "KV recomputed from stored tokens (evicted, another prefix or model, or damaged).")
       .Sample("", static_cast<double>(registry.rebuilds));
   Family(out, "apeserve_contexts_stored_total", "counter", "Contexts stored.")
-      .Sample("", static_cast<double>(registry.documents_put));
+      .Sample("", static_cast<double>(registry.contexts_stored));
   Family(out, "apeserve_contexts_deleted_total", "counter", "Contexts deleted (expired included).")
-      .Sample("", static_cast<double>(registry.documents_deleted));
+      .Sample("", static_cast<double>(registry.contexts_deleted));
   Family(out, "apeserve_contexts_expired_total", "counter", "Contexts deleted at their expiry.")
-      .Sample("", static_cast<double>(registry.documents_expired));
+      .Sample("", static_cast<double>(registry.contexts_expired));
   return out;
 }
 

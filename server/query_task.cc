@@ -7,7 +7,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "cache/document.h"
+#include "cache/stored_context.h"
 #include "common/status_macros.h"
 #include "model/scorer.h"
 
@@ -99,7 +99,7 @@ absl::Status QueryTask::LoadNextContext() {
   cache::KvSource source = cache::KvSource::kRebuilt;
   if (!context.is_inline) {
     if (sequential) {
-      absl::StatusOr<cache::StoredDocument> document =
+      absl::StatusOr<cache::StoredContext> document =
           backend_.registry.Get(plan_.namespace_id, context.id);
       if (absl::IsNotFound(document.status())) return Missing(document.status());
       APE_RETURN_IF_ERROR(document.status());
@@ -170,7 +170,7 @@ absl::Status QueryTask::Missing(const absl::Status& first) {
   for (size_t i = next_context_; i < plan_.contexts.size(); ++i) {
     const QueryContext& context = plan_.contexts[i];
     if (context.is_inline) continue;
-    const absl::StatusOr<cache::StoredDocument> document =
+    const absl::StatusOr<cache::StoredContext> document =
         backend_.registry.Get(plan_.namespace_id, context.id);
     if (absl::IsNotFound(document.status())) missing.push_back(absl::CHexEscape(context.id));
   }

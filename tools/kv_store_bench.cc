@@ -74,7 +74,7 @@ std::string Prose(std::mt19937& random, int words) {
 }
 
 struct Document {
-  cache::DocumentInput input;
+  cache::ContextInput input;
   model::KvSegment kv;
 };
 

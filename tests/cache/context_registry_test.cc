@@ -30,7 +30,7 @@ using ::apeserve::testing::kPrefix;
 using ::apeserve::testing::MakeSyntheticEncoder;
 using ::apeserve::testing::RegistryOptions;
 using ::apeserve::testing::StatusIs;
-using ::apeserve::testing::SyntheticDocument;
+using ::apeserve::testing::SyntheticContext;
 using ::apeserve::testing::SyntheticKv;
 using ::apeserve::testing::SyntheticTokens;
 using ::apeserve::testing::TempDir;
@@ -62,14 +62,14 @@ TEST(ContextRegistryTest, StoresAndLoadsKvBitForBitThroughEveryTier) {
   {
     auto registry = OpenOrDie(options, encoder.encoder);
     ASSERT_NE(registry, nullptr);
-    absl::StatusOr<StoredDocument> stored = registry->Put(SyntheticDocument(1, 1), kPrefix);
+    absl::StatusOr<StoredContext> stored = registry->Put(SyntheticContext(1, 1), kPrefix);
     ASSERT_THAT(stored, IsOk());
     EXPECT_EQ(stored->content_hash, ContentHash(SyntheticTokens(1)));
     EXPECT_EQ(*encoder.calls, 1);
   }
   auto registry = OpenOrDie(options, encoder.encoder);
   ASSERT_NE(registry, nullptr);
-  absl::StatusOr<StoredDocument> document = registry->Get("ns", "doc-1");
+  absl::StatusOr<StoredContext> document = registry->Get("ns", "doc-1");
   ASSERT_THAT(document, IsOk());
   EXPECT_EQ(document->tokens, SyntheticTokens(1));
   EXPECT_EQ(document->text, "text 1");
@@ -100,7 +100,7 @@ TEST(ContextRegistryTest, FlushKeepsEverythingLoadable) {
   auto encoder = MakeSyntheticEncoder(kModelA);
   {
     auto registry = OpenOrDie(options, encoder.encoder);
-    ASSERT_THAT(registry->Put(SyntheticDocument(1, 1), kPrefix), IsOk());
+    ASSERT_THAT(registry->Put(SyntheticContext(1, 1), kPrefix), IsOk());
     EXPECT_THAT(registry->Flush(), IsOk());
   }
   auto registry = OpenOrDie(options, encoder.encoder);
@@ -115,10 +115,10 @@ TEST(ContextRegistryTest, KvGivenWithTheDocumentIsStoredAsGiven) {
   auto encoder = MakeSyntheticEncoder(kModelA);
   auto registry = OpenOrDie(RegistryOptions(dir.Join("data")), encoder.encoder);
   const model::KvSegment kv = SyntheticKv(kModelA, kPrefix, SyntheticTokens(2), {});
-  ASSERT_THAT(registry->Put(SyntheticDocument(2, 2), kPrefix, &kv), IsOk());
+  ASSERT_THAT(registry->Put(SyntheticContext(2, 2), kPrefix, &kv), IsOk());
   EXPECT_EQ(*encoder.calls, 0);
   model::KvSegment short_kv = SyntheticKv(kModelA, kPrefix, SyntheticTokens(1), {});
-  EXPECT_THAT(registry->Put(SyntheticDocument(3, 2), kPrefix, &short_kv),
+  EXPECT_THAT(registry->Put(SyntheticContext(3, 2), kPrefix, &short_kv),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("covers")));
 }
 
@@ -128,7 +128,7 @@ TEST(ContextRegistryTest, Int8StorageComesBackWithinItsBound) {
   options.kv_quantization = KvQuantization::kInt8PerChannel;
   options.host_cache_bytes = 0;  // every load reads the store
   auto registry = OpenOrDie(options, MakeSyntheticEncoder(kModelA).encoder);
-  ASSERT_THAT(registry->Put(SyntheticDocument(1, 12), kPrefix), IsOk());
+  ASSERT_THAT(registry->Put(SyntheticContext(1, 12), kPrefix), IsOk());
   absl::StatusOr<LoadedContext> loaded = registry->Load("ns", "doc-1", kPrefix);
   ASSERT_THAT(loaded, IsOk());
   EXPECT_EQ(loaded->source, KvSource::kStore);
@@ -154,8 +154,8 @@ TEST(ContextRegistryTest, IdenticalDocumentsShareOneKvUntilTheLastIsDeleted) {
   ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
   options.host_cache_bytes = 0;
   auto registry = OpenOrDie(options, encoder.encoder);
-  ASSERT_THAT(registry->Put(SyntheticDocument(1, 7), kPrefix), IsOk());
-  DocumentInput twin = SyntheticDocument(2, 7);
+  ASSERT_THAT(registry->Put(SyntheticContext(1, 7), kPrefix), IsOk());
+  ContextInput twin = SyntheticContext(2, 7);
   twin.namespace_id = "other-namespace";
   ASSERT_THAT(registry->Put(twin, kPrefix), IsOk());
   EXPECT_EQ(*encoder.calls, 1);
@@ -182,8 +182,8 @@ TEST(ContextRegistryTest, ReplacingADocumentDropsKvNoLongerReferenced) {
   auto encoder = MakeSyntheticEncoder(kModelA);
   {
     auto registry = OpenOrDie(options, encoder.encoder);
-    ASSERT_THAT(registry->Put(SyntheticDocument(1, 1), kPrefix), IsOk());
-    ASSERT_THAT(registry->Put(SyntheticDocument(1, 2), kPrefix), IsOk());
+    ASSERT_THAT(registry->Put(SyntheticContext(1, 1), kPrefix), IsOk());
+    ASSERT_THAT(registry->Put(SyntheticContext(1, 2), kPrefix), IsOk());
     EXPECT_EQ(registry->stats().store.entries, 1U);
     absl::StatusOr<LoadedContext> loaded = registry->Load("ns", "doc-1", kPrefix);
     ASSERT_THAT(loaded, IsOk());
@@ -202,20 +202,20 @@ TEST(ContextRegistryTest, ListsANamespacePageByPageInIdOrderWithLabelFilters) {
   auto registry = OpenOrDie(RegistryOptions(dir.Join("data")), encoder.encoder);
   ASSERT_NE(registry, nullptr);
   for (int n : {3, 1, 5, 2, 4}) {
-    DocumentInput document = SyntheticDocument(n, n);
+    ContextInput document = SyntheticContext(n, n);
     document.labels["parity"] = n % 2 == 0 ? "even" : "odd";
     ASSERT_THAT(registry->Put(document, kPrefix), IsOk());
   }
-  DocumentInput elsewhere = SyntheticDocument(9, 9);
+  ContextInput elsewhere = SyntheticContext(9, 9);
   elsewhere.namespace_id = "other";
   ASSERT_THAT(registry->Put(elsewhere, kPrefix), IsOk());
 
   std::vector<std::string> ids;
   ListOptions options{.limit = 2};
   for (int pages = 1;; ++pages) {
-    absl::StatusOr<DocumentPage> page = registry->List("ns", options);
+    absl::StatusOr<ContextPage> page = registry->List("ns", options);
     ASSERT_THAT(page, IsOk());
-    for (const StoredDocument& document : page->documents) {
+    for (const StoredContext& document : page->contexts) {
       ids.push_back(document.id);
       EXPECT_TRUE(document.text.empty()) << "pages leave the text out";
       EXPECT_EQ(document.tokens.size(), SyntheticTokens(std::stoi(document.labels.at("n"))).size());
@@ -229,24 +229,24 @@ TEST(ContextRegistryTest, ListsANamespacePageByPageInIdOrderWithLabelFilters) {
   }
   EXPECT_EQ(ids, (std::vector<std::string>{"doc-1", "doc-2", "doc-3", "doc-4", "doc-5"}));
 
-  absl::StatusOr<DocumentPage> even =
+  absl::StatusOr<ContextPage> even =
       registry->List("ns", {.limit = 10, .labels = {{"parity", "even"}}});
   ASSERT_THAT(even, IsOk());
-  ASSERT_EQ(even->documents.size(), 2);
-  EXPECT_EQ(even->documents[0].id, "doc-2");
-  EXPECT_EQ(even->documents[1].id, "doc-4");
+  ASSERT_EQ(even->contexts.size(), 2);
+  EXPECT_EQ(even->contexts[0].id, "doc-2");
+  EXPECT_EQ(even->contexts[1].id, "doc-4");
   EXPECT_TRUE(even->next_start_after.empty());
 
   // A filter that matches little still returns within max_examined records per page.
-  absl::StatusOr<DocumentPage> bounded =
+  absl::StatusOr<ContextPage> bounded =
       registry->List("ns", {.limit = 10, .labels = {{"n", "5"}}, .max_examined = 2});
   ASSERT_THAT(bounded, IsOk());
-  EXPECT_TRUE(bounded->documents.empty());
+  EXPECT_TRUE(bounded->contexts.empty());
   EXPECT_EQ(bounded->next_start_after, "doc-2");
 
-  absl::StatusOr<DocumentPage> empty = registry->List("nobody", {});
+  absl::StatusOr<ContextPage> empty = registry->List("nobody", {});
   ASSERT_THAT(empty, IsOk());
-  EXPECT_TRUE(empty->documents.empty());
+  EXPECT_TRUE(empty->contexts.empty());
   EXPECT_THAT(registry->List("ns", {.limit = 0}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("limit")));
   EXPECT_THAT(registry->List("bad namespace!", {}),
@@ -258,12 +258,12 @@ TEST(ContextRegistryTest, UpdatesLabelsAndKeepsTokensTextAndKv) {
   auto encoder = MakeSyntheticEncoder(kModelA);
   auto registry = OpenOrDie(RegistryOptions(dir.Join("data")), encoder.encoder);
   ASSERT_NE(registry, nullptr);
-  ASSERT_THAT(registry->Put(SyntheticDocument(1, 1), kPrefix), IsOk());
-  absl::StatusOr<StoredDocument> updated =
+  ASSERT_THAT(registry->Put(SyntheticContext(1, 1), kPrefix), IsOk());
+  absl::StatusOr<StoredContext> updated =
       registry->Update("ns", "doc-1", {.labels = {{{"topic", "goats"}}}});
   ASSERT_THAT(updated, IsOk());
   EXPECT_EQ(updated->labels, (std::map<std::string, std::string>{{"topic", "goats"}}));
-  absl::StatusOr<StoredDocument> read = registry->Get("ns", "doc-1");
+  absl::StatusOr<StoredContext> read = registry->Get("ns", "doc-1");
   ASSERT_THAT(read, IsOk());
   EXPECT_EQ(read->labels, updated->labels);
   EXPECT_EQ(read->text, "text 1");
@@ -281,7 +281,7 @@ TEST(ContextRegistryTest, UpdatesLabelsAndKeepsTokensTextAndKv) {
 }
 
 // Document n with as many tokens as document 1 (SyntheticTokens' length repeats every 13).
-DocumentInput SameSize(int n) { return SyntheticDocument(n, 1 + 13 * (n - 1)); }
+ContextInput SameSize(int n) { return SyntheticContext(n, 1 + 13 * (n - 1)); }
 
 TEST(ContextRegistryTest, APinnedDocumentsKvSurvivesEvictionPressureAcrossRestarts) {
   TempDir dir;
@@ -292,7 +292,7 @@ TEST(ContextRegistryTest, APinnedDocumentsKvSurvivesEvictionPressureAcrossRestar
   {
     auto registry = OpenOrDie(options, encoder.encoder);
     ASSERT_NE(registry, nullptr);
-    DocumentInput pinned = SyntheticDocument(1, 1);
+    ContextInput pinned = SyntheticContext(1, 1);
     pinned.pinned = true;
     ASSERT_THAT(registry->Put(pinned, kPrefix), IsOk());
     for (int n = 2; n <= 6; ++n) ASSERT_THAT(registry->Put(SameSize(n), kPrefix), IsOk());
@@ -327,13 +327,13 @@ TEST(ContextRegistryTest, AnExpiredDocumentIsGoneWithItsKv) {
   auto encoder = MakeSyntheticEncoder(kModelA);
   auto registry = OpenOrDie(options, encoder.encoder);
   ASSERT_NE(registry, nullptr);
-  DocumentInput soon = SyntheticDocument(1, 1);
+  ContextInput soon = SyntheticContext(1, 1);
   soon.expires = now + absl::Seconds(10);
   ASSERT_THAT(registry->Put(soon, kPrefix), IsOk());
-  DocumentInput later = SyntheticDocument(2, 2);
+  ContextInput later = SyntheticContext(2, 2);
   later.expires = now + absl::Seconds(30);
   ASSERT_THAT(registry->Put(later, kPrefix), IsOk());
-  ASSERT_THAT(registry->Put(SyntheticDocument(3, 3), kPrefix), IsOk());
+  ASSERT_THAT(registry->Put(SyntheticContext(3, 3), kPrefix), IsOk());
   EXPECT_EQ(registry->Get("ns", "doc-1")->expires, now + absl::Seconds(10));
   // Moved later before it passes.
   ASSERT_THAT(registry->Update("ns", "doc-2", {.expires = now + absl::Seconds(60)}), IsOk());
@@ -342,13 +342,13 @@ TEST(ContextRegistryTest, AnExpiredDocumentIsGoneWithItsKv) {
   // Invisible at once, to every reader.
   EXPECT_THAT(registry->Get("ns", "doc-1"), StatusIs(absl::StatusCode::kNotFound, HasSubstr("expired")));
   EXPECT_THAT(registry->Load("ns", "doc-1", kPrefix), StatusIs(absl::StatusCode::kNotFound, HasSubstr("expired")));
-  absl::StatusOr<DocumentPage> page = registry->List("ns", {});
+  absl::StatusOr<ContextPage> page = registry->List("ns", {});
   ASSERT_THAT(page, IsOk());
-  EXPECT_EQ(page->documents.size(), 2);
+  EXPECT_EQ(page->contexts.size(), 2);
   // Deleted, KV included, by the sweep.
   const uint64_t stored_before = registry->stats().store.entries;
   registry->Sweep();
-  EXPECT_EQ(registry->stats().documents_expired, 1);
+  EXPECT_EQ(registry->stats().contexts_expired, 1);
   EXPECT_EQ(registry->stats().store.entries, stored_before - 1);
   EXPECT_THAT(registry->Delete("ns", "doc-1"), IsOkAndHolds(false));
 
@@ -359,19 +359,19 @@ TEST(ContextRegistryTest, AnExpiredDocumentIsGoneWithItsKv) {
   now += absl::Hours(1);
   registry->Sweep();
   EXPECT_THAT(registry->Get("ns", "doc-2"), IsOk());
-  EXPECT_EQ(registry->stats().documents_expired, 1);
+  EXPECT_EQ(registry->stats().contexts_expired, 1);
 }
 
 TEST(ContextRegistryTest, KeepsIdsTextAndLabelsThatAreNotUtf8) {
   TempDir dir;
   auto registry =
       OpenOrDie(RegistryOptions(dir.Join("data")), MakeSyntheticEncoder(kModelA).encoder);
-  DocumentInput input = SyntheticDocument(1, 1);
+  ContextInput input = SyntheticContext(1, 1);
   input.id = "caf\xe9 \xff";
   input.text = "\xc3\x28 not UTF-8";
   input.labels = {{"k\xfe", "v\xfd"}};
   ASSERT_THAT(registry->Put(input, kPrefix), IsOk());
-  absl::StatusOr<StoredDocument> document = registry->Get("ns", input.id);
+  absl::StatusOr<StoredContext> document = registry->Get("ns", input.id);
   ASSERT_THAT(document, IsOk());
   EXPECT_EQ(document->id, input.id);
   EXPECT_EQ(document->text, input.text);
@@ -385,27 +385,27 @@ TEST(ContextRegistryTest, RefusesBadNamesAndEmptyDocuments) {
   TempDir dir;
   auto registry =
       OpenOrDie(RegistryOptions(dir.Join("data")), MakeSyntheticEncoder(kModelA).encoder);
-  DocumentInput bad = SyntheticDocument(1, 1);
+  ContextInput bad = SyntheticContext(1, 1);
   bad.namespace_id = "has space";
   EXPECT_THAT(registry->Put(bad, kPrefix),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("namespace")));
-  bad = SyntheticDocument(1, 1);
+  bad = SyntheticContext(1, 1);
   bad.id = std::string("a\0b", 3);
   EXPECT_THAT(registry->Put(bad, kPrefix),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("NUL")));
-  bad = SyntheticDocument(1, 1);
+  bad = SyntheticContext(1, 1);
   bad.tokens.clear();
   EXPECT_THAT(registry->Put(bad, kPrefix),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tokens")));
-  bad = SyntheticDocument(1, 1);
+  bad = SyntheticContext(1, 1);
   bad.labels[std::string(2000, 'k')] = "v";
   EXPECT_THAT(registry->Put(bad, kPrefix),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("label")));
-  bad = SyntheticDocument(1, 1);
+  bad = SyntheticContext(1, 1);
   bad.tokens[1] = -3;
   EXPECT_THAT(registry->Put(bad, kPrefix),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("negative")));
-  EXPECT_THAT(registry->Put(SyntheticDocument(1, 1), "Not/AHash"),
+  EXPECT_THAT(registry->Put(SyntheticContext(1, 1), "Not/AHash"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("prefix hash")));
   EXPECT_THAT(registry->Load("ns", "missing", kPrefix),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing")));
@@ -421,7 +421,7 @@ TEST(ContextRegistryTest, AnEncoderErrorReachesTheCallerAndStoresNothing) {
       [](absl::string_view, absl::Span<const int32_t>) -> absl::StatusOr<model::KvSegment> {
         return absl::OutOfRangeError("too many tokens for the model");
       });
-  EXPECT_THAT(registry->Put(SyntheticDocument(1, 1), kPrefix),
+  EXPECT_THAT(registry->Put(SyntheticContext(1, 1), kPrefix),
               StatusIs(absl::StatusCode::kOutOfRange, HasSubstr("too many")));
   EXPECT_THAT(registry->Get("ns", "doc-1"), StatusIs(absl::StatusCode::kNotFound, ::testing::_));
 }
@@ -434,7 +434,7 @@ TEST(ContextRegistryTest, ReopeningWithAnotherModelNeverServesTheOldKv) {
     auto registry = OpenOrDie(RegistryOptions(dir.Join("data"), kModelA),
                               MakeSyntheticEncoder(kModelA).encoder);
     for (int n = 0; n < 5; ++n)
-      ASSERT_THAT(registry->Put(SyntheticDocument(n, n), kPrefix), IsOk());
+      ASSERT_THAT(registry->Put(SyntheticContext(n, n), kPrefix), IsOk());
   }
   auto encoder_b = MakeSyntheticEncoder(kModelB);
   auto registry = OpenOrDie(RegistryOptions(dir.Join("data"), kModelB), encoder_b.encoder);
@@ -487,7 +487,7 @@ TEST(ContextRegistryTest, EveryFlippedKvByteIsDetectedAndTheKvRebuiltExactly) {
   TempDir dir;
   const ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
   auto encoder = MakeSyntheticEncoder(kModelA);
-  ASSERT_THAT(OpenOrDie(options, encoder.encoder)->Put(SyntheticDocument(1, 1), kPrefix), IsOk());
+  ASSERT_THAT(OpenOrDie(options, encoder.encoder)->Put(SyntheticContext(1, 1), kPrefix), IsOk());
   std::mt19937 random(20261122);
   constexpr int kCases = 120;
   int flipped_records = 0;
@@ -516,8 +516,8 @@ TEST(ContextRegistryTest, AFlippedDocumentRecordGivesDataLossNeverACrash) {
   TempDir dir;
   const ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
   auto encoder = MakeSyntheticEncoder(kModelA);
-  ASSERT_THAT(OpenOrDie(options, encoder.encoder)->Put(SyntheticDocument(1, 1), kPrefix), IsOk());
-  const std::string key = DocumentKey("ns", "doc-1");
+  ASSERT_THAT(OpenOrDie(options, encoder.encoder)->Put(SyntheticContext(1, 1), kPrefix), IsOk());
+  const std::string key = ContextKey("ns", "doc-1");
   std::string original;
   EditStore(options.store.path, [&](Store& store) {
     ASSERT_TRUE(store.db().Get(rocksdb::ReadOptions(), store.docs(), key, &original).ok());
@@ -539,7 +539,7 @@ TEST(ContextRegistryTest, AFlippedDocumentRecordGivesDataLossNeverACrash) {
   }
   // A damaged document can still be replaced, or deleted.
   auto registry = OpenOrDie(options, encoder.encoder);
-  ASSERT_THAT(registry->Put(SyntheticDocument(1, 1), kPrefix), IsOk());
+  ASSERT_THAT(registry->Put(SyntheticContext(1, 1), kPrefix), IsOk());
   EXPECT_THAT(registry->Load("ns", "doc-1", kPrefix), IsOk());
   EXPECT_THAT(registry->Delete("ns", "doc-1"), testing::IsOkAndHolds(true));
 }
@@ -554,7 +554,7 @@ TEST(ContextRegistryTest, EvictionKeepsEveryTierWithinItsBudgetAndDocumentsSurvi
   auto registry = OpenOrDie(options, encoder.encoder);
   constexpr int kDocuments = 40;
   for (int n = 0; n < kDocuments; ++n) {
-    ASSERT_THAT(registry->Put(SyntheticDocument(n, n), kPrefix), IsOk());
+    ASSERT_THAT(registry->Put(SyntheticContext(n, n), kPrefix), IsOk());
     ASSERT_LE(registry->stats().store.bytes, options.stored_kv_bytes);
   }
   for (int round = 0; round < 2; ++round) {
@@ -577,7 +577,7 @@ TEST(ContextRegistryTest, EvictionKeepsEveryTierWithinItsBudgetAndDocumentsSurvi
   registry = OpenOrDie(options, encoder.encoder);
   EXPECT_LE(registry->stats().store.bytes, options.stored_kv_bytes);
   for (int n = 0; n < kDocuments; ++n) {
-    absl::StatusOr<StoredDocument> document = registry->Get("ns", "doc-" + std::to_string(n));
+    absl::StatusOr<StoredContext> document = registry->Get("ns", "doc-" + std::to_string(n));
     ASSERT_THAT(document, IsOk());
     EXPECT_EQ(document->tokens, SyntheticTokens(n));
   }
@@ -591,7 +591,7 @@ TEST(ContextRegistryTest, IdleKvExpiresFromEveryTierAndIsRebuiltOnUse) {
   options.clock = [&now] { return now; };
   auto encoder = MakeSyntheticEncoder(kModelA);
   auto registry = OpenOrDie(options, encoder.encoder);
-  ASSERT_THAT(registry->Put(SyntheticDocument(1, 1), kPrefix), IsOk());
+  ASSERT_THAT(registry->Put(SyntheticContext(1, 1), kPrefix), IsOk());
   ASSERT_THAT(registry->Load("ns", "doc-1", kPrefix), IsOk());
   now += absl::Minutes(11);
   registry->Sweep();
@@ -623,9 +623,9 @@ TEST(ContextRegistryTest, SharingExpiredKvStoresItAfresh) {
   options.clock = [&now] { return now; };
   auto encoder = MakeSyntheticEncoder(kModelA);
   auto registry = OpenOrDie(options, encoder.encoder);
-  ASSERT_THAT(registry->Put(SyntheticDocument(1, 5), kPrefix), IsOk());
+  ASSERT_THAT(registry->Put(SyntheticContext(1, 5), kPrefix), IsOk());
   now += absl::Minutes(11);
-  ASSERT_THAT(registry->Put(SyntheticDocument(2, 5), kPrefix), IsOk());
+  ASSERT_THAT(registry->Put(SyntheticContext(2, 5), kPrefix), IsOk());
   EXPECT_EQ(*encoder.calls, 2);
   EXPECT_EQ(registry->stats().kv_shared, 0U);
   absl::StatusOr<LoadedContext> loaded = registry->Load("ns", "doc-2", kPrefix);
@@ -652,7 +652,7 @@ TEST(ContextRegistryTest, TheDeviceTierServesRepeatedLoadsWithinItsBudget) {
       ContextRegistry::Open(options, MakeSyntheticEncoder(kModelA).encoder, uploader);
   ASSERT_THAT(registry, IsOk());
   for (int n = 0; n < 4; ++n)
-    ASSERT_THAT((*registry)->Put(SyntheticDocument(n, n), kPrefix), IsOk());
+    ASSERT_THAT((*registry)->Put(SyntheticContext(n, n), kPrefix), IsOk());
   absl::StatusOr<LoadedContext> first = (*registry)->Load("ns", "doc-3", kPrefix);
   ASSERT_THAT(first, IsOk());
   EXPECT_EQ(first->source, KvSource::kStore);
@@ -705,7 +705,7 @@ TEST(ContextRegistryTest, ConcurrentPutsLoadsAndDeletesStayConsistent) {
           case 0:
           case 1:
             if (!registry
-                     .Put(SyntheticDocument(n, std::uniform_int_distribution<int>(0, 5)(random)),
+                     .Put(SyntheticContext(n, std::uniform_int_distribution<int>(0, 5)(random)),
                           kPrefix)
                      .ok()) {
               failures.fetch_add(1);

@@ -31,7 +31,7 @@ int main(int argc, char** argv) {
   constexpr int kContents = 40;
   for (int n = first;; ++n) {
     const auto stored =
-        (*registry)->Put(testing::SyntheticDocument(n, n % kContents), testing::kPrefix);
+        (*registry)->Put(testing::SyntheticContext(n, n % kContents), testing::kPrefix);
     if (!stored.ok()) {
       std::fprintf(stderr, "put %d: %s\n", n, stored.status().ToString().c_str());
       return 1;

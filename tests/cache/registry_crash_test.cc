@@ -40,7 +40,7 @@ std::vector<int> Acknowledged(const std::string& output) {
 
 void ExpectWhole(ContextRegistry& registry, int n, const std::string& why) {
   const std::string id = "doc-" + std::to_string(n);
-  absl::StatusOr<StoredDocument> document = registry.Get("ns", id);
+  absl::StatusOr<StoredContext> document = registry.Get("ns", id);
   ASSERT_THAT(document, IsOk()) << why;
   EXPECT_EQ(document->tokens, testing::SyntheticTokens(n % 40)) << why;
   absl::StatusOr<LoadedContext> loaded = registry.Load("ns", id, kPrefix);

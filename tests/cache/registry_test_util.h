@@ -25,7 +25,7 @@ inline cache::ContextRegistryOptions RegistryOptions(const std::string& path,
 }
 
 // Document number `n` of namespace "ns", id "doc-<n>", with SyntheticTokens(content).
-inline cache::DocumentInput SyntheticDocument(int n, int content) {
+inline cache::ContextInput SyntheticContext(int n, int content) {
   return {.namespace_id = "ns",
           .id = "doc-" + std::to_string(n),
           .tokens = SyntheticTokens(content),

@@ -1,4 +1,4 @@
-#include "cache/document.h"
+#include "cache/stored_context.h"
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -9,30 +9,30 @@
 namespace apeserve::cache {
 namespace {
 
-constexpr char kDocumentMagic[] = "APDR";
+constexpr char kContextMagic[] = "APDR";
 
 absl::Status Unreadable(absl::string_view namespace_id, absl::string_view id,
                         absl::string_view why) {
-  return absl::DataLossError(absl::StrCat("the record of document '", namespace_id, "/",
+  return absl::DataLossError(absl::StrCat("the record of context '", namespace_id, "/",
                                           absl::CHexEscape(id), "' is unreadable: ", why));
 }
 
 }  // namespace
 
-absl::Status ValidateDocumentInput(const DocumentInput& input) {
+absl::Status ValidateContextInput(const ContextInput& input) {
   if (absl::Status status = ValidateNamespace(input.namespace_id); !status.ok()) return status;
   if (absl::Status status = ValidateContextId(input.id); !status.ok()) return status;
-  if (input.tokens.empty() || input.tokens.size() > kMaxDocumentTokens) {
-    return absl::InvalidArgumentError(absl::StrCat("a document needs 1 to ", kMaxDocumentTokens,
+  if (input.tokens.empty() || input.tokens.size() > kMaxContextTokens) {
+    return absl::InvalidArgumentError(absl::StrCat("a context needs 1 to ", kMaxContextTokens,
                                                    " tokens, not ", input.tokens.size()));
   }
-  if (input.text.size() > kMaxDocumentTextBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("a document's text may have at most ",
-                                                   kMaxDocumentTextBytes, " bytes, not ",
+  if (input.text.size() > kMaxContextTextBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("a context's text may have at most ",
+                                                   kMaxContextTextBytes, " bytes, not ",
                                                    input.text.size()));
   }
   if (input.labels.size() > kMaxLabels) {
-    return absl::InvalidArgumentError(absl::StrCat("a document may have at most ", kMaxLabels,
+    return absl::InvalidArgumentError(absl::StrCat("a context may have at most ", kMaxLabels,
                                                    " labels, not ", input.labels.size()));
   }
   for (const auto& [key, value] : input.labels) {
@@ -45,14 +45,14 @@ absl::Status ValidateDocumentInput(const DocumentInput& input) {
   for (size_t i = 0; i < input.tokens.size(); ++i) {
     if (input.tokens[i] < 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat("token ", i, " of the document is negative (", input.tokens[i], ")"));
+          absl::StrCat("token ", i, " of the context is negative (", input.tokens[i], ")"));
     }
   }
   return absl::OkStatus();
 }
 
-std::string EncodeDocumentRecord(const StoredDocument& document) {
-  DocumentRecord record;
+std::string EncodeContextRecord(const StoredContext& document) {
+  ContextRecord record;
   record.set_namespace_id(document.namespace_id);
   record.set_id(document.id);
   record.set_content_hash(document.content_hash);
@@ -68,22 +68,22 @@ std::string EncodeDocumentRecord(const StoredDocument& document) {
   if (document.expires != absl::InfiniteFuture()) {
     record.set_expire_unix_micros(absl::ToUnixMicros(document.expires));
   }
-  return FrameRecord(kDocumentMagic, record.SerializeAsString());
+  return FrameRecord(kContextMagic, record.SerializeAsString());
 }
 
-absl::StatusOr<StoredDocument> DecodeDocumentRecord(absl::string_view value,
+absl::StatusOr<StoredContext> DecodeContextRecord(absl::string_view value,
                                                     absl::string_view namespace_id,
                                                     absl::string_view id) {
-  const absl::StatusOr<absl::string_view> payload = UnframeRecord(kDocumentMagic, value);
+  const absl::StatusOr<absl::string_view> payload = UnframeRecord(kContextMagic, value);
   if (!payload.ok()) return Unreadable(namespace_id, id, payload.status().message());
-  DocumentRecord record;
+  ContextRecord record;
   if (!record.ParseFromArray(payload->data(), static_cast<int>(payload->size()))) {
     return Unreadable(namespace_id, id, "it does not parse");
   }
   if (record.namespace_id() != namespace_id || record.id() != id) {
-    return Unreadable(namespace_id, id, "it names another document");
+    return Unreadable(namespace_id, id, "it names another context");
   }
-  StoredDocument document{
+  StoredContext document{
       .namespace_id = record.namespace_id(),
       .id = record.id(),
       .content_hash = record.content_hash(),

@@ -1,4 +1,4 @@
-// A document as the registry stores it, and its record's stored form: a DocumentRecord
+// A document as the registry stores it, and its record's stored form: a ContextRecord
 // (records.proto) framed with magic "APDR" and a checksum (framed_record.h).
 #ifndef APESERVE_CACHE_DOCUMENT_H_
 #define APESERVE_CACHE_DOCUMENT_H_
@@ -16,7 +16,7 @@ namespace apeserve::cache {
 
 // A document to store. Its tokens are what the KV is computed from; the text is kept
 // only to be shown back.
-struct DocumentInput {
+struct ContextInput {
   std::string namespace_id;
   std::string id;
   std::vector<int32_t> tokens;
@@ -29,7 +29,7 @@ struct DocumentInput {
   absl::Time expires = absl::InfiniteFuture();
 };
 
-struct StoredDocument {
+struct StoredContext {
   std::string namespace_id;
   std::string id;
   std::string content_hash;  // store_keys.h: ContentHash(tokens)
@@ -42,22 +42,22 @@ struct StoredDocument {
 };
 
 // Limits on one document; they also keep its record far below protobuf's 2 GiB.
-inline constexpr size_t kMaxDocumentTokens = size_t{1} << 20;
-inline constexpr size_t kMaxDocumentTextBytes = size_t{16} << 20;
+inline constexpr size_t kMaxContextTokens = size_t{1} << 20;
+inline constexpr size_t kMaxContextTextBytes = size_t{16} << 20;
 inline constexpr size_t kMaxLabels = 64;
 inline constexpr size_t kMaxLabelBytes = 1024;
 
 // INVALID_ARGUMENT naming the field: bad namespace or id, no tokens or too many, a
 // negative token id, text or labels past the limits. Ids, text and labels may hold
 // any bytes (UTF-8 or not).
-absl::Status ValidateDocumentInput(const DocumentInput& input);
+absl::Status ValidateContextInput(const ContextInput& input);
 
-std::string EncodeDocumentRecord(const StoredDocument& document);
+std::string EncodeContextRecord(const StoredContext& document);
 
 // The document stored under (namespace_id, id). DATA_LOSS, naming it, if the value
 // fails its frame or checksum, does not parse, names another document, or its
 // tokens do not match its content hash.
-absl::StatusOr<StoredDocument> DecodeDocumentRecord(absl::string_view value,
+absl::StatusOr<StoredContext> DecodeContextRecord(absl::string_view value,
                                                     absl::string_view namespace_id,
                                                     absl::string_view id);
 
