@@ -14,6 +14,12 @@ else()
 endif()
 set(APESERVE_HOME "${_apeserve_home}" CACHE PATH
     "Folder of the Python environment, models and compiler cache")
+# The server's defaults for --model and --data_dir: the embedded model where
+# deploy/setup.sh places it, and var/data in the checkout (deploy/lib.sh agrees).
+set(APESERVE_DEFAULT_MODEL "${APESERVE_HOME}/models/SmolLM2-135M-Instruct.Q4_1.gguf" CACHE FILEPATH
+    "The model apeserve serves when --model is not given")
+set(APESERVE_DEFAULT_DATA_DIR "${PROJECT_SOURCE_DIR}/var/data" CACHE PATH
+    "The data directory apeserve uses when --data_dir is not given")
 
 find_package(Threads REQUIRED)
 find_package(PkgConfig REQUIRED)

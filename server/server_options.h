@@ -1,4 +1,4 @@
-// Settings of one apeserve process. Flags become these once, in main.cc; nothing
+// Settings of one apeserve process. Flags become these once, in apeserve_main.cc; nothing
 // below main reads a flag.
 #ifndef APESERVE_SERVER_SERVER_OPTIONS_H_
 #define APESERVE_SERVER_SERVER_OPTIONS_H_

@@ -9,7 +9,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -22,8 +21,6 @@
 #include "ape/v1/generation.grpc.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "tools/apectl_common.h"
-
-ABSL_DECLARE_FLAG(std::string, labels);  // apectl_ingest.cc
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "address of the apeserve to talk to");
 ABSL_FLAG(std::string, target, "", "the same as --server (older name)");
@@ -48,6 +45,10 @@ ABSL_FLAG(std::optional<float>, ape_scale, std::nullopt, "APE's S (server defaul
 ABSL_FLAG(std::string, ape_form, "", "APE's form: multiplicative or additive");
 ABSL_FLAG(std::string, query, "", "score: the question the continuations answer");
 ABSL_FLAG(bool, text, false, "get: include the stored text");
+ABSL_FLAG(std::string, labels, "", "ingest, update: labels k=v,k2=v2 (ingest: added to each)");
+ABSL_FLAG(int, batch, 32, "ingest: documents per BatchCreateContexts call");
+ABSL_FLAG(bool, skip_existing, true,
+          "ingest: skip ids the namespace already holds (so an interrupted ingest resumes)");
 ABSL_FLAG(std::string, label_filter, "", "list: only contexts with these labels, k=v,k2=v2");
 
 namespace apeserve::apectl {

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -24,10 +25,10 @@
 #include "ape/v1/context.grpc.pb.h"
 #include "tools/apectl_common.h"
 
-ABSL_FLAG(std::string, labels, "", "ingest, update: labels k=v,k2=v2 (ingest: added to each)");
-ABSL_FLAG(int, batch, 32, "ingest: documents per BatchCreateContexts call");
-ABSL_FLAG(bool, skip_existing, true,
-          "ingest: skip ids the namespace already holds (so an interrupted ingest resumes)");
+// Defined in apectl.cc, where --help finds them.
+ABSL_DECLARE_FLAG(std::string, labels);
+ABSL_DECLARE_FLAG(int, batch);
+ABSL_DECLARE_FLAG(bool, skip_existing);
 
 namespace apeserve::apectl {
 namespace {

@@ -188,11 +188,23 @@ TEST_F(ApeserveBinaryTest, ShipsACalibrationForTheEmbeddedModel) {
   EXPECT_THAT(server.Stderr(), ::testing::Not(HasSubstr("was made for model")));
 }
 
-TEST_F(ApeserveBinaryTest, ExplainsMissingFlags) {
-  const auto result = RunProgram({apeserve::testing::ApeserveBinary()}, dir_.path());
+TEST_F(ApeserveBinaryTest, ExplainsEmptyFlagsAndDocumentsEveryFlagWithItsDefault) {
+  const auto result = RunProgram({apeserve::testing::ApeserveBinary(), "--model="}, dir_.path());
   EXPECT_EQ(result.exit_status, 2);
-  EXPECT_THAT(result.err, HasSubstr("--model is required"));
-  EXPECT_THAT(result.err, HasSubstr("Usage: apeserve --model=FILE.gguf --data_dir=DIR"));
+  EXPECT_THAT(result.err, HasSubstr("--model is empty"));
+  EXPECT_THAT(result.err, HasSubstr("Usage: apeserve [--model=FILE.gguf] [--data_dir=DIR]"));
+
+  // --help lists every flag; the model defaults to the embedded one.
+  const auto help = RunProgram({apeserve::testing::ApeserveBinary(), "--help"}, dir_.path());
+  for (const char* flag :
+       {"--model", "--data_dir", "--listen", "--device", "--dtype", "--ape_calibration",
+        "--host_cache_mib", "--stored_kv_mib", "--sync_writes", "--kv_storage",
+        "--max_context_bytes", "--max_contexts_per_request", "--max_query_tokens",
+        "--max_new_tokens", "--max_queued_requests", "--max_running_requests", "--metrics_listen",
+        "--log_format", "--shutdown_grace"}) {
+    EXPECT_THAT(help.out + help.err, HasSubstr(flag)) << flag;
+  }
+  EXPECT_THAT(help.out + help.err, HasSubstr(apeserve::testing::TestModelPath()));
 }
 
 TEST_F(ApeserveBinaryTest, RefusesAFileThatIsNotAModel) {

@@ -32,6 +32,7 @@ class GrpcSurfaceTest(unittest.TestCase):
                 "--model=" + os.environ["APESERVE_TEST_MODEL"],
                 "--data_dir=" + os.path.join(cls.tmp.name, "data"),
                 "--listen=127.0.0.1:0",
+                "--metrics_listen=127.0.0.1:0",
                 "--device=cpu",
                 "--port_file=" + port_file,
             ],

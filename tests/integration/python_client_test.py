@@ -66,6 +66,7 @@ class PythonClientTest(unittest.TestCase):
                 "--model=" + os.environ["APESERVE_TEST_MODEL"],
                 "--data_dir=" + str(root / "data"),
                 "--listen=127.0.0.1:0",
+                "--metrics_listen=127.0.0.1:0",
                 "--device=cpu",
                 "--port_file=" + str(port_file),
             ],

@@ -32,6 +32,7 @@ class ApeServerTest : public ::testing::Test {
     options.model_path = apeserve::testing::TestModelPath();
     options.data_dir = dir_.Join("data");
     options.device = "cpu";
+    options.metrics_address = "";  // tests run side by side: no fixed port
     return options;
   }
 

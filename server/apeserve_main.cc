@@ -24,10 +24,17 @@ namespace {
 const apeserve::server::ServerOptions kDefaults;
 }  // namespace
 
+#ifndef APESERVE_DEFAULT_MODEL
+#error "APESERVE_DEFAULT_MODEL must be defined by the build"
+#endif
+
 ABSL_FLAG(std::string, listen, kDefaults.listen_address,
           "host:port to serve on; port 0 picks a free one (see --port_file)");
-ABSL_FLAG(std::string, model, "", "GGUF model file (required)");
-ABSL_FLAG(std::string, data_dir, "", "folder of the context and KV store (required)");
+ABSL_FLAG(std::string, model, APESERVE_DEFAULT_MODEL,
+          "GGUF model file (default: the embedded SmolLM2-135M-Instruct, where "
+          "deploy/setup.sh placed it)");
+ABSL_FLAG(std::string, data_dir, APESERVE_DEFAULT_DATA_DIR,
+          "folder of the context and KV store; created when missing");
 ABSL_FLAG(std::string, device, kDefaults.device, "compute device: auto, cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, dtype, kDefaults.dtype,
           "compute dtype: auto (float32 on the CPU, bfloat16 on a GPU), float32, bfloat16, float16");
@@ -90,7 +97,7 @@ namespace {
 constexpr char kUsage[] =
     "apeserve: gRPC server for retrieval-augmented generation and in-context learning\n"
     "with pre-encoded contexts (Adaptive Parallel Encoding).\n\n"
-    "Usage: apeserve --model=FILE.gguf --data_dir=DIR [--listen=HOST:PORT] [flags]\n"
+    "Usage: apeserve [--model=FILE.gguf] [--data_dir=DIR] [--listen=HOST:PORT] [flags]\n"
     "Try --help for every flag.";
 
 // Writes `port` to `path` through a temporary file, so a reader never sees half of it.
@@ -170,8 +177,8 @@ int main(int argc, char** argv) {
   limits.max_batch_contexts = absl::GetFlag(FLAGS_max_batch_contexts);
   limits.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
   limits.max_running_requests = absl::GetFlag(FLAGS_max_running_requests);
-  if (options.model_path.empty()) return UsageError("--model is required");
-  if (options.data_dir.empty()) return UsageError("--data_dir is required");
+  if (options.model_path.empty()) return UsageError("--model is empty: name a GGUF model file");
+  if (options.data_dir.empty()) return UsageError("--data_dir is empty: name a folder");
   // APE's defaults: built in, then the calibration file, then single flags.
   if (const std::string path = absl::GetFlag(FLAGS_ape_calibration); !path.empty()) {
     auto calibration = apeserve::model::ReadApeCalibration(path);
