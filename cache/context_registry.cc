@@ -66,12 +66,12 @@ class ContextRegistry::Impl {
 
   absl::Status IndexStoredKv();
   absl::StatusOr<StoredContext> Put(const ContextInput& input, absl::string_view prefix_hash,
-                                     const model::KvSegment* kv);
+                                    const model::KvSegment* kv);
   absl::StatusOr<StoredContext> Get(absl::string_view namespace_id, absl::string_view id) const;
   absl::StatusOr<ContextPage> List(absl::string_view namespace_id,
-                                    const ListOptions& options) const;
+                                   const ListOptions& options) const;
   absl::StatusOr<StoredContext> Update(absl::string_view namespace_id, absl::string_view id,
-                                        const ContextUpdate& update);
+                                       const ContextUpdate& update);
   absl::StatusOr<bool> Delete(absl::string_view namespace_id, absl::string_view id);
   absl::StatusOr<LoadedContext> Load(absl::string_view namespace_id, absl::string_view id,
                                      absl::string_view prefix_hash);
@@ -96,7 +96,7 @@ class ContextRegistry::Impl {
 
   // The stored record, expired or not (writers see what is there).
   absl::StatusOr<StoredContext> ReadRecord(absl::string_view namespace_id,
-                                            absl::string_view id) const;
+                                           absl::string_view id) const;
   // Deletes a document under the write lock; true if it existed.
   absl::StatusOr<bool> DeleteLocked(absl::string_view namespace_id, absl::string_view id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mutex_);
@@ -275,8 +275,8 @@ void ContextRegistry::Impl::ForgetContent(absl::string_view content_hash) {
 }
 
 absl::StatusOr<StoredContext> ContextRegistry::Impl::Put(const ContextInput& input,
-                                                          absl::string_view prefix_hash,
-                                                          const model::KvSegment* kv) {
+                                                         absl::string_view prefix_hash,
+                                                         const model::KvSegment* kv) {
   APE_RETURN_IF_ERROR(ValidateContextInput(input));
   APE_RETURN_IF_ERROR(ValidateHash("prefix hash", prefix_hash));
   const std::string content_hash = ContentHash(input.tokens);
@@ -308,14 +308,14 @@ absl::StatusOr<StoredContext> ContextRegistry::Impl::Put(const ContextInput& inp
   if (kv == nullptr && !stored_.Contains(name)) APE_RETURN_IF_ERROR(obtain_kv());
 
   StoredContext document{.namespace_id = input.namespace_id,
-                          .id = input.id,
-                          .content_hash = content_hash,
-                          .tokens = input.tokens,
-                          .text = input.text,
-                          .labels = input.labels,
-                          .created = options_.clock(),
-                          .pinned = input.pinned,
-                          .expires = input.expires};
+                         .id = input.id,
+                         .content_hash = content_hash,
+                         .tokens = input.tokens,
+                         .text = input.text,
+                         .labels = input.labels,
+                         .created = options_.clock(),
+                         .pinned = input.pinned,
+                         .expires = input.expires};
   const std::string document_key = ContextKey(input.namespace_id, input.id);
   const std::string reference_key = ReferenceKey(content_hash, input.namespace_id, input.id);
   std::unique_lock<std::mutex> lock(write_mutex_);
@@ -379,7 +379,7 @@ absl::StatusOr<StoredContext> ContextRegistry::Impl::Put(const ContextInput& inp
 }
 
 absl::StatusOr<StoredContext> ContextRegistry::Impl::Get(absl::string_view namespace_id,
-                                                          absl::string_view id) const {
+                                                         absl::string_view id) const {
   APE_ASSIGN_OR_RETURN(StoredContext document, ReadRecord(namespace_id, id));
   if (document.expires <= options_.clock()) {
     // Gone for every reader from its expiry on; the next Sweep deletes it.
@@ -390,7 +390,7 @@ absl::StatusOr<StoredContext> ContextRegistry::Impl::Get(absl::string_view names
 }
 
 absl::StatusOr<StoredContext> ContextRegistry::Impl::ReadRecord(absl::string_view namespace_id,
-                                                                 absl::string_view id) const {
+                                                                absl::string_view id) const {
   APE_RETURN_IF_ERROR(ValidateNamespace(namespace_id));
   APE_RETURN_IF_ERROR(ValidateContextId(id));
   std::string value;
@@ -406,7 +406,7 @@ absl::StatusOr<StoredContext> ContextRegistry::Impl::ReadRecord(absl::string_vie
 }
 
 absl::StatusOr<ContextPage> ContextRegistry::Impl::List(absl::string_view namespace_id,
-                                                         const ListOptions& options) const {
+                                                        const ListOptions& options) const {
   APE_RETURN_IF_ERROR(ValidateNamespace(namespace_id));
   if (options.limit == 0 || options.max_examined == 0) {
     return absl::InvalidArgumentError("a page needs a limit of at least 1");
@@ -430,12 +430,11 @@ absl::StatusOr<ContextPage> ContextRegistry::Impl::List(absl::string_view namesp
     ++examined;
     APE_ASSIGN_OR_RETURN(StoredContext document,
                          DecodeContextRecord(View(it->value()), namespace_id, id));
-    const bool matches = std::all_of(options.labels.begin(), options.labels.end(),
-                                     [&](const auto& label) {
-                                       const auto found = document.labels.find(label.first);
-                                       return found != document.labels.end() &&
-                                              found->second == label.second;
-                                     });
+    const bool matches =
+        std::all_of(options.labels.begin(), options.labels.end(), [&](const auto& label) {
+          const auto found = document.labels.find(label.first);
+          return found != document.labels.end() && found->second == label.second;
+        });
     page.next_start_after = document.id;
     if (!matches || document.expires <= options_.clock()) continue;
     document.text.clear();
@@ -448,8 +447,8 @@ absl::StatusOr<ContextPage> ContextRegistry::Impl::List(absl::string_view namesp
 }
 
 absl::StatusOr<StoredContext> ContextRegistry::Impl::Update(absl::string_view namespace_id,
-                                                             absl::string_view id,
-                                                             const ContextUpdate& update) {
+                                                            absl::string_view id,
+                                                            const ContextUpdate& update) {
   std::lock_guard<std::mutex> lock(write_mutex_);
   APE_ASSIGN_OR_RETURN(StoredContext document, Get(namespace_id, id));
   const StoredContext before = document;
@@ -457,35 +456,34 @@ absl::StatusOr<StoredContext> ContextRegistry::Impl::Update(absl::string_view na
   if (update.pinned.has_value()) document.pinned = *update.pinned;
   if (update.expires.has_value()) document.expires = *update.expires;
   APE_RETURN_IF_ERROR(ValidateContextInput({.namespace_id = document.namespace_id,
-                                             .id = document.id,
-                                             .tokens = document.tokens,
-                                             .text = document.text,
-                                             .labels = document.labels}));
+                                            .id = document.id,
+                                            .tokens = document.tokens,
+                                            .text = document.text,
+                                            .labels = document.labels}));
   rocksdb::WriteBatch batch;
   APE_RETURN_IF_ERROR(FromRocksDb(
       batch.Put(store_->docs(), ContextKey(namespace_id, id), EncodeContextRecord(document)),
       "batch a context"));
   if (document.pinned != before.pinned) {
-    APE_RETURN_IF_ERROR(FromRocksDb(
-        batch.Put(store_->docs(), ReferenceKey(document.content_hash, namespace_id, id),
-                  document.pinned ? kPinnedReference : ""),
-        "batch a reference"));
+    APE_RETURN_IF_ERROR(
+        FromRocksDb(batch.Put(store_->docs(), ReferenceKey(document.content_hash, namespace_id, id),
+                              document.pinned ? kPinnedReference : ""),
+                    "batch a reference"));
   }
   if (document.expires != before.expires) {
     if (before.expires != absl::InfiniteFuture()) {
-      APE_RETURN_IF_ERROR(FromRocksDb(
-          batch.Delete(store_->docs(), ExpiryKey(before.expires, namespace_id, id)),
-          "batch an expiry delete"));
+      APE_RETURN_IF_ERROR(
+          FromRocksDb(batch.Delete(store_->docs(), ExpiryKey(before.expires, namespace_id, id)),
+                      "batch an expiry delete"));
     }
     if (document.expires != absl::InfiniteFuture()) {
-      APE_RETURN_IF_ERROR(FromRocksDb(
-          batch.Put(store_->docs(), ExpiryKey(document.expires, namespace_id, id), ""),
-          "batch an expiry"));
+      APE_RETURN_IF_ERROR(
+          FromRocksDb(batch.Put(store_->docs(), ExpiryKey(document.expires, namespace_id, id), ""),
+                      "batch an expiry"));
     }
   }
-  APE_RETURN_IF_ERROR(
-      FromRocksDb(db().Write(WriteOptions(), &batch),
-                  absl::StrCat("update context ", ContextName(namespace_id, id))));
+  APE_RETURN_IF_ERROR(FromRocksDb(db().Write(WriteOptions(), &batch),
+                                  absl::StrCat("update context ", ContextName(namespace_id, id))));
   if (document.pinned != before.pinned) {
     Pin(document.content_hash, document.pinned ? 1 : -1);
     if (!document.pinned) Rebalance();
@@ -508,9 +506,9 @@ absl::StatusOr<bool> ContextRegistry::Impl::DeleteLocked(absl::string_view names
   if (existing.ok()) {
     APE_ASSIGN_OR_RETURN(dropped_content, Unreference(batch, *existing));
     if (existing->expires != absl::InfiniteFuture()) {
-      APE_RETURN_IF_ERROR(FromRocksDb(
-          batch.Delete(store_->docs(), ExpiryKey(existing->expires, namespace_id, id)),
-          "batch an expiry delete"));
+      APE_RETURN_IF_ERROR(
+          FromRocksDb(batch.Delete(store_->docs(), ExpiryKey(existing->expires, namespace_id, id)),
+                      "batch an expiry delete"));
     }
   } else if (existing.status().code() == absl::StatusCode::kDataLoss) {
     spdlog::warn("store: deleting an unreadable context record: {}",
@@ -520,9 +518,8 @@ absl::StatusOr<bool> ContextRegistry::Impl::DeleteLocked(absl::string_view names
   }
   APE_RETURN_IF_ERROR(
       FromRocksDb(batch.Delete(store_->docs(), ContextKey(namespace_id, id)), "batch a delete"));
-  APE_RETURN_IF_ERROR(
-      FromRocksDb(db().Write(WriteOptions(), &batch),
-                  absl::StrCat("delete context ", ContextName(namespace_id, id))));
+  APE_RETURN_IF_ERROR(FromRocksDb(db().Write(WriteOptions(), &batch),
+                                  absl::StrCat("delete context ", ContextName(namespace_id, id))));
   contexts_deleted_.fetch_add(1);
   if (existing.ok() && existing->pinned) {
     Pin(existing->content_hash, -1);
@@ -649,8 +646,7 @@ absl::StatusOr<LoadedContext> ContextRegistry::Impl::Load(absl::string_view name
     APE_RETURN_IF_ERROR(kv->Validate());
     if (kv->length != static_cast<int64_t>(document.tokens.size())) {
       return absl::InternalError(absl::StrCat("the encoder returned KV of ", kv->length,
-                                              " tokens for a context of ",
-                                              document.tokens.size()));
+                                              " tokens for a context of ", document.tokens.size()));
     }
     rebuilds_.fetch_add(1);
     WriteBack(key, *kv);
@@ -714,26 +710,26 @@ ContextRegistry::ContextRegistry(ContextRegistryOptions options, std::unique_ptr
 ContextRegistry::~ContextRegistry() = default;
 
 absl::StatusOr<StoredContext> ContextRegistry::Put(const ContextInput& document,
-                                                    absl::string_view prefix_hash,
-                                                    const model::KvSegment* kv) {
+                                                   absl::string_view prefix_hash,
+                                                   const model::KvSegment* kv) {
   absl::StatusOr<StoredContext> stored = impl_->Put(document, prefix_hash, kv);
   if (stored.ok()) impl_->Sweep();
   return stored;
 }
 
 absl::StatusOr<StoredContext> ContextRegistry::Get(absl::string_view namespace_id,
-                                                    absl::string_view id) const {
+                                                   absl::string_view id) const {
   return impl_->Get(namespace_id, id);
 }
 
 absl::StatusOr<ContextPage> ContextRegistry::List(absl::string_view namespace_id,
-                                                   const ListOptions& options) const {
+                                                  const ListOptions& options) const {
   return impl_->List(namespace_id, options);
 }
 
 absl::StatusOr<StoredContext> ContextRegistry::Update(absl::string_view namespace_id,
-                                                       absl::string_view id,
-                                                       const ContextUpdate& update) {
+                                                      absl::string_view id,
+                                                      const ContextUpdate& update) {
   return impl_->Update(namespace_id, id, update);
 }
 
@@ -747,8 +743,7 @@ absl::StatusOr<LoadedContext> ContextRegistry::Load(absl::string_view namespace_
   return impl_->Load(namespace_id, id, prefix_hash);
 }
 
-bool ContextRegistry::KvStored(const StoredContext& document,
-                               absl::string_view prefix_hash) const {
+bool ContextRegistry::KvStored(const StoredContext& document, absl::string_view prefix_hash) const {
   return impl_->KvStored(document, prefix_hash);
 }
 

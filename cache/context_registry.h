@@ -37,10 +37,10 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "cache/stored_context.h"
 #include "cache/kv_quantization.h"
 #include "cache/lru_tier.h"
 #include "cache/store.h"
+#include "cache/stored_context.h"
 #include "model/encoded_context.h"
 #include "model/kv_segment.h"
 
@@ -135,8 +135,8 @@ struct RegistryStats {
   uint64_t contexts_stored = 0;
   uint64_t contexts_deleted = 0;
   uint64_t contexts_expired = 0;  // deleted because their expiry passed
-  uint64_t pinned_contents = 0;    // contents whose KV a pinned document holds
-  uint64_t kv_shared = 0;  // puts that found their KV already stored
+  uint64_t pinned_contents = 0;   // contents whose KV a pinned document holds
+  uint64_t kv_shared = 0;         // puts that found their KV already stored
   uint64_t store_bytes_loaded = 0;
   double store_load_seconds = 0;  // time spent reading and decoding them
   double store_load_mb_per_s() const {
@@ -161,7 +161,7 @@ class ContextRegistry {
   // after it is durable as sync_writes says. INVALID_ARGUMENT for bad names, no tokens
   // or KV that does not fit; the encoder's error if it fails.
   absl::StatusOr<StoredContext> Put(const ContextInput& document, absl::string_view prefix_hash,
-                                     const model::KvSegment* kv = nullptr);
+                                    const model::KvSegment* kv = nullptr);
 
   // NOT_FOUND naming the document if there is none; DATA_LOSS if its record is
   // unreadable.
@@ -170,12 +170,12 @@ class ContextRegistry {
   // The documents of a namespace, page by page, in a stable order. INVALID_ARGUMENT for
   // a bad namespace or limit; DATA_LOSS naming an unreadable record.
   absl::StatusOr<ContextPage> List(absl::string_view namespace_id,
-                                    const ListOptions& options) const;
+                                   const ListOptions& options) const;
 
   // Changes the fields `update` sets; tokens and KV stay. Returns the document, text
   // included. NOT_FOUND / DATA_LOSS as Get; INVALID_ARGUMENT for labels past the limits.
   absl::StatusOr<StoredContext> Update(absl::string_view namespace_id, absl::string_view id,
-                                        const ContextUpdate& update);
+                                       const ContextUpdate& update);
 
   // Deletes the document; true if it existed (deleting twice is not an error).
   absl::StatusOr<bool> Delete(absl::string_view namespace_id, absl::string_view id);

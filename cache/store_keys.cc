@@ -142,7 +142,7 @@ absl::StatusOr<ExpiringContext> ParseExpiryKey(absl::string_view key) {
         absl::StrCat("'", absl::CHexEscape(key), "' is not an expiry key"));
   }
   return ExpiringContext{.namespace_id = std::string(key.substr(9, nul - 9)),
-                          .id = std::string(key.substr(nul + 1))};
+                         .id = std::string(key.substr(nul + 1))};
 }
 
 std::string KvEntryKey(const KvKey& key) {

@@ -72,8 +72,8 @@ std::string EncodeContextRecord(const StoredContext& document) {
 }
 
 absl::StatusOr<StoredContext> DecodeContextRecord(absl::string_view value,
-                                                    absl::string_view namespace_id,
-                                                    absl::string_view id) {
+                                                  absl::string_view namespace_id,
+                                                  absl::string_view id) {
   const absl::StatusOr<absl::string_view> payload = UnframeRecord(kContextMagic, value);
   if (!payload.ok()) return Unreadable(namespace_id, id, payload.status().message());
   ContextRecord record;

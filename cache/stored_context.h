@@ -58,8 +58,8 @@ std::string EncodeContextRecord(const StoredContext& document);
 // fails its frame or checksum, does not parse, names another document, or its
 // tokens do not match its content hash.
 absl::StatusOr<StoredContext> DecodeContextRecord(absl::string_view value,
-                                                    absl::string_view namespace_id,
-                                                    absl::string_view id);
+                                                  absl::string_view namespace_id,
+                                                  absl::string_view id);
 
 }  // namespace apeserve::cache
 

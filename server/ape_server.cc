@@ -93,10 +93,9 @@ ape::v1::ModelInfo DescribeModel(const model::Engine& engine, const model::ChatT
   info.set_fingerprint(engine.fingerprint());
   info.set_dtype(engine.dtype());
   info.set_device(engine.device());
-  const int64_t element_bytes =
-      storage.kv_quantization != cache::KvQuantization::kNone ? 1
-      : engine.dtype() == "float32"                          ? 4
-                                                             : 2;
+  const int64_t element_bytes = storage.kv_quantization != cache::KvQuantization::kNone ? 1
+                                : engine.dtype() == "float32"                           ? 4
+                                                                                        : 2;
   info.set_kv_bytes_per_token(2 * config.num_layers * config.num_kv_heads * config.head_dim *
                               element_bytes);
   return info;
@@ -156,14 +155,15 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
   server->options_ = std::make_unique<ServerOptions>(options);
   const absl::Time load_start = absl::Now();
   APE_ASSIGN_OR_RETURN(server->engine_, model::Engine::Load({.model_path = options.model_path,
-                                                            .device = options.device,
-                                                            .dtype = options.dtype}));
+                                                             .device = options.device,
+                                                             .dtype = options.dtype}));
   const model::Engine& engine = *server->engine_;
   APE_ASSIGN_OR_RETURN(const model::ChatTemplate* chat, engine.chat_template());
-  spdlog::info("model loaded in {:.1f} s: {}, {} layers, context {} tokens, {} on {}, chat format {}",
-               absl::ToDoubleSeconds(absl::Now() - load_start), engine.config().architecture,
-               engine.config().num_layers, engine.config().max_position, engine.dtype(),
-               engine.device(), std::string(ChatFormatName(chat->format())));
+  spdlog::info(
+      "model loaded in {:.1f} s: {}, {} layers, context {} tokens, {} on {}, chat format {}",
+      absl::ToDoubleSeconds(absl::Now() - load_start), engine.config().architecture,
+      engine.config().num_layers, engine.config().max_position, engine.dtype(), engine.device(),
+      std::string(ChatFormatName(chat->format())));
   server->pieces_ = std::make_unique<model::PromptPieces>(engine.tokenizer(), *chat);
   server->prefixes_ = std::make_unique<PrefixCache>(engine, *server->pieces_);
   // The default prefix is encoded now: most requests use it.
@@ -186,9 +186,9 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
   registry_options.device_cache_bytes = options.storage.device_cache_bytes;
   registry_options.stored_kv_bytes = options.storage.stored_kv_bytes;
   PrefixCache& prefixes = *server->prefixes_;
-  cache::KvEncoder encoder = [&engine, &prefixes](absl::string_view prefix_hash,
-                                                  absl::Span<const int32_t> tokens)
-      -> absl::StatusOr<model::KvSegment> {
+  cache::KvEncoder encoder =
+      [&engine, &prefixes](absl::string_view prefix_hash,
+                           absl::Span<const int32_t> tokens) -> absl::StatusOr<model::KvSegment> {
     const std::shared_ptr<const model::EncodedPrefix> prefix = prefixes.FindByHash(prefix_hash);
     if (prefix == nullptr) {
       return absl::InternalError(absl::StrCat("no encoded prefix ", prefix_hash));
@@ -206,15 +206,15 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
           .bytes = bytes};
     };
   }
-  APE_ASSIGN_OR_RETURN(server->registry_,
-                       cache::ContextRegistry::Open(registry_options, std::move(encoder),
-                                                    std::move(uploader)));
+  APE_ASSIGN_OR_RETURN(
+      server->registry_,
+      cache::ContextRegistry::Open(registry_options, std::move(encoder), std::move(uploader)));
   cache::ContextRegistry& registry = *server->registry_;
   server->sweeper_ =
       std::make_unique<PeriodicTask>(absl::Seconds(1), [&registry] { registry.Sweep(); });
-  server->scheduler_ = std::make_unique<Scheduler>(SchedulerOptions{
-      .max_queued = static_cast<size_t>(options.limits.max_queued_requests),
-      .max_running = static_cast<size_t>(options.limits.max_running_requests)});
+  server->scheduler_ = std::make_unique<Scheduler>(
+      SchedulerOptions{.max_queued = static_cast<size_t>(options.limits.max_queued_requests),
+                       .max_running = static_cast<size_t>(options.limits.max_running_requests)});
   server->counters_ = std::make_unique<ServerCounters>();
   server->backend_ = std::make_unique<Backend>(Backend{.options = *server->options_,
                                                        .engine = engine,
@@ -231,8 +231,7 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
     spdlog::info("metrics on http://{}/metrics", server->metrics_->address());
   }
   server->admin_service_ = std::make_unique<AdminService>(
-      std::move(info),
-      DescribeModel(engine, *chat, options.storage), *server->backend_);
+      std::move(info), DescribeModel(engine, *chat, options.storage), *server->backend_);
   server->context_service_ = std::make_unique<ContextService>(*server->backend_);
   server->generation_service_ = std::make_unique<GenerationService>(*server->backend_);
 

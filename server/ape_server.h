@@ -44,8 +44,8 @@ class ApeServer {
   // INVALID_ARGUMENT: a required option is missing or the model file is malformed.
   // NOT_FOUND / PERMISSION_DENIED: the model file cannot be read.
   // FAILED_PRECONDITION: the device does not exist, the data directory belongs to
-  // another schema, or the model has no chat template apeserve knows. UNAVAILABLE: the address cannot be bound, the store is locked by
-  // another process, or the device failed its self-test.
+  // another schema, or the model has no chat template apeserve knows. UNAVAILABLE: the address
+  // cannot be bound, the store is locked by another process, or the device failed its self-test.
   static absl::StatusOr<std::unique_ptr<ApeServer>> Start(const ServerOptions& options);
 
   ApeServer(const ApeServer&) = delete;

@@ -36,8 +36,9 @@ ABSL_FLAG(std::string, model, APESERVE_DEFAULT_MODEL,
 ABSL_FLAG(std::string, data_dir, APESERVE_DEFAULT_DATA_DIR,
           "folder of the context and KV store; created when missing");
 ABSL_FLAG(std::string, device, kDefaults.device, "compute device: auto, cpu, cuda or cuda:N");
-ABSL_FLAG(std::string, dtype, kDefaults.dtype,
-          "compute dtype: auto (float32 on the CPU, bfloat16 on a GPU), float32, bfloat16, float16");
+ABSL_FLAG(
+    std::string, dtype, kDefaults.dtype,
+    "compute dtype: auto (float32 on the CPU, bfloat16 on a GPU), float32, bfloat16, float16");
 // Storage of contexts and their KV.
 ABSL_FLAG(int64_t, host_cache_mib, kDefaults.storage.host_cache_bytes >> 20,
           "MiB of decoded KV kept in host memory (the host tier)");
@@ -60,8 +61,7 @@ ABSL_FLAG(int64_t, max_context_tokens, kDefaults.limits.max_context_tokens,
 ABSL_FLAG(int, max_contexts_per_request, kDefaults.limits.max_contexts_per_request,
           "contexts one Generate or Score request may name");
 ABSL_FLAG(int64_t, max_query_tokens, kDefaults.limits.max_query_tokens, "tokens of one query");
-ABSL_FLAG(int, max_new_tokens, kDefaults.limits.max_new_tokens,
-          "tokens one request may generate");
+ABSL_FLAG(int, max_new_tokens, kDefaults.limits.max_new_tokens, "tokens one request may generate");
 ABSL_FLAG(int, max_continuations, kDefaults.limits.max_continuations,
           "continuations one Score request may carry");
 ABSL_FLAG(int, max_batch_contexts, kDefaults.limits.max_batch_contexts,
@@ -154,7 +154,8 @@ int main(int argc, char** argv) {
                                                   &options.storage.host_cache_bytes},
         {"--device_cache_mib", absl::GetFlag(FLAGS_device_cache_mib),
          &options.storage.device_cache_bytes},
-        {"--stored_kv_mib", absl::GetFlag(FLAGS_stored_kv_mib), &options.storage.stored_kv_bytes}}) {
+        {"--stored_kv_mib", absl::GetFlag(FLAGS_stored_kv_mib),
+         &options.storage.stored_kv_bytes}}) {
     const std::optional<size_t> bytes = mib(value);
     if (!bytes.has_value()) return UsageError(absl::StrCat(name, "=", value, " is not a size"));
     *target = *bytes;
@@ -167,7 +168,8 @@ int main(int argc, char** argv) {
     return UsageError(absl::StrCat("--kv_storage: ", quantization.status().message()));
   }
   apeserve::server::RequestLimits& limits = options.limits;
-  if (absl::GetFlag(FLAGS_max_context_bytes) < 1) return UsageError("--max_context_bytes must be positive");
+  if (absl::GetFlag(FLAGS_max_context_bytes) < 1)
+    return UsageError("--max_context_bytes must be positive");
   limits.max_context_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_context_bytes));
   limits.max_context_tokens = absl::GetFlag(FLAGS_max_context_tokens);
   limits.max_contexts_per_request = absl::GetFlag(FLAGS_max_contexts_per_request);

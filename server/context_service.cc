@@ -69,9 +69,9 @@ grpc::Status ContextService::CreateContext(grpc::ServerContext* context,
                     stored.ok() ? Summary(*response) : "");
 }
 
-grpc::Status ContextService::UploadContext(grpc::ServerContext* context,
-                                           grpc::ServerReader<ape::v1::UploadContextRequest>* reader,
-                                           ape::v1::Context* response) {
+grpc::Status ContextService::UploadContext(
+    grpc::ServerContext* context, grpc::ServerReader<ape::v1::UploadContextRequest>* reader,
+    ape::v1::Context* response) {
   const absl::Time start = absl::Now();
   const auto finish = [&](const absl::Status& status) {
     return FinishCall(backend_, "UploadContext", "", status, start,
@@ -126,11 +126,11 @@ grpc::Status ContextService::BatchCreateContexts(
                      " per call (--max_batch_contexts): split the batch")));
   }
   auto channel = std::make_shared<BatchChannel>();
-  if (absl::Status queued = backend_.scheduler.Submit(std::make_shared<IngestTask>(
-          backend_,
-          std::vector<ape::v1::CreateContextRequest>(request->contexts().begin(),
-                                                     request->contexts().end()),
-          AliveCheckFor(context), channel));
+  if (absl::Status queued = backend_.scheduler.Submit(
+          std::make_shared<IngestTask>(backend_,
+                                       std::vector<ape::v1::CreateContextRequest>(
+                                           request->contexts().begin(), request->contexts().end()),
+                                       AliveCheckFor(context), channel));
       !queued.ok()) {
     return finish(queued);
   }
@@ -167,10 +167,10 @@ grpc::Status ContextService::ListContexts(grpc::ServerContext* /*context*/,
     return finish(absl::InvalidArgumentError(absl::StrCat(
         "page_size is ", request->page_size(), "; it must be in [0, ", kMaxPageSize, "]")));
   }
-  cache::ListOptions options{.limit = static_cast<size_t>(
-                                 request->page_size() == 0 ? kDefaultPageSize : request->page_size()),
-                             .labels = {request->label_filter().begin(),
-                                        request->label_filter().end()}};
+  cache::ListOptions options{
+      .limit =
+          static_cast<size_t>(request->page_size() == 0 ? kDefaultPageSize : request->page_size()),
+      .labels = {request->label_filter().begin(), request->label_filter().end()}};
   if (!request->page_token().empty() &&
       !absl::WebSafeBase64Unescape(request->page_token(), &options.start_after)) {
     return finish(absl::InvalidArgumentError(
@@ -206,10 +206,11 @@ grpc::Status ContextService::UpdateContext(grpc::ServerContext* /*context*/,
     } else if (path == "pinned") {
       change.pinned = update.pinned();
     } else if (path == "expire_time") {
-      change.expires = update.has_expire_time()
-                           ? absl::FromUnixMicros(google::protobuf::util::TimeUtil::TimestampToMicroseconds(
-                                 update.expire_time()))
-                           : absl::InfiniteFuture();
+      change.expires =
+          update.has_expire_time()
+              ? absl::FromUnixMicros(
+                    google::protobuf::util::TimeUtil::TimestampToMicroseconds(update.expire_time()))
+              : absl::InfiniteFuture();
     } else if (path == "ttl") {
       absl::StatusOr<absl::Duration> ttl = TtlOf(update.ttl(), "context.ttl");
       if (!ttl.ok()) return finish(ttl.status());
@@ -220,8 +221,8 @@ grpc::Status ContextService::UpdateContext(grpc::ServerContext* /*context*/,
                        "'; the fields that may change are labels, pinned, expire_time and ttl")));
     }
   }
-  absl::StatusOr<cache::StoredContext> document = backend_.registry.Update(
-      NamespaceOf(update.namespace_()), update.context_id(), change);
+  absl::StatusOr<cache::StoredContext> document =
+      backend_.registry.Update(NamespaceOf(update.namespace_()), update.context_id(), change);
   if (document.ok()) *response = ToContextProto(*document, KvStored(*document), false);
   return finish(document.status());
 }

@@ -24,7 +24,8 @@ std::string Describe(const QueryPlan& plan, const ape::v1::Usage& usage,
       "generated=%d ttft_ms=%.1f",
       model::EncodingModeName(plan.ape.mode), plan.contexts.size(), usage.context_tokens(),
       usage.context_tokens_store(), usage.context_tokens_host(), usage.context_tokens_device(),
-      usage.context_tokens_recomputed(), usage.generated_tokens(), timings.time_to_first_token_ms());
+      usage.context_tokens_recomputed(), usage.generated_tokens(),
+      timings.time_to_first_token_ms());
 }
 
 // Plans `request` and queues its generation; the channel then carries its replies.
@@ -51,7 +52,8 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context,
   const absl::Time start = absl::Now();
   QueryPlan plan;
   auto channel = StartGeneration(backend_, context, *request, plan);
-  if (!channel.ok()) return FinishCall(backend_, "Generate", request->request_id(), channel.status(), start);
+  if (!channel.ok())
+    return FinishCall(backend_, "Generate", request->request_id(), channel.status(), start);
   response->set_request_id(request->request_id());
   while (std::optional<ape::v1::GenerateStreamResponse> chunk = (*channel)->Receive()) {
     response->mutable_text()->append(chunk->text());

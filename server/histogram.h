@@ -7,7 +7,6 @@
 #include <utility>
 #include <vector>
 
-
 namespace apeserve::server {
 
 class Histogram {
@@ -18,8 +17,8 @@ class Histogram {
 
   // Latency buckets in seconds, from 1 ms to 2 minutes.
   static Histogram Seconds() {
-    return Histogram({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
-                      60, 120});
+    return Histogram(
+        {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120});
   }
 
   void Observe(double value) {

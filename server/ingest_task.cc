@@ -17,8 +17,8 @@ ape::v1::Context ToContextProto(const cache::StoredContext& document, bool kv_st
   context.set_context_id(document.id);
   context.set_token_count(static_cast<int32_t>(document.tokens.size()));
   context.mutable_labels()->insert(document.labels.begin(), document.labels.end());
-  *context.mutable_create_time() =
-      google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(document.created));
+  *context.mutable_create_time() = google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(
+      absl::ToUnixMicros(document.created));
   context.set_content_hash(document.content_hash);
   if (include_text) context.set_text(document.text);
   context.set_kv_state(kv_stored ? ape::v1::KV_STATE_STORED : ape::v1::KV_STATE_EVICTED);
@@ -31,9 +31,8 @@ ape::v1::Context ToContextProto(const cache::StoredContext& document, bool kv_st
 }
 
 absl::StatusOr<absl::Duration> TtlOf(const google::protobuf::Duration& ttl,
-                                      absl::string_view field) {
-  const absl::Duration duration =
-      absl::Seconds(ttl.seconds()) + absl::Nanoseconds(ttl.nanos());
+                                     absl::string_view field) {
+  const absl::Duration duration = absl::Seconds(ttl.seconds()) + absl::Nanoseconds(ttl.nanos());
   if (duration < absl::ZeroDuration() || duration > absl::Hours(24 * 365 * 100)) {
     return absl::InvalidArgumentError(
         absl::StrCat(field, " is ", absl::FormatDuration(duration),
@@ -92,28 +91,26 @@ absl::StatusOr<ape::v1::Context> IngestTask::Store(const ape::v1::CreateContextR
   APE_RETURN_IF_ERROR(cache::ValidateContextId(document.id));
   if (document.text.empty()) return absl::InvalidArgumentError("text is empty: nothing to store");
   if (document.text.size() > limits.max_context_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat("text has ", document.text.size(),
-                                                     " bytes; this server takes at most ",
-                                                     limits.max_context_bytes,
-                                                     " (--max_context_bytes)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("text has ", document.text.size(), " bytes; this server takes at most ",
+                     limits.max_context_bytes, " (--max_context_bytes)"));
   }
   APE_ASSIGN_OR_RETURN(const std::shared_ptr<const model::EncodedPrefix> prefix,
                        backend_.prefixes.Get(request.system_prompt()));
   document.tokens = backend_.pieces.Context(document.text);
   const auto tokens = static_cast<int64_t>(document.tokens.size());
   if (limits.max_context_tokens > 0 && tokens > limits.max_context_tokens) {
-    return absl::ResourceExhaustedError(absl::StrCat("the text is ", tokens,
-                                                     " tokens; this server takes at most ",
-                                                     limits.max_context_tokens,
-                                                     " (--max_context_tokens)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the text is ", tokens, " tokens; this server takes at most ",
+                     limits.max_context_tokens, " (--max_context_tokens)"));
   }
   const int64_t room =
       backend_.engine.config().max_position - static_cast<int64_t>(prefix->tokens.size()) - 1;
   if (tokens > room) {
     return absl::OutOfRangeError(absl::StrCat(
         "the text is ", tokens, " tokens; after the prefix (", prefix->tokens.size(),
-        ") and with room for a query, the model's context of ", backend_.engine.config().max_position,
-        " holds ", room, ": split the document"));
+        ") and with room for a query, the model's context of ",
+        backend_.engine.config().max_position, " holds ", room, ": split the document"));
   }
   APE_ASSIGN_OR_RETURN(const cache::StoredContext stored,
                        backend_.registry.Put(document, prefix->hash));

@@ -51,7 +51,8 @@ std::string RenderMetrics(const Backend& backend) {
   std::string out;
   const ServerCounters& counters = backend.counters;
   {
-    Family family(out, "apeserve_requests_total", "counter", "Calls finished, by method and status code.");
+    Family family(out, "apeserve_requests_total", "counter",
+                  "Calls finished, by method and status code.");
     for (const auto& [key, count] : counters.calls()) {
       family.Sample(absl::StrCat(Label("method", key.first), ",",
                                  Label("code", absl::StatusCodeToString(key.second))),
@@ -77,9 +78,12 @@ std::string RenderMetrics(const Backend& backend) {
   {
     Family family(out, "apeserve_context_tokens_total", "counter",
                   "Context tokens of requests, by where their KV came from.");
-    family.Sample(Label("source", "device"), static_cast<double>(counters.context_tokens_device.load()));
-    family.Sample(Label("source", "host"), static_cast<double>(counters.context_tokens_host.load()));
-    family.Sample(Label("source", "store"), static_cast<double>(counters.context_tokens_store.load()));
+    family.Sample(Label("source", "device"),
+                  static_cast<double>(counters.context_tokens_device.load()));
+    family.Sample(Label("source", "host"),
+                  static_cast<double>(counters.context_tokens_host.load()));
+    family.Sample(Label("source", "store"),
+                  static_cast<double>(counters.context_tokens_store.load()));
     family.Sample(Label("source", "recomputed"),
                   static_cast<double>(counters.context_tokens_recomputed.load()));
   }
@@ -121,8 +125,8 @@ std::string RenderMetrics(const Backend& backend) {
   return out;
 }
 
-absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
-    const std::string& address, const Backend& backend) {
+absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const std::string& address,
+                                                                        const Backend& backend) {
   const size_t colon = address.rfind(':');
   int port = -1;
   if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
@@ -136,9 +140,10 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
   }
   std::unique_ptr<MetricsEndpoint> endpoint(new MetricsEndpoint());
   endpoint->http_ = std::make_unique<httplib::Server>();
-  endpoint->http_->Get("/metrics", [&backend](const httplib::Request&, httplib::Response& response) {
-    response.set_content(RenderMetrics(backend), "text/plain; version=0.0.4; charset=utf-8");
-  });
+  endpoint->http_->Get(
+      "/metrics", [&backend](const httplib::Request&, httplib::Response& response) {
+        response.set_content(RenderMetrics(backend), "text/plain; version=0.0.4; charset=utf-8");
+      });
   const int bound = port == 0 ? endpoint->http_->bind_to_any_port(host)
                               : (endpoint->http_->bind_to_port(host, port) ? port : -1);
   if (bound <= 0) {

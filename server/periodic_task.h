@@ -40,7 +40,7 @@ class PeriodicTask {
  private:
   std::mutex mutex_;
   std::condition_variable stopped_;
-  bool stop_ = false;  // guarded by mutex_
+  bool stop_ = false;   // guarded by mutex_
   std::thread thread_;  // last: starts after the members it uses
 };
 

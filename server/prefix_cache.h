@@ -25,8 +25,7 @@ class PrefixCache {
  public:
   // Borrows both; they must outlive the cache. Keeps at most `capacity` prefixes (the
   // oldest go first; the default system prompt's never goes).
-  PrefixCache(const model::Engine& engine, const model::PromptPieces& pieces,
-              size_t capacity = 64);
+  PrefixCache(const model::Engine& engine, const model::PromptPieces& pieces, size_t capacity = 64);
 
   // The prefix for `system_prompt` (empty: the template's default), encoded on first
   // use. OUT_OF_RANGE when it does not fit the model's window.

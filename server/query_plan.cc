@@ -67,10 +67,9 @@ absl::StatusOr<model::SamplingOptions> SamplingOf(const ape::v1::SamplingParamet
   options.max_tokens = std::min(kDefaultMaxTokens, limits.max_new_tokens);
   if (sampling.has_max_tokens()) {
     if (sampling.max_tokens() > limits.max_new_tokens) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sampling.max_tokens is ", sampling.max_tokens(),
-                       "; this server generates at most ", limits.max_new_tokens,
-                       " tokens per request (--max_new_tokens)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sampling.max_tokens is ", sampling.max_tokens(), "; this server generates at most ",
+          limits.max_new_tokens, " tokens per request (--max_new_tokens)"));
     }
     options.max_tokens = sampling.max_tokens();
   }
@@ -87,9 +86,9 @@ absl::StatusOr<model::SamplingOptions> SamplingOf(const ape::v1::SamplingParamet
   }
   for (int i = 0; i < sampling.stop_size(); ++i) {
     if (sampling.stop(i).size() > kMaxStopBytes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sampling.stop[", i, "] has ", sampling.stop(i).size(),
-                       " bytes; at most ", kMaxStopBytes));
+      return absl::InvalidArgumentError(absl::StrCat("sampling.stop[", i, "] has ",
+                                                     sampling.stop(i).size(), " bytes; at most ",
+                                                     kMaxStopBytes));
     }
     options.stop.push_back(sampling.stop(i));
   }
@@ -117,13 +116,13 @@ absl::StatusOr<QueryPlan> PlanQuery(const Request& request, const ServerOptions&
   const int contexts = request.context_ids_size() + request.inline_contexts_size();
   if (contexts > limits.max_contexts_per_request) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the request names ", contexts, " contexts (context_ids and inline_contexts); ",
-                     "this server takes at most ", limits.max_contexts_per_request,
-                     " (--max_contexts_per_request)"));
+        absl::StrCat("the request names ", contexts,
+                     " contexts (context_ids and inline_contexts); ", "this server takes at most ",
+                     limits.max_contexts_per_request, " (--max_contexts_per_request)"));
   }
   for (int i = 0; i < request.context_ids_size(); ++i) {
-    APE_RETURN_IF_ERROR(
-        Field(absl::StrCat("context_ids[", i, "]"), cache::ValidateContextId(request.context_ids(i))));
+    APE_RETURN_IF_ERROR(Field(absl::StrCat("context_ids[", i, "]"),
+                              cache::ValidateContextId(request.context_ids(i))));
     plan.contexts.push_back({.id = request.context_ids(i)});
   }
   for (int i = 0; i < request.inline_contexts_size(); ++i) {
@@ -138,8 +137,7 @@ absl::StatusOr<QueryPlan> PlanQuery(const Request& request, const ServerOptions&
     QueryContext query_context{.is_inline = true, .text = context.text(), .store = context.store()};
     if (context.store()) {
       query_context.id = context.context_id().empty() ? NewContextId() : context.context_id();
-      APE_RETURN_IF_ERROR(
-          Field(field + ".context_id", cache::ValidateContextId(query_context.id)));
+      APE_RETURN_IF_ERROR(Field(field + ".context_id", cache::ValidateContextId(query_context.id)));
       query_context.labels.insert(context.labels().begin(), context.labels().end());
     }
     plan.contexts.push_back(std::move(query_context));
@@ -169,10 +167,9 @@ absl::StatusOr<QueryPlan> PlanScore(const ape::v1::ScoreRequest& request,
     return absl::InvalidArgumentError("continuations is empty: give at least one text to score");
   }
   if (request.continuations_size() > options.limits.max_continuations) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("continuations has ", request.continuations_size(),
-                     " texts; this server scores at most ", options.limits.max_continuations,
-                     " per request"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "continuations has ", request.continuations_size(), " texts; this server scores at most ",
+        options.limits.max_continuations, " per request"));
   }
   for (int i = 0; i < request.continuations_size(); ++i) {
     if (request.continuations(i).empty()) {

@@ -117,9 +117,8 @@ absl::Status QueryTask::LoadNextContext() {
     const int64_t limit = backend_.options.limits.max_context_tokens;
     if (limit > 0 && static_cast<int64_t>(tokens.size()) > limit) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("context #", next_context_, " (inline) has ",
-                       tokens.size(), " tokens; this server takes at most ", limit,
-                       " (--max_context_tokens)"));
+          absl::StrCat("context #", next_context_, " (inline) has ", tokens.size(),
+                       " tokens; this server takes at most ", limit, " (--max_context_tokens)"));
     }
     std::optional<model::EncodedContext> encoded;
     if (!sequential || context.store) {
@@ -189,7 +188,8 @@ absl::Status QueryTask::StartSequence() {
   }
   size_t answer_tokens = 1;  // room for at least one generated token
   for (const std::string& continuation : plan_.continuations) {
-    answer_tokens = std::max(answer_tokens, backend_.engine.tokenizer().Encode(continuation).size());
+    answer_tokens =
+        std::max(answer_tokens, backend_.engine.tokenizer().Encode(continuation).size());
   }
   const int64_t prompt = static_cast<int64_t>(prefix_->tokens.size()) +
                          (sequential ? total : longest) +
@@ -199,10 +199,10 @@ absl::Status QueryTask::StartSequence() {
   if (prompt + static_cast<int64_t>(answer_tokens) > window) {
     return absl::OutOfRangeError(absl::StrCat(
         "the prompt takes ", prompt, " positions (prefix ", prefix_->tokens.size(), ", contexts ",
-        sequential ? total : longest, sequential ? " one after the other" : " side by side",
-        " in ", model::EncodingModeName(plan_.ape.mode), " mode, query ", query_tokens_.size(),
-        ") and ", answer_tokens, " more are needed for the answer; the model's context is ",
-        window, " tokens"));
+        sequential ? total : longest, sequential ? " one after the other" : " side by side", " in ",
+        model::EncodingModeName(plan_.ape.mode), " mode, query ", query_tokens_.size(), ") and ",
+        answer_tokens, " more are needed for the answer; the model's context is ", window,
+        " tokens"));
   }
   std::vector<const model::EncodedContext*> pointers;
   pointers.reserve(contexts_.size());
@@ -312,8 +312,10 @@ absl::StatusOr<bool> ScoreTask::Answer() {
   score->mutable_token_ids()->Add(continuation.begin(), continuation.end());
   score->mutable_token_logprobs()->Add(result.token_logprobs.begin(), result.token_logprobs.end());
   score->set_total_logprob(result.total_logprob);
-  score->set_greedy(std::all_of(result.greedy.begin(), result.greedy.end(), [](bool b) { return b; }));
-  usage_.set_generated_tokens(usage_.generated_tokens() + static_cast<int32_t>(continuation.size()));
+  score->set_greedy(
+      std::all_of(result.greedy.begin(), result.greedy.end(), [](bool b) { return b; }));
+  usage_.set_generated_tokens(usage_.generated_tokens() +
+                              static_cast<int32_t>(continuation.size()));
   backend_.counters.generated_tokens += static_cast<int64_t>(continuation.size());
   if (static_cast<size_t>(response_.scores_size()) < plan_.continuations.size()) return false;
   response_.set_request_id(plan_.request_id);

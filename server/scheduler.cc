@@ -8,8 +8,7 @@
 
 namespace apeserve::server {
 
-Scheduler::Scheduler(SchedulerOptions options)
-    : options_(options), thread_([this] { Loop(); }) {}
+Scheduler::Scheduler(SchedulerOptions options) : options_(options), thread_([this] { Loop(); }) {}
 
 Scheduler::~Scheduler() { Stop(); }
 
@@ -17,9 +16,9 @@ absl::Status Scheduler::Submit(std::shared_ptr<Task> task) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (stopping_) return absl::UnavailableError("the server is shutting down");
   if (queue_.size() >= options_.max_queued) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the server is busy: ", queue_.size(), " requests are queued (the limit, ",
-                     "--max_queued_requests); try again later"));
+    return absl::ResourceExhaustedError(absl::StrCat("the server is busy: ", queue_.size(),
+                                                     " requests are queued (the limit, ",
+                                                     "--max_queued_requests); try again later"));
   }
   task->enqueued_ = absl::Now();
   queue_.push_back(std::move(task));

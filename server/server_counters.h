@@ -24,8 +24,7 @@ class ServerCounters {
   void CountCall(absl::string_view method, absl::StatusCode code, double seconds) {
     std::lock_guard<std::mutex> lock(mutex_);
     ++calls_[{std::string(method), code}];
-    latency_.try_emplace(std::string(method), Histogram::Seconds())
-        .first->second.Observe(seconds);
+    latency_.try_emplace(std::string(method), Histogram::Seconds()).first->second.Observe(seconds);
   }
   void ObserveTimeToFirstToken(absl::string_view mode, double seconds) {
     std::lock_guard<std::mutex> lock(mutex_);

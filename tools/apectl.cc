@@ -102,7 +102,8 @@ std::optional<int> FillQuery(const Connection& connection, Request& request) {
   }
   request.set_mode(mode);
   request.set_system_prompt(absl::GetFlag(FLAGS_system_prompt));
-  if (const auto t = absl::GetFlag(FLAGS_ape_temperature)) request.mutable_ape()->set_temperature(*t);
+  if (const auto t = absl::GetFlag(FLAGS_ape_temperature))
+    request.mutable_ape()->set_temperature(*t);
   if (const auto s = absl::GetFlag(FLAGS_ape_scale)) request.mutable_ape()->set_scale(*s);
   const std::string form = absl::GetFlag(FLAGS_ape_form);
   if (form == "multiplicative") {
@@ -166,8 +167,8 @@ int Generate(const Connection& connection, const std::vector<std::string>& args)
   grpc::ClientContext context;
   SetDeadline(context);
   ape::v1::GenerateResponse response;
-  const grpc::Status status =
-      ape::v1::GenerationService::NewStub(connection.channel)->Generate(&context, request, &response);
+  const grpc::Status status = ape::v1::GenerationService::NewStub(connection.channel)
+                                  ->Generate(&context, request, &response);
   return status.ok() ? PrintJson(response) : Fail(status);
 }
 
@@ -185,7 +186,8 @@ int Score(const Connection& connection, const std::vector<std::string>& args) {
   if (!status.ok()) return Fail(status);
   if (connection.json) return PrintJson(response);
   for (int i = 0; i < response.scores_size(); ++i) {
-    std::printf("%12.4f  %s\n", response.scores(i).total_logprob(), args[static_cast<size_t>(i)].c_str());
+    std::printf("%12.4f  %s\n", response.scores(i).total_logprob(),
+                args[static_cast<size_t>(i)].c_str());
   }
   return kOk;
 }
@@ -231,8 +233,8 @@ int Get(const Connection& connection, const std::vector<std::string>& args) {
   grpc::ClientContext context;
   SetDeadline(context);
   ape::v1::Context response;
-  const grpc::Status status =
-      ape::v1::ContextService::NewStub(connection.channel)->GetContext(&context, request, &response);
+  const grpc::Status status = ape::v1::ContextService::NewStub(connection.channel)
+                                  ->GetContext(&context, request, &response);
   return status.ok() ? PrintJson(response) : Fail(status);
 }
 
@@ -280,7 +282,7 @@ int Delete(const Connection& connection, const std::vector<std::string>& args) {
 template <typename Request, typename Reply>
 int Admin(const Connection& connection,
           grpc::Status (ape::v1::AdminService::Stub::*call)(grpc::ClientContext*, const Request&,
-                                                             Reply*)) {
+                                                            Reply*)) {
   auto stub = ape::v1::AdminService::NewStub(connection.channel);
   grpc::ClientContext context;
   SetDeadline(context, absl::Seconds(5));
@@ -334,7 +336,8 @@ int Health(const Connection& connection) {
 void SetDeadline(grpc::ClientContext& context, absl::Duration fallback) {
   absl::Duration timeout = absl::GetFlag(FLAGS_timeout);
   if (timeout <= absl::ZeroDuration()) timeout = fallback;
-  if (timeout > absl::ZeroDuration()) context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  if (timeout > absl::ZeroDuration())
+    context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
 }
 
 int Fail(const grpc::Status& status) {
@@ -408,20 +411,20 @@ int main(int argc, char** argv) {
   if (command == "score") return Score(connection, args);
   if (command == "health") return no_args(Health);
   if (command == "info") {
-    return no_args(+[](const Connection& c) {
-      return Admin(c, &ape::v1::AdminService::Stub::GetServerInfo);
-    });
+    return no_args(
+        +[](const Connection& c) { return Admin(c, &ape::v1::AdminService::Stub::GetServerInfo); });
   }
   if (command == "model") {
-    return no_args(+[](const Connection& c) {
-      return Admin(c, &ape::v1::AdminService::Stub::GetModelInfo);
-    });
+    return no_args(
+        +[](const Connection& c) { return Admin(c, &ape::v1::AdminService::Stub::GetModelInfo); });
   }
   if (command == "stats") {
-    return no_args(+[](const Connection& c) { return Admin(c, &ape::v1::AdminService::Stub::GetStats); });
+    return no_args(
+        +[](const Connection& c) { return Admin(c, &ape::v1::AdminService::Stub::GetStats); });
   }
   if (command == "load") {
-    return no_args(+[](const Connection& c) { return Admin(c, &ape::v1::AdminService::Stub::GetLoad); });
+    return no_args(
+        +[](const Connection& c) { return Admin(c, &ape::v1::AdminService::Stub::GetLoad); });
   }
   std::fprintf(stderr, "apectl: unknown command '%s'\n\n%s\n", command.c_str(), kUsageText);
   return kBadUsage;

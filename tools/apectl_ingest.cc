@@ -47,8 +47,11 @@ bool IsUtf8(const std::string& text) {
   size_t i = 0;
   while (i < text.size()) {
     const auto byte = static_cast<unsigned char>(text[i]);
-    const size_t length = byte < 0x80 ? 1 : (byte >> 5) == 0x6 ? 2 : (byte >> 4) == 0xE ? 3
-                                          : (byte >> 3) == 0x1E ? 4 : 0;
+    const size_t length = byte < 0x80           ? 1
+                          : (byte >> 5) == 0x6  ? 2
+                          : (byte >> 4) == 0xE  ? 3
+                          : (byte >> 3) == 0x1E ? 4
+                                                : 0;
     if (length == 0 || i + length > text.size()) return false;
     for (size_t k = 1; k < length; ++k) {
       if ((static_cast<unsigned char>(text[i + k]) >> 6) != 0x2) return false;
@@ -71,7 +74,8 @@ absl::Status Collect(const fs::path& path, const std::string& id, std::vector<Do
   absl::StatusOr<std::string> text = ReadAll(path);
   if (!text.ok()) return text.status();
   if (path.extension() != ".jsonl") {
-    if (!IsUtf8(*text)) return absl::InvalidArgumentError(absl::StrCat(path.string(), " is not UTF-8 text"));
+    if (!IsUtf8(*text))
+      return absl::InvalidArgumentError(absl::StrCat(path.string(), " is not UTF-8 text"));
     if (text->empty()) return absl::OkStatus();  // nothing to store
     out.push_back({.id = id, .text = *std::move(text), .labels = {}});
     return absl::OkStatus();
@@ -114,7 +118,8 @@ absl::StatusOr<std::vector<Document>> CollectAll(const std::vector<std::string>&
         }
         if (it->is_regular_file()) files.push_back(it->path());
       }
-      if (error) return absl::NotFoundError(absl::StrCat("cannot list ", arg, ": ", error.message()));
+      if (error)
+        return absl::NotFoundError(absl::StrCat("cannot list ", arg, ": ", error.message()));
       std::sort(files.begin(), files.end());
       for (const fs::path& file : files) {
         if (absl::Status status = Collect(file, fs::relative(file, root).string(), documents);
@@ -149,7 +154,8 @@ absl::StatusOr<std::set<std::string>> StoredIds(ape::v1::ContextService::Stub& s
       return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                           status.error_message());
     }
-    for (const ape::v1::Context& context_entry : page.contexts()) ids.insert(context_entry.context_id());
+    for (const ape::v1::Context& context_entry : page.contexts())
+      ids.insert(context_entry.context_id());
     request.set_page_token(page.next_page_token());
   } while (!request.page_token().empty());
   return ids;
@@ -161,7 +167,8 @@ int Ingest(const Connection& connection, const std::vector<std::string>& args) {
   if (args.empty()) return UsageError("ingest needs files or folders");
   const int batch_size = absl::GetFlag(FLAGS_batch);
   if (batch_size < 1) return UsageError("--batch must be at least 1");
-  absl::StatusOr<std::map<std::string, std::string>> common = ParseLabels(absl::GetFlag(FLAGS_labels));
+  absl::StatusOr<std::map<std::string, std::string>> common =
+      ParseLabels(absl::GetFlag(FLAGS_labels));
   if (!common.ok()) return UsageError(std::string(common.status().message()));
   absl::StatusOr<std::vector<Document>> documents = CollectAll(args);
   if (!documents.ok()) return UsageError(std::string(documents.status().message()));
@@ -191,9 +198,10 @@ int Ingest(const Connection& connection, const std::vector<std::string>& args) {
     const double seconds = std::max(1e-9, absl::ToDoubleSeconds(absl::Now() - start));
     const size_t width = 30;
     const size_t filled = todo.empty() ? width : width * done / todo.size();
-    const std::string line = absl::StrFormat(
-        "[%s%s] %zu/%zu documents  %.1f docs/s  %.0f tokens/s  %zu failed", std::string(filled, '#'),
-        std::string(width - filled, ' '), done, todo.size(), done / seconds, tokens / seconds, failed);
+    const std::string line =
+        absl::StrFormat("[%s%s] %zu/%zu documents  %.1f docs/s  %.0f tokens/s  %zu failed",
+                        std::string(filled, '#'), std::string(width - filled, ' '), done,
+                        todo.size(), done / seconds, tokens / seconds, failed);
     std::fprintf(stderr, tty ? "\r%s%s" : "%s%s", line.c_str(), tty && !last ? "" : "\n");
     std::fflush(stderr);
   };

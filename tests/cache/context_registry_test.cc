@@ -277,7 +277,8 @@ TEST(ContextRegistryTest, UpdatesLabelsAndKeepsTokensTextAndKv) {
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing")));
   EXPECT_THAT(registry->Update("ns", "doc-1", {.labels = {{{"", "empty key"}}}}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("label")));
-  EXPECT_EQ(registry->Get("ns", "doc-1")->labels, updated->labels) << "a refused update changes nothing";
+  EXPECT_EQ(registry->Get("ns", "doc-1")->labels, updated->labels)
+      << "a refused update changes nothing";
 }
 
 // Document n with as many tokens as document 1 (SyntheticTokens' length repeats every 13).
@@ -340,8 +341,10 @@ TEST(ContextRegistryTest, AnExpiredDocumentIsGoneWithItsKv) {
 
   now += absl::Seconds(11);
   // Invisible at once, to every reader.
-  EXPECT_THAT(registry->Get("ns", "doc-1"), StatusIs(absl::StatusCode::kNotFound, HasSubstr("expired")));
-  EXPECT_THAT(registry->Load("ns", "doc-1", kPrefix), StatusIs(absl::StatusCode::kNotFound, HasSubstr("expired")));
+  EXPECT_THAT(registry->Get("ns", "doc-1"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("expired")));
+  EXPECT_THAT(registry->Load("ns", "doc-1", kPrefix),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("expired")));
   absl::StatusOr<ContextPage> page = registry->List("ns", {});
   ASSERT_THAT(page, IsOk());
   EXPECT_EQ(page->contexts.size(), 2);
@@ -433,8 +436,7 @@ TEST(ContextRegistryTest, ReopeningWithAnotherModelNeverServesTheOldKv) {
   {
     auto registry = OpenOrDie(RegistryOptions(dir.Join("data"), kModelA),
                               MakeSyntheticEncoder(kModelA).encoder);
-    for (int n = 0; n < 5; ++n)
-      ASSERT_THAT(registry->Put(SyntheticContext(n, n), kPrefix), IsOk());
+    for (int n = 0; n < 5; ++n) ASSERT_THAT(registry->Put(SyntheticContext(n, n), kPrefix), IsOk());
   }
   auto encoder_b = MakeSyntheticEncoder(kModelB);
   auto registry = OpenOrDie(RegistryOptions(dir.Join("data"), kModelB), encoder_b.encoder);

@@ -8,8 +8,8 @@
 
 #include <algorithm>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -185,8 +185,10 @@ TEST_F(ApiTest, ContextsAreCreatedListedReadRelabelledAndDeleted) {
     ape::v1::ListContextsResponse page;
     ASSERT_TRUE(clients_->contexts->ListContexts(&context, filtered, &page).ok());
     ASSERT_EQ(page.contexts_size(), 2);
-    EXPECT_EQ(page.contexts(0).context_id(), std::min<std::string>(generated.context_id(), "goats"));
-    EXPECT_EQ(page.contexts(1).context_id(), std::max<std::string>(generated.context_id(), "goats"));
+    EXPECT_EQ(page.contexts(0).context_id(),
+              std::min<std::string>(generated.context_id(), "goats"));
+    EXPECT_EQ(page.contexts(1).context_id(),
+              std::max<std::string>(generated.context_id(), "goats"));
     EXPECT_TRUE(page.next_page_token().empty());
   }
   // Update the labels through a field mask; other paths are refused by name.
@@ -268,10 +270,12 @@ TEST_F(ApiTest, APinnedContextKeepsItsKvUnderEvictionPressure) {
   EXPECT_EQ(kv_state("filler-5"), ape::v1::KV_STATE_STORED);
   EXPECT_EQ(Stats().pinned_contents(), 1);
   ape::v1::GenerateResponse reply;
-  ASSERT_TRUE(Generate(Greedy("How many goats?", {"pinned"}, ape::v1::ENCODING_MODE_APE, 4), reply).ok());
+  ASSERT_TRUE(
+      Generate(Greedy("How many goats?", {"pinned"}, ape::v1::ENCODING_MODE_APE, 4), reply).ok());
   EXPECT_EQ(reply.usage().context_tokens_store(), reply.usage().context_tokens());
   // An evicted context is rebuilt from its stored tokens.
-  ASSERT_TRUE(Generate(Greedy("How many goats?", {"filler-0"}, ape::v1::ENCODING_MODE_APE, 4), reply).ok());
+  ASSERT_TRUE(
+      Generate(Greedy("How many goats?", {"filler-0"}, ape::v1::ENCODING_MODE_APE, 4), reply).ok());
   EXPECT_EQ(reply.usage().context_tokens_recomputed(), reply.usage().context_tokens());
 
   // Unpinned later through an update.
@@ -323,11 +327,13 @@ TEST_F(ApiTest, AContextWithATimeToLiveExpiresWithItsKv) {
   EXPECT_EQ(CodeOf(gone), absl::StatusCode::kNotFound);
   EXPECT_THAT(gone.error_message(), HasSubstr("brief"));
   // The sweeper deletes it, KV included, within a second or so.
-  for (int i = 0; i < 100 && Stats().contexts_expired() < 1; ++i) absl::SleepFor(absl::Milliseconds(50));
+  for (int i = 0; i < 100 && Stats().contexts_expired() < 1; ++i)
+    absl::SleepFor(absl::Milliseconds(50));
   const ape::v1::Stats stats = Stats();
   EXPECT_EQ(stats.contexts_expired(), 1);
   EXPECT_EQ(stats.store_tier().entries(), 1);
-  ASSERT_TRUE(Generate(Greedy("How many goats?", {"lasting"}, ape::v1::ENCODING_MODE_APE, 4), reply).ok());
+  ASSERT_TRUE(
+      Generate(Greedy("How many goats?", {"lasting"}, ape::v1::ENCODING_MODE_APE, 4), reply).ok());
   // A negative time-to-live is refused by name.
   request.mutable_ttl()->set_seconds(-5);
   grpc::ClientContext context;
@@ -372,8 +378,8 @@ TEST_F(ApiTest, UploadsInChunksAndIngestsBatchesWithPerContextResults) {
     EXPECT_THAT(status.error_message(), HasSubstr("metadata"));
   }
   ape::v1::BatchCreateContextsRequest batch;
-  for (const auto& [id, body] : std::vector<std::pair<std::string, std::string>>{
-           {"b1", text}, {"b2", ""}, {"b3", kBees}}) {
+  for (const auto& [id, body] :
+       std::vector<std::pair<std::string, std::string>>{{"b1", text}, {"b2", ""}, {"b3", kBees}}) {
     ape::v1::CreateContextRequest* create = batch.add_contexts();
     create->set_context_id(id);
     create->set_text(body);
@@ -448,7 +454,8 @@ TEST_F(ApiTest, InlineContextsAnswerAsTheSameContextsStored) {
   bees->set_context_id("bees");
   ape::v1::GenerateResponse first, second;
   ASSERT_TRUE(Generate(request, first).ok());
-  ASSERT_TRUE(Generate(Greedy("Who keeps bees?", {"bees"}, ape::v1::ENCODING_MODE_APE), second).ok());
+  ASSERT_TRUE(
+      Generate(Greedy("Who keeps bees?", {"bees"}, ape::v1::ENCODING_MODE_APE), second).ok());
   EXPECT_EQ(second.text(), first.text());
   EXPECT_EQ(second.usage().context_tokens_recomputed(), 0);
 }
@@ -605,9 +612,10 @@ TEST_F(ApiTest, CountsThePromptAsTheModeDoesAndRefusesWhatPassesTheWindow) {
   EXPECT_THAT(sequential.error_message(), HasSubstr("one after the other"));
   EXPECT_THAT(sequential.error_message(), HasSubstr("8192"));
   // APE places them side by side: the same three fit.
-  ASSERT_TRUE(Generate(Greedy("When?", {"long-1", "long-2", "long-3"}, ape::v1::ENCODING_MODE_APE, 2),
-                       reply)
-                  .ok());
+  ASSERT_TRUE(
+      Generate(Greedy("When?", {"long-1", "long-2", "long-3"}, ape::v1::ENCODING_MODE_APE, 2),
+               reply)
+          .ok());
   EXPECT_EQ(reply.usage().context_tokens(), 3 * stored.token_count());
   EXPECT_LT(reply.usage().prompt_tokens(), stored.token_count() + 100);
 }
@@ -619,13 +627,15 @@ TEST_F(ApiTest, ARestartServesEveryStoredContextWithoutEncodingAgain) {
   ASSERT_TRUE(Create("bees", kBees).ok());
   ape::v1::GenerateResponse before;
   ASSERT_TRUE(
-      Generate(Greedy("Who keeps bees?", {"goats", "bees"}, ape::v1::ENCODING_MODE_APE), before).ok());
+      Generate(Greedy("Who keeps bees?", {"goats", "bees"}, ape::v1::ENCODING_MODE_APE), before)
+          .ok());
   Stop();
 
   Start({}, "second", data_dir);
   ape::v1::GenerateResponse after;
   ASSERT_TRUE(
-      Generate(Greedy("Who keeps bees?", {"goats", "bees"}, ape::v1::ENCODING_MODE_APE), after).ok());
+      Generate(Greedy("Who keeps bees?", {"goats", "bees"}, ape::v1::ENCODING_MODE_APE), after)
+          .ok());
   EXPECT_EQ(after.text(), before.text());
   EXPECT_EQ(after.usage().context_tokens_store(), after.usage().context_tokens());
   EXPECT_EQ(after.usage().context_tokens_recomputed(), 0);
@@ -784,9 +794,12 @@ TEST_F(ApiTest, ServesPrometheusMetricsAndJsonLogs) {
   EXPECT_THAT(scrape->get_header_value("Content-Type"), HasSubstr("text/plain; version=0.0.4"));
   const std::string& metrics = scrape->body;
   EXPECT_THAT(metrics, HasSubstr("apeserve_requests_total{method=\"Generate\",code=\"OK\"} 1\n"));
-  EXPECT_THAT(metrics, HasSubstr("apeserve_requests_total{method=\"CreateContext\",code=\"OK\"} 1\n"));
+  EXPECT_THAT(metrics,
+              HasSubstr("apeserve_requests_total{method=\"CreateContext\",code=\"OK\"} 1\n"));
   EXPECT_THAT(metrics, HasSubstr("apeserve_time_to_first_token_seconds_count{mode=\"ape\"} 1\n"));
-  EXPECT_THAT(metrics, HasSubstr("apeserve_request_duration_seconds_bucket{method=\"Generate\",le=\"+Inf\"} 1\n"));
+  EXPECT_THAT(
+      metrics,
+      HasSubstr("apeserve_request_duration_seconds_bucket{method=\"Generate\",le=\"+Inf\"} 1\n"));
   EXPECT_THAT(metrics, HasSubstr("apeserve_generated_tokens_total 3\n"));
   EXPECT_THAT(metrics, HasSubstr("apeserve_kv_entries{tier=\"store\"} 1\n"));
   EXPECT_THAT(metrics, HasSubstr(absl::StrCat("apeserve_context_tokens_total{source=\"store\"} ",

@@ -158,6 +158,25 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual(raised.exception.code, "NOT_FOUND")
         self.assertIn("crud", raised.exception.message)
 
+    def test_retention_pinned_and_time_to_live(self):
+        kept = self.client.create_context("Kept however full the store is.", "kept", pinned=True)
+        self.assertTrue(kept.pinned)
+        self.assertIsNone(kept.expires)
+        brief = self.client.create_context("Gone within the hour.", "brief", ttl=3600)
+        self.assertIsNotNone(brief.expires)
+        remaining = (brief.expires - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        self.assertAlmostEqual(remaining, 3600, delta=60)
+        self.assertFalse(self.client.update_retention("kept", pinned=False).pinned)
+        self.assertIsNone(self.client.update_retention("brief", never_expire=True).expires)
+        soon = self.client.update_retention("brief", ttl=0.5)
+        self.assertIsNotNone(soon.expires)
+        time.sleep(1.0)
+        with self.assertRaises(self.ape.ApeserveError) as raised:
+            self.client.get_context("brief")
+        self.assertEqual(raised.exception.code, "NOT_FOUND")
+        with self.assertRaises(ValueError):
+            self.client.update_retention("kept")
+
     def test_upload_in_chunks_that_split_characters(self):
         text = "Ünïcödé façade — naïve café. " * 20
         path = Path(self.tmp.name) / "upload.txt"

@@ -52,6 +52,10 @@ class Context:
     kv_state: str
     created: datetime
     text: Optional[str] = None
+    #: Its KV never leaves the store (see Client.create_context).
+    pinned: bool = False
+    #: When it expires (UTC), or None when it never does.
+    expires: Optional[datetime] = None
 
     @classmethod
     def from_proto(cls, message: context_pb2.Context) -> Context:
@@ -65,6 +69,10 @@ class Context:
             created=message.create_time.ToDatetime(tzinfo=timezone.utc),
             # The server fills text only on request; an empty text is never stored.
             text=message.text or None,
+            pinned=message.pinned,
+            expires=message.expire_time.ToDatetime(tzinfo=timezone.utc)
+            if message.HasField("expire_time")
+            else None,
         )
 
 

@@ -164,14 +164,22 @@ class Client:
         context_id: str = "",
         labels: Optional[Mapping[str, str]] = None,
         system_prompt: str = "",
+        *,
+        pinned: bool = False,
+        ttl: Optional[float] = None,
     ) -> Context:
         """Stores a document and its KV; returns once it is stored.
 
         An empty ``context_id`` lets the server choose one (returned). Storing an id
         again replaces that context. ``system_prompt`` encodes the KV after that system
-        prompt, for queries that pass the same one.
+        prompt, for queries that pass the same one. ``pinned`` keeps its KV in the
+        store whatever the store's budget; ``ttl`` (seconds) deletes it, KV and all,
+        that long after it is stored.
         """
         request = self._create_request(text, context_id, labels, system_prompt)
+        request.pinned = pinned
+        if ttl is not None:
+            request.ttl.FromNanoseconds(round(ttl * 1e9))
         return Context.from_proto(
             _call(self._contexts.CreateContext, request, timeout=self.timeout)
         )
@@ -272,6 +280,41 @@ class Client:
                 namespace=self.namespace, context_id=context_id, labels=labels
             ),
             update_mask=field_mask_pb2.FieldMask(paths=["labels"]),
+        )
+        return Context.from_proto(
+            _call(self._contexts.UpdateContext, request, timeout=self.timeout)
+        )
+
+    def update_retention(
+        self,
+        context_id: str,
+        *,
+        pinned: Optional[bool] = None,
+        ttl: Optional[float] = None,
+        never_expire: bool = False,
+    ) -> Context:
+        """Changes how long a context and its KV are kept; unset arguments stay as they are.
+
+        ``pinned``: keep (True) or stop keeping (False) its KV whatever the store's
+        budget. ``ttl``: expire that many seconds from now. ``never_expire``: drop an
+        expiry set before.
+        """
+        context = context_pb2.Context(namespace=self.namespace, context_id=context_id)
+        paths = []
+        if pinned is not None:
+            context.pinned = pinned
+            paths.append("pinned")
+        if ttl is not None and never_expire:
+            raise ValueError("give ttl or never_expire, not both")
+        if ttl is not None:
+            context.ttl.FromNanoseconds(round(ttl * 1e9))
+            paths.append("ttl")
+        if never_expire:
+            paths.append("expire_time")
+        if not paths:
+            raise ValueError("nothing to change: give pinned, ttl or never_expire")
+        request = context_pb2.UpdateContextRequest(
+            context=context, update_mask=field_mask_pb2.FieldMask(paths=paths)
         )
         return Context.from_proto(
             _call(self._contexts.UpdateContext, request, timeout=self.timeout)
