@@ -63,8 +63,8 @@ grpc::Status ContextService::CreateContext(grpc::ServerContext* context,
                                            const ape::v1::CreateContextRequest* request,
                                            ape::v1::Context* response) {
   const absl::Time start = absl::Now();
-  absl::StatusOr<ape::v1::Context> stored = StoreOne(context, *request);
-  if (stored.ok()) *response = *std::move(stored);
+  const absl::StatusOr<ape::v1::Context> stored = StoreOne(context, *request);
+  if (stored.ok()) *response = *stored;
   return FinishCall(backend_, "CreateContext", "", stored.status(), start,
                     stored.ok() ? Summary(*response) : "");
 }
@@ -104,8 +104,8 @@ grpc::Status ContextService::UploadContext(
     return finish(absl::InvalidArgumentError("the uploaded text is not valid UTF-8"));
   }
   request.set_text(std::move(text));
-  absl::StatusOr<ape::v1::Context> stored = StoreOne(context, std::move(request));
-  if (stored.ok()) *response = *std::move(stored);
+  const absl::StatusOr<ape::v1::Context> stored = StoreOne(context, std::move(request));
+  if (stored.ok()) *response = *stored;
   return finish(stored.status());
 }
 

@@ -198,10 +198,10 @@ int Ingest(const Connection& connection, const std::vector<std::string>& args) {
     const double seconds = std::max(1e-9, absl::ToDoubleSeconds(absl::Now() - start));
     const size_t width = 30;
     const size_t filled = todo.empty() ? width : width * done / todo.size();
-    const std::string line =
-        absl::StrFormat("[%s%s] %zu/%zu documents  %.1f docs/s  %.0f tokens/s  %zu failed",
-                        std::string(filled, '#'), std::string(width - filled, ' '), done,
-                        todo.size(), done / seconds, tokens / seconds, failed);
+    const std::string line = absl::StrFormat(
+        "[%s%s] %zu/%zu documents  %.1f docs/s  %.0f tokens/s  %zu failed",
+        std::string(filled, '#'), std::string(width - filled, ' '), done, todo.size(),
+        static_cast<double>(done) / seconds, static_cast<double>(tokens) / seconds, failed);
     std::fprintf(stderr, tty ? "\r%s%s" : "%s%s", line.c_str(), tty && !last ? "" : "\n");
     std::fflush(stderr);
   };

@@ -28,7 +28,6 @@ namespace {
 using ::apeserve::testing::ReadFile;
 using ::apeserve::testing::RunningServer;
 using ::apeserve::testing::RunProgram;
-using ::apeserve::testing::Subprocess;
 using ::apeserve::testing::TempDir;
 using ::testing::HasSubstr;
 

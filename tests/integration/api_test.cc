@@ -664,6 +664,7 @@ TEST_F(ApiTest, SixteenConcurrentStreamsAllAnswerAsTheyWouldAlone) {
   std::vector<std::string> texts(kClients);
   std::vector<grpc::Status> statuses(kClients);
   std::vector<std::thread> threads;
+  threads.reserve(kClients);
   for (int i = 0; i < kClients; ++i) {
     threads.emplace_back([&, i] {
       grpc::ClientContext context;
