@@ -38,14 +38,11 @@ def import_client(scratch: Path):
         return apeserve_client
     except ImportError:
         pass
-    package = scratch / "apeserve_client"
-    shutil.copytree(REPOSITORY / "clients/python/apeserve_client", package,
-                    ignore=shutil.ignore_patterns("__pycache__", "ape"))
-    spec = importlib.util.spec_from_file_location("_generate", package / "_generate.py")
+    spec = importlib.util.spec_from_file_location(
+        "_generate", REPOSITORY / "clients/python/apeserve_client/_generate.py")
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
-    generate.generate_stubs(REPOSITORY / "proto", package)
-    sys.path.insert(0, str(scratch))
+    sys.path.insert(0, str(generate.build_from_checkout(REPOSITORY, scratch)))
     import apeserve_client
 
     return apeserve_client

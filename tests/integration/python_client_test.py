@@ -10,7 +10,6 @@ CTest, which sets APESERVE_BINARY and APESERVE_TEST_MODEL.
 import datetime
 import importlib.util
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,17 +34,12 @@ def _import_client(scratch: Path):
         pass
     # Built beside the sources, not in them: the checkout stays clean, and the test
     # imports the same layout a wheel installs (the stubs in apeserve_client/ape/v1).
-    package = scratch / "apeserve_client"
-    shutil.copytree(
-        REPOSITORY / "clients" / "python" / "apeserve_client",
-        package,
-        ignore=shutil.ignore_patterns("__pycache__", "ape"),
+    spec = importlib.util.spec_from_file_location(
+        "_apeserve_generate", REPOSITORY / "clients/python/apeserve_client/_generate.py"
     )
-    spec = importlib.util.spec_from_file_location("_apeserve_generate", package / "_generate.py")
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
-    generate.generate_stubs(REPOSITORY / "proto", package)
-    sys.path.insert(0, str(scratch))
+    sys.path.insert(0, str(generate.build_from_checkout(REPOSITORY, scratch)))
     import apeserve_client
 
     return apeserve_client

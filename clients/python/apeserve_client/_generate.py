@@ -68,6 +68,27 @@ def generate_stubs(proto_root: str | Path, out_dir: str | Path) -> list[Path]:
     return written
 
 
+def build_from_checkout(repository: str | Path, scratch: str | Path) -> Path:
+    """A runnable copy of the package from a checkout, for tests and tools.
+
+    Copies ``clients/python/apeserve_client`` of ``repository`` into ``scratch`` and
+    generates its stubs there, so that nothing is written into the checkout and the
+    layout is the one a wheel installs. Returns ``scratch``: put it on ``sys.path``
+    and ``import apeserve_client``.
+    """
+    import shutil
+
+    repository, scratch = Path(repository), Path(scratch)
+    package = scratch / "apeserve_client"
+    shutil.copytree(
+        repository / "clients" / "python" / "apeserve_client",
+        package,
+        ignore=shutil.ignore_patterns("__pycache__", "ape"),
+    )
+    generate_stubs(repository / "proto", package)
+    return scratch
+
+
 def runtime_requirements() -> list[str]:
     """The grpcio and protobuf versions that stubs generated here need at run time.
 
