@@ -374,7 +374,7 @@ absl::StatusOr<StoredContext> ContextRegistry::Impl::Put(const ContextInput& inp
   if (existing.ok() && existing->pinned) Pin(existing->content_hash, -1);
   if (dropped_content.has_value()) ForgetContent(*dropped_content);
   if (stored_bytes.has_value()) DropStored(stored_.Insert(name, key, *stored_bytes));
-  if (existing.ok() && existing->pinned && !input.pinned) Rebalance();
+  if (existing.ok() && existing->pinned) Rebalance();  // its content may have lost its pin
   return document;
 }
 
@@ -428,8 +428,14 @@ absl::StatusOr<ContextPage> ContextRegistry::Impl::List(absl::string_view namesp
       break;
     }
     ++examined;
-    APE_ASSIGN_OR_RETURN(StoredContext document,
-                         DecodeContextRecord(View(it->value()), namespace_id, id));
+    absl::StatusOr<StoredContext> record = DecodeContextRecord(View(it->value()), namespace_id, id);
+    if (!record.ok()) {
+      // One damaged record must not hide the rest of the namespace; Get reports it.
+      spdlog::warn("store: listing skips {}", std::string(record.status().message()));
+      page.next_start_after = std::string(id);
+      continue;
+    }
+    StoredContext document = *std::move(record);
     const bool matches =
         std::all_of(options.labels.begin(), options.labels.end(), [&](const auto& label) {
           const auto found = document.labels.find(label.first);
@@ -494,7 +500,11 @@ absl::StatusOr<StoredContext> ContextRegistry::Impl::Update(absl::string_view na
 absl::StatusOr<bool> ContextRegistry::Impl::Delete(absl::string_view namespace_id,
                                                    absl::string_view id) {
   std::lock_guard<std::mutex> lock(write_mutex_);
-  return DeleteLocked(namespace_id, id);
+  // An expired context no reader sees any more did not exist for the caller either.
+  const absl::StatusOr<StoredContext> record = ReadRecord(namespace_id, id);
+  const bool visible = !record.ok() || record->expires > options_.clock();
+  APE_ASSIGN_OR_RETURN(const bool deleted, DeleteLocked(namespace_id, id));
+  return deleted && visible;
 }
 
 absl::StatusOr<bool> ContextRegistry::Impl::DeleteLocked(absl::string_view namespace_id,
@@ -547,7 +557,17 @@ void ContextRegistry::Impl::DeleteExpired() {
   for (const ExpiringContext& document : due) {
     // Looked at again under the lock: an update may have moved the expiry since.
     const absl::StatusOr<StoredContext> record = ReadRecord(document.namespace_id, document.id);
-    if (record.ok() && record->expires > options_.clock()) continue;
+    if (absl::IsNotFound(record.status()) || (record.ok() && record->expires != document.expires)) {
+      // A key no record stands behind any more (e.g. an unreadable record was replaced):
+      // dropped, or every sweep would find it again.
+      const rocksdb::Status dropped =
+          db().Delete(rocksdb::WriteOptions(), store_->docs(),
+                      ExpiryKey(document.expires, document.namespace_id, document.id));
+      if (!dropped.ok()) {
+        spdlog::warn("store: dropping a stale expiry failed: {}", dropped.ToString());
+      }
+      continue;
+    }
     const absl::StatusOr<bool> deleted = DeleteLocked(document.namespace_id, document.id);
     if (!deleted.ok()) {
       spdlog::warn("store: deleting expired context {} failed: {}",

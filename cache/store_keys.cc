@@ -141,8 +141,12 @@ absl::StatusOr<ExpiringContext> ParseExpiryKey(absl::string_view key) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", absl::CHexEscape(key), "' is not an expiry key"));
   }
-  return ExpiringContext{.namespace_id = std::string(key.substr(9, nul - 9)),
-                         .id = std::string(key.substr(nul + 1))};
+  uint64_t sortable = 0;
+  for (size_t i = 1; i <= 8; ++i) sortable = (sortable << 8) | static_cast<unsigned char>(key[i]);
+  return ExpiringContext{
+      .expires = absl::FromUnixMicros(static_cast<int64_t>(sortable ^ (uint64_t{1} << 63))),
+      .namespace_id = std::string(key.substr(9, nul - 9)),
+      .id = std::string(key.substr(nul + 1))};
 }
 
 std::string KvEntryKey(const KvKey& key) {

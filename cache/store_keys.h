@@ -67,6 +67,7 @@ std::string ExpiryKey(absl::Time expires, absl::string_view namespace_id, absl::
 std::string ExpiryKeyLimit(absl::Time time);
 inline constexpr char kExpiryTag = 'x';
 struct ExpiringContext {
+  absl::Time expires;
   std::string namespace_id;
   std::string id;
 };

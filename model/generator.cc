@@ -90,6 +90,12 @@ TokenGenerator::~TokenGenerator() = default;
 
 const std::string& TokenGenerator::text() const { return matcher_->text(); }
 
+std::string TokenGenerator::Finish() {
+  std::string rest = matcher_->Add(decoder_.Finish());
+  if (!matcher_->stopped()) rest += matcher_->Flush();
+  return rest;
+}
+
 TokenGenerator::Step TokenGenerator::Next(absl::Span<const float> logits) {
   const Sampler::Choice choice = sampler_.Next(logits, history_);
   tokens_.push_back(choice.token);
@@ -138,7 +144,10 @@ absl::StatusOr<GenerationResult> Generate(const Engine& engine, Engine::Sequence
     }
     auto next = engine.Feed(sequence, {step.token});
     if (!next.ok()) {
-      if (next.status().code() == absl::StatusCode::kOutOfRange) break;  // context full: length
+      if (next.status().code() == absl::StatusCode::kOutOfRange) {  // context full: length
+        generator.Finish();  // what was held back belongs to the text
+        break;
+      }
       return next.status();
     }
     logits = *std::move(next);

@@ -60,6 +60,9 @@ class TokenGenerator {
 
   // Chooses the next token from `logits` ([vocab]).
   Step Next(absl::Span<const float> logits);
+  // Ends the generation early (e.g. the model's context is full): the text still held
+  // back (a partial character, a possible start of a stop string), released.
+  std::string Finish();
 
   // What has been generated so far.
   const std::vector<int32_t>& tokens() const { return tokens_; }

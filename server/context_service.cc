@@ -206,11 +206,15 @@ grpc::Status ContextService::UpdateContext(grpc::ServerContext* /*context*/,
     } else if (path == "pinned") {
       change.pinned = update.pinned();
     } else if (path == "expire_time") {
-      change.expires =
-          update.has_expire_time()
-              ? absl::FromUnixMicros(
-                    google::protobuf::util::TimeUtil::TimestampToMicroseconds(update.expire_time()))
-              : absl::InfiniteFuture();
+      change.expires = absl::InfiniteFuture();
+      if (update.has_expire_time()) {
+        change.expires = absl::FromUnixMicros(
+            google::protobuf::util::TimeUtil::TimestampToMicroseconds(update.expire_time()));
+        if (*change.expires <= absl::Now()) {
+          return finish(absl::InvalidArgumentError(
+              "context.expire_time is not in the future: delete the context instead"));
+        }
+      }
     } else if (path == "ttl") {
       absl::StatusOr<absl::Duration> ttl = TtlOf(update.ttl(), "context.ttl");
       if (!ttl.ok()) return finish(ttl.status());

@@ -63,6 +63,7 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context,
       response->set_finish_reason(chunk->end().finish_reason());
       *response->mutable_usage() = chunk->end().usage();
       *response->mutable_timings() = chunk->end().timings();
+      *response->mutable_stored_context_ids() = chunk->end().stored_context_ids();
     }
   }
   const absl::Status status = (*channel)->status();

@@ -114,7 +114,12 @@ absl::StatusOr<ape::v1::Context> IngestTask::Store(const ape::v1::CreateContextR
   }
   APE_ASSIGN_OR_RETURN(const cache::StoredContext stored,
                        backend_.registry.Put(document, prefix->hash));
-  return ToContextProto(stored, /*kv_stored=*/true, /*include_text=*/false);
+  // As GetContext tells it: KV stored after the default prefix (the store's budget may
+  // also have evicted it at once).
+  APE_ASSIGN_OR_RETURN(const std::shared_ptr<const model::EncodedPrefix> default_prefix,
+                       backend_.prefixes.Get(""));
+  return ToContextProto(stored, backend_.registry.KvStored(stored, default_prefix->hash),
+                        /*include_text=*/false);
 }
 
 }  // namespace apeserve::server

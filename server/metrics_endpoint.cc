@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <chrono>
 #include <map>
 #include <utility>
 
@@ -152,12 +153,21 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const st
   }
   endpoint->address_ = absl::StrCat(colon > 0 ? address.substr(0, colon) : "", ":", bound);
   httplib::Server* http = endpoint->http_.get();
-  endpoint->thread_ = std::thread([http] { http->listen_after_bind(); });
+  MetricsEndpoint* self = endpoint.get();
+  endpoint->thread_ = std::thread([http, self] {
+    http->listen_after_bind();
+    self->listening_ended_ = true;
+  });
   return endpoint;
 }
 
 MetricsEndpoint::~MetricsEndpoint() {
-  if (http_ != nullptr) http_->stop();
+  if (http_ == nullptr) return;
+  // httplib ignores stop() until its listen loop runs: wait for it to start (or end).
+  while (!http_->is_running() && !listening_ended_) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  http_->stop();
   if (thread_.joinable()) thread_.join();
 }
 

@@ -4,6 +4,7 @@
 #ifndef APESERVE_SERVER_METRICS_ENDPOINT_H_
 #define APESERVE_SERVER_METRICS_ENDPOINT_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -37,6 +38,7 @@ class MetricsEndpoint {
   MetricsEndpoint() = default;
 
   std::unique_ptr<httplib::Server> http_;
+  std::atomic<bool> listening_ended_{false};
   std::thread thread_;
   std::string address_;
 };

@@ -24,8 +24,10 @@ namespace apeserve::server {
 class PrefixCache {
  public:
   // Borrows both; they must outlive the cache. Keeps at most `capacity` prefixes (the
-  // oldest go first; the default system prompt's never goes).
-  PrefixCache(const model::Engine& engine, const model::PromptPieces& pieces, size_t capacity = 64);
+  // oldest go first; the default system prompt's never goes): each holds KV for every
+  // token of its system prompt, so the cap, with the server's limit on system-prompt
+  // tokens, bounds that memory.
+  PrefixCache(const model::Engine& engine, const model::PromptPieces& pieces, size_t capacity = 16);
 
   // The prefix for `system_prompt` (empty: the template's default), encoded on first
   // use. OUT_OF_RANGE when it does not fit the model's window.

@@ -73,9 +73,15 @@ bool QueryTask::Step() {
 void QueryTask::Abort(const absl::Status& status) { Fail(status); }
 
 absl::Status QueryTask::Prepare() {
+  const int64_t limit = backend_.options.limits.max_query_tokens;
+  if (const size_t system = backend_.engine.tokenizer().Encode(plan_.system_prompt).size();
+      static_cast<int64_t>(system) > limit) {
+    return absl::ResourceExhaustedError(absl::StrCat("the system prompt has ", system,
+                                                     " tokens; this server takes at most ", limit,
+                                                     " (--max_query_tokens)"));
+  }
   APE_ASSIGN_OR_RETURN(prefix_, backend_.prefixes.Get(plan_.system_prompt));
   query_tokens_ = backend_.pieces.Query(plan_.query);
-  const int64_t limit = backend_.options.limits.max_query_tokens;
   if (static_cast<int64_t>(query_tokens_.size()) > limit) {
     return absl::ResourceExhaustedError(absl::StrCat("the query has ", query_tokens_.size(),
                                                      " tokens; this server takes at most ", limit,
@@ -120,19 +126,22 @@ absl::Status QueryTask::LoadNextContext() {
           absl::StrCat("context #", next_context_, " (inline) has ", tokens.size(),
                        " tokens; this server takes at most ", limit, " (--max_context_tokens)"));
     }
+    const int64_t room =
+        backend_.engine.config().max_position - static_cast<int64_t>(prefix_->tokens.size()) - 1;
+    if (static_cast<int64_t>(tokens.size()) > room) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "context #", next_context_, " (inline) has ", tokens.size(),
+          " tokens; after the prefix (", prefix_->tokens.size(), ") the model's context of ",
+          backend_.engine.config().max_position, " holds ", room, ": split the document"));
+    }
     std::optional<model::EncodedContext> encoded;
     if (!sequential || context.store) {
       APE_ASSIGN_OR_RETURN(encoded, backend_.engine.EncodeContext(*prefix_, tokens));
     }
     if (context.store) {
-      APE_RETURN_IF_ERROR(backend_.registry
-                              .Put({.namespace_id = plan_.namespace_id,
-                                    .id = context.id,
-                                    .tokens = tokens,
-                                    .text = context.text,
-                                    .labels = context.labels},
-                                   prefix_->hash, &encoded->kv)
-                              .status());
+      // Stored once the prompt is known to fit (StartSequence): a refused request
+      // leaves nothing behind.
+      to_store_.push_back({.context = &context, .tokens = tokens, .kv = encoded->kv});
     }
     loaded = sequential ? tokens_only(std::move(tokens))
                         : std::make_shared<const model::EncodedContext>(*std::move(encoded));
@@ -210,6 +219,19 @@ absl::Status QueryTask::StartSequence() {
   APE_ASSIGN_OR_RETURN(sequence_, backend_.engine.StartSequence(*prefix_, pointers, plan_.ape));
   // The sequence holds its own copy of the KV now.
   contexts_.clear();
+  for (const InlineToStore& inline_context : to_store_) {
+    const QueryContext& context = *inline_context.context;
+    APE_RETURN_IF_ERROR(backend_.registry
+                            .Put({.namespace_id = plan_.namespace_id,
+                                  .id = context.id,
+                                  .tokens = inline_context.tokens,
+                                  .text = context.text,
+                                  .labels = context.labels},
+                                 prefix_->hash, &inline_context.kv)
+                            .status());
+    stored_context_ids_.push_back(context.id);
+  }
+  to_store_.clear();
   timings_.set_prefill_ms(MillisecondsSince(start));
   return absl::OkStatus();
 }
@@ -229,6 +251,12 @@ absl::StatusOr<bool> GenerateTask::Answer() {
     absl::StatusOr<std::vector<float>> logits =
         engine.Feed(*sequence_, {generator_->tokens().back()});
     if (absl::IsOutOfRange(logits.status())) {  // the model's context is full
+      if (std::string rest = generator_->Finish(); !rest.empty()) {
+        ape::v1::GenerateStreamResponse chunk;
+        chunk.set_request_id(plan_.request_id);
+        chunk.set_text(std::move(rest));
+        replies_->Send(std::move(chunk));
+      }
       Finish(model::FinishReason::kLength);
       return true;
     }
@@ -285,6 +313,7 @@ void GenerateTask::Finish(model::FinishReason reason) {
   end->set_finish_reason(ToProto(reason));
   *end->mutable_usage() = usage_;
   *end->mutable_timings() = timings_;
+  end->mutable_stored_context_ids()->Add(stored_context_ids_.begin(), stored_context_ids_.end());
   replies_->Send(std::move(last));
   replies_->Close(absl::OkStatus());
 }
@@ -322,6 +351,8 @@ absl::StatusOr<bool> ScoreTask::Answer() {
   timings_.set_total_ms(MillisecondsSince(enqueued()));
   *response_.mutable_usage() = usage_;
   *response_.mutable_timings() = timings_;
+  response_.mutable_stored_context_ids()->Add(stored_context_ids_.begin(),
+                                              stored_context_ids_.end());
   replies_->Send(std::move(response_));
   replies_->Close(absl::OkStatus());
   return true;

@@ -51,6 +51,8 @@ class QueryTask : public Task {
   std::unique_ptr<model::Engine::Sequence> sequence_;
   ape::v1::Usage usage_;
   ape::v1::Timings timings_;
+  // Ids of the inline contexts this request stored.
+  std::vector<std::string> stored_context_ids_;
 
   double MillisecondsSince(absl::Time start) const {
     return absl::ToDoubleMilliseconds(absl::Now() - start);
@@ -64,6 +66,13 @@ class QueryTask : public Task {
   absl::Status StartSequence();
 
   const AliveCheck alive_;
+  // Inline contexts to store, once the prompt is known to fit.
+  struct InlineToStore {
+    const QueryContext* context;
+    std::vector<int32_t> tokens;
+    model::KvSegment kv;
+  };
+  std::vector<InlineToStore> to_store_;
   enum class Stage { kPrepare, kContexts, kStart, kAnswer } stage_ = Stage::kPrepare;
   std::shared_ptr<const model::EncodedPrefix> prefix_;
   // The contexts as loaded; `holders` keeps shared KV alive while the sequence starts.

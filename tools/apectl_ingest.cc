@@ -90,6 +90,9 @@ absl::Status Collect(const fs::path& path, const std::string& id, std::vector<Do
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": want {\"id\": ..., \"text\": ..., \"labels\": {...}}"));
     }
+    if (json.contains("id") && !json["id"].is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": \"id\" must be a string"));
+    }
     Document document{.id = json.value("id", where), .text = json["text"], .labels = {}};
     if (json.contains("labels") && json["labels"].is_object()) {
       for (const auto& [key, value] : json["labels"].items()) {

@@ -363,6 +363,12 @@ TEST(ContextRegistryTest, AnExpiredDocumentIsGoneWithItsKv) {
   registry->Sweep();
   EXPECT_THAT(registry->Get("ns", "doc-2"), IsOk());
   EXPECT_EQ(registry->stats().contexts_expired, 1);
+  // Deleting an expired context the sweep has not reached: it no longer existed.
+  ContextInput other = SyntheticContext(4, 4);
+  other.expires = now + absl::Seconds(1);
+  ASSERT_THAT(registry->Put(other, kPrefix), IsOk());
+  now += absl::Seconds(2);
+  EXPECT_THAT(registry->Delete("ns", "doc-4"), IsOkAndHolds(false));
 }
 
 TEST(ContextRegistryTest, KeepsIdsTextAndLabelsThatAreNotUtf8) {

@@ -454,6 +454,7 @@ TEST_F(ApiTest, InlineContextsAnswerAsTheSameContextsStored) {
   bees->set_context_id("bees");
   ape::v1::GenerateResponse first, second;
   ASSERT_TRUE(Generate(request, first).ok());
+  EXPECT_THAT(first.stored_context_ids(), ::testing::ElementsAre("bees"));
   ASSERT_TRUE(
       Generate(Greedy("Who keeps bees?", {"bees"}, ape::v1::ENCODING_MODE_APE), second).ok());
   EXPECT_EQ(second.text(), first.text());
@@ -606,9 +607,23 @@ TEST_F(ApiTest, CountsThePromptAsTheModeDoesAndRefusesWhatPassesTheWindow) {
   EXPECT_EQ(Stats().kv_shared(), 2);
 
   ape::v1::GenerateResponse reply;
-  const grpc::Status sequential = Generate(
-      Greedy("When?", {"long-1", "long-2", "long-3"}, ape::v1::ENCODING_MODE_SEQUENTIAL, 2), reply);
+  ape::v1::GenerateRequest too_long =
+      Greedy("When?", {"long-1", "long-2", "long-3"}, ape::v1::ENCODING_MODE_SEQUENTIAL, 2);
+  ape::v1::InlineContext* kept = too_long.add_inline_contexts();
+  kept->set_text(kBees);
+  kept->set_store(true);
+  kept->set_context_id("never-stored");
+  const grpc::Status sequential = Generate(too_long, reply);
   EXPECT_EQ(CodeOf(sequential), absl::StatusCode::kOutOfRange);
+  {
+    // A refused request stores none of its inline contexts.
+    ape::v1::GetContextRequest get;
+    get.set_context_id("never-stored");
+    grpc::ClientContext context;
+    ape::v1::Context missing;
+    EXPECT_EQ(CodeOf(clients_->contexts->GetContext(&context, get, &missing)),
+              absl::StatusCode::kNotFound);
+  }
   EXPECT_THAT(sequential.error_message(), HasSubstr("one after the other"));
   EXPECT_THAT(sequential.error_message(), HasSubstr("8192"));
   // APE places them side by side: the same three fit.

@@ -127,6 +127,28 @@ TEST_F(EngineTest, StopStringsCutTheTextAndStreamingAgrees) {
   EXPECT_EQ(streamed, stopped->text);
 }
 
+TEST_F(EngineTest, ATokenGeneratorEndedEarlyReleasesWhatItHeldBack) {
+  const Tokenizer& tokenizer = engine_->tokenizer();
+  // Logits that make greedy choose `token`.
+  const auto choose = [&](int32_t token) {
+    std::vector<float> logits(static_cast<size_t>(tokenizer.vocab_size()), 0.0F);
+    logits[static_cast<size_t>(token)] = 10;
+    return logits;
+  };
+  const std::vector<int32_t> hello = tokenizer.Encode("Hello world");
+  ASSERT_EQ(hello.size(), 2U);
+  SamplingOptions options;
+  options.stop = {" world peace"};  // " world" may begin it: held back
+  TokenGenerator generator(tokenizer, options, {});
+  EXPECT_EQ(generator.Next(choose(hello[0])).text, "Hello");
+  const TokenGenerator::Step held = generator.Next(choose(hello[1]));
+  EXPECT_EQ(held.text, "");
+  EXPECT_FALSE(held.finished);
+  // The model's context is full: the generation ends, and " world" is text after all.
+  EXPECT_EQ(generator.Finish(), " world");
+  EXPECT_EQ(generator.text(), "Hello world");
+}
+
 TEST_F(EngineTest, SameSeedSameTokens) {
   SamplingOptions options;
   options.temperature = 0.9F;
