@@ -22,6 +22,9 @@
 #include "ape/v1/admin.grpc.pb.h"
 #include "ape/v1/context.grpc.pb.h"
 #include "ape/v1/generation.grpc.pb.h"
+#include "cache/store.h"
+#include "cache/store_keys.h"
+#include "rocksdb/db.h"
 #include "tests/util/running_server.h"
 #include "tests/util/temp_dir.h"
 
@@ -657,6 +660,53 @@ TEST_F(ApiTest, ARestartServesEveryStoredContextWithoutEncodingAgain) {
   const ape::v1::Stats stats = Stats();
   EXPECT_EQ(stats.kv_rebuilds(), 0);
   EXPECT_EQ(stats.store_tier().entries(), 2);
+  Stop();
+}
+
+TEST_F(ApiTest, AnUnreadableContextRecordIsDataLossAndHarmsNothingElse) {
+  const std::string data_dir = dir_.Join("damaged");
+  Start({}, "before", data_dir);
+  ASSERT_TRUE(Create("goats", kGoats).ok());
+  ASSERT_TRUE(Create("bees", kBees).ok());
+  Stop();
+  {
+    // The record of "goats" overwritten with bytes that are not a record.
+    auto store = cache::Store::Open({.path = data_dir, .create_if_missing = false});
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE((*store)
+                    ->db()
+                    .Put(rocksdb::WriteOptions(), (*store)->docs(),
+                         cache::ContextKey("default", "goats"), "not a record")
+                    .ok());
+  }
+  Start({}, "after", data_dir);
+  ape::v1::GetContextRequest get;
+  get.set_context_id("goats");
+  grpc::ClientContext context;
+  ape::v1::Context reply;
+  const grpc::Status status = clients_->contexts->GetContext(&context, get, &reply);
+  EXPECT_EQ(CodeOf(status), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(status.error_message(), HasSubstr("goats"));
+  ape::v1::GenerateResponse answer;
+  EXPECT_EQ(CodeOf(Generate(Greedy("Who?", {"goats"}, ape::v1::ENCODING_MODE_APE, 2), answer)),
+            absl::StatusCode::kDataLoss);
+  // The rest of the namespace still serves and lists; the damaged one can be deleted.
+  ASSERT_TRUE(
+      Generate(Greedy("Who keeps bees?", {"bees"}, ape::v1::ENCODING_MODE_APE, 4), answer).ok());
+  {
+    grpc::ClientContext list_context;
+    ape::v1::ListContextsResponse page;
+    ASSERT_TRUE(clients_->contexts->ListContexts(&list_context, {}, &page).ok());
+    ASSERT_EQ(page.contexts_size(), 1);
+    EXPECT_EQ(page.contexts(0).context_id(), "bees");
+  }
+  ape::v1::DeleteContextRequest remove;
+  remove.set_context_id("goats");
+  grpc::ClientContext delete_context;
+  ape::v1::DeleteContextResponse removed;
+  ASSERT_TRUE(clients_->contexts->DeleteContext(&delete_context, remove, &removed).ok());
+  EXPECT_TRUE(removed.existed());
+  ASSERT_TRUE(Create("goats", kGoats).ok()) << "the id can be stored again";
   Stop();
 }
 
