@@ -133,8 +133,7 @@ class LruTier {
     order_.push_front(Entry{name, std::move(value), bytes, last_used});
     index_[name] = order_.begin();
     bytes_ += bytes;
-    EvictLocked(/*include_pinned=*/false, evicted);
-    if (!options_.never_evict_pinned) EvictLocked(/*include_pinned=*/true, evicted);
+    EvictToBudgetLocked(evicted);
     return evicted;
   }
 
@@ -143,8 +142,7 @@ class LruTier {
   std::vector<std::string> Evict() ABSL_LOCKS_EXCLUDED(mutex_) {
     std::lock_guard<std::mutex> lock(mutex_);
     std::vector<std::string> evicted;
-    EvictLocked(/*include_pinned=*/false, evicted);
-    if (!options_.never_evict_pinned) EvictLocked(/*include_pinned=*/true, evicted);
+    EvictToBudgetLocked(evicted);
     return evicted;
   }
 
@@ -214,6 +212,13 @@ class LruTier {
 
   bool IsPinned(absl::string_view name) const {
     return options_.pinned != nullptr && options_.pinned(name);
+  }
+
+  // Evicts until the tier fits: unpinned entries first, then (unless never) pinned ones.
+  void EvictToBudgetLocked(std::vector<std::string>& evicted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    EvictLocked(/*include_pinned=*/false, evicted);
+    if (!options_.never_evict_pinned) EvictLocked(/*include_pinned=*/true, evicted);
   }
 
   // Evicts least recently used entries (pinned ones too, if asked) until the tier fits.

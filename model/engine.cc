@@ -210,6 +210,11 @@ absl::StatusOr<const ChatTemplate*> Engine::chat_template() const {
   return &*impl_->chat_template;
 }
 
+absl::StatusOr<PromptPieces> Engine::prompt_pieces() const {
+  APE_ASSIGN_OR_RETURN(const ChatTemplate* chat, chat_template());
+  return PromptPieces(tokenizer(), *chat);
+}
+
 std::string Engine::device() const { return impl_->model->device().str(); }
 
 std::string Engine::dtype() const { return DtypeName(impl_->model->dtype()); }

@@ -18,6 +18,7 @@
 #include "model/chat_template.h"
 #include "model/encoded_context.h"
 #include "model/model_config.h"
+#include "model/prompt_pieces.h"
 #include "model/tokenizer.h"
 
 namespace apeserve::model {
@@ -65,6 +66,9 @@ class Engine {
   // The model's chat format; FAILED_PRECONDITION when its metadata has no template
   // of a family we know (raw prompts still work).
   absl::StatusOr<const ChatTemplate*> chat_template() const;
+  // How this model's chat template cuts an APE prompt (shared prefix, contexts,
+  // query); valid while the engine lives. FAILED_PRECONDITION as chat_template().
+  absl::StatusOr<PromptPieces> prompt_pieces() const;
   // The fingerprint of the model's weights (see fingerprint.h).
   const std::string& fingerprint() const;
   // "cpu" or "cuda:N", and "float32", "bfloat16" or "float16".

@@ -12,7 +12,6 @@
 #include "common/status_macros.h"
 #include "model/engine.h"
 #include "model/gguf_header.h"
-#include "model/prompt_pieces.h"
 #include "model/runtime.h"
 #include "server/admin_service.h"
 #include "server/backend.h"
@@ -164,7 +163,8 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
       absl::ToDoubleSeconds(absl::Now() - load_start), engine.config().architecture,
       engine.config().num_layers, engine.config().max_position, engine.dtype(), engine.device(),
       std::string(ChatFormatName(chat->format())));
-  server->pieces_ = std::make_unique<model::PromptPieces>(engine.tokenizer(), *chat);
+  APE_ASSIGN_OR_RETURN(const model::PromptPieces pieces, engine.prompt_pieces());
+  server->pieces_ = std::make_unique<model::PromptPieces>(pieces);
   server->prefixes_ = std::make_unique<PrefixCache>(engine, *server->pieces_);
   // The default prefix is encoded now: most requests use it.
   APE_RETURN_IF_ERROR(server->prefixes_->Get("").status());

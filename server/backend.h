@@ -6,7 +6,6 @@
 
 #include "cache/context_registry.h"
 #include "model/engine.h"
-#include "model/prompt_pieces.h"
 #include "server/prefix_cache.h"
 #include "server/scheduler.h"
 #include "server/server_counters.h"

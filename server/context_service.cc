@@ -7,8 +7,8 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/utf8.h"
 #include "google/protobuf/util/time_util.h"
-#include "model/utf8.h"
 #include "server/call_support.h"
 #include "server/ingest_task.h"
 #include "server/reply_channel.h"
@@ -100,7 +100,7 @@ grpc::Status ContextService::UploadContext(
     text += message.text_chunk();
   }
   if (context->IsCancelled()) return finish(absl::CancelledError("the upload was cancelled"));
-  if (model::SanitizeUtf8(text) != text) {
+  if (!IsValidUtf8(text)) {
     return finish(absl::InvalidArgumentError("the uploaded text is not valid UTF-8"));
   }
   request.set_text(std::move(text));

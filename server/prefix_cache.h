@@ -17,7 +17,6 @@
 #include "absl/strings/string_view.h"
 #include "model/encoded_context.h"
 #include "model/engine.h"
-#include "model/prompt_pieces.h"
 
 namespace apeserve::server {
 

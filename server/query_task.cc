@@ -82,6 +82,9 @@ absl::Status QueryTask::Prepare() {
   }
   APE_ASSIGN_OR_RETURN(prefix_, backend_.prefixes.Get(plan_.system_prompt));
   query_tokens_ = backend_.pieces.Query(plan_.query);
+  for (const std::string& continuation : plan_.continuations) {
+    continuation_tokens_.push_back(backend_.engine.tokenizer().Encode(continuation));
+  }
   if (static_cast<int64_t>(query_tokens_.size()) > limit) {
     return absl::ResourceExhaustedError(absl::StrCat("the query has ", query_tokens_.size(),
                                                      " tokens; this server takes at most ", limit,
@@ -196,9 +199,8 @@ absl::Status QueryTask::StartSequence() {
     longest = std::max(longest, static_cast<int64_t>(context->tokens.size()));
   }
   size_t answer_tokens = 1;  // room for at least one generated token
-  for (const std::string& continuation : plan_.continuations) {
-    answer_tokens =
-        std::max(answer_tokens, backend_.engine.tokenizer().Encode(continuation).size());
+  for (const std::vector<int32_t>& continuation : continuation_tokens_) {
+    answer_tokens = std::max(answer_tokens, continuation.size());
   }
   const int64_t prompt = static_cast<int64_t>(prefix_->tokens.size()) +
                          (sequential ? total : longest) +
@@ -332,8 +334,7 @@ absl::StatusOr<bool> ScoreTask::Answer() {
   if (index == 0) start_length_ = sequence_->length();
   sequence_->Truncate(start_length_);
   const absl::Time start = absl::Now();
-  const std::vector<int32_t> continuation =
-      backend_.engine.tokenizer().Encode(plan_.continuations[index]);
+  const std::vector<int32_t>& continuation = continuation_tokens_[index];
   APE_ASSIGN_OR_RETURN(const model::ScoreResult result,
                        model::Score(backend_.engine, *sequence_, query_tokens_, continuation));
   timings_.set_prefill_ms(timings_.prefill_ms() + MillisecondsSince(start));

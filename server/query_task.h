@@ -48,6 +48,8 @@ class QueryTask : public Task {
   const Backend& backend_;
   const QueryPlan plan_;
   std::vector<int32_t> query_tokens_;
+  // Score only: each continuation's tokens.
+  std::vector<std::vector<int32_t>> continuation_tokens_;
   std::unique_ptr<model::Engine::Sequence> sequence_;
   ape::v1::Usage usage_;
   ape::v1::Timings timings_;

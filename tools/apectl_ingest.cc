@@ -23,6 +23,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "ape/v1/context.grpc.pb.h"
+#include "common/utf8.h"
 #include "tools/apectl_common.h"
 
 // Defined in apectl.cc, where --help finds them.
@@ -41,26 +42,6 @@ struct Document {
   std::map<std::string, std::string> labels;
 };
 
-// Protobuf refuses to parse a string field that is not UTF-8, which would fail the
-// whole batch: such files are refused here, by name.
-bool IsUtf8(const std::string& text) {
-  size_t i = 0;
-  while (i < text.size()) {
-    const auto byte = static_cast<unsigned char>(text[i]);
-    const size_t length = byte < 0x80           ? 1
-                          : (byte >> 5) == 0x6  ? 2
-                          : (byte >> 4) == 0xE  ? 3
-                          : (byte >> 3) == 0x1E ? 4
-                                                : 0;
-    if (length == 0 || i + length > text.size()) return false;
-    for (size_t k = 1; k < length; ++k) {
-      if ((static_cast<unsigned char>(text[i + k]) >> 6) != 0x2) return false;
-    }
-    i += length;
-  }
-  return true;
-}
-
 absl::StatusOr<std::string> ReadAll(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path.string()));
@@ -74,7 +55,7 @@ absl::Status Collect(const fs::path& path, const std::string& id, std::vector<Do
   absl::StatusOr<std::string> text = ReadAll(path);
   if (!text.ok()) return text.status();
   if (path.extension() != ".jsonl") {
-    if (!IsUtf8(*text))
+    if (!IsValidUtf8(*text))
       return absl::InvalidArgumentError(absl::StrCat(path.string(), " is not UTF-8 text"));
     if (text->empty()) return absl::OkStatus();  // nothing to store
     out.push_back({.id = id, .text = *std::move(text), .labels = {}});

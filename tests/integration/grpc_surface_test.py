@@ -6,11 +6,9 @@ which sets APESERVE_BINARY and APESERVE_TEST_MODEL.
 """
 
 import os
-import signal
-import subprocess
 import tempfile
-import time
 import unittest
+from pathlib import Path
 
 import grpc
 from google.protobuf import descriptor_pool, message_factory
@@ -19,44 +17,21 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from apeserve_process import ApeserveProcess
+
 
 class GrpcSurfaceTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory(prefix="apeserve-py-")
-        port_file = os.path.join(cls.tmp.name, "port")
-        cls.stderr = open(os.path.join(cls.tmp.name, "stderr"), "w+")
-        cls.server = subprocess.Popen(
-            [
-                os.environ["APESERVE_BINARY"],
-                "--model=" + os.environ["APESERVE_TEST_MODEL"],
-                "--data_dir=" + os.path.join(cls.tmp.name, "data"),
-                "--listen=127.0.0.1:0",
-                "--metrics_listen=127.0.0.1:0",
-                "--device=cpu",
-                "--port_file=" + port_file,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=cls.stderr,
-        )
-        deadline = time.monotonic() + 120
-        while not os.path.exists(port_file):
-            if cls.server.poll() is not None or time.monotonic() > deadline:
-                cls.stderr.seek(0)
-                raise RuntimeError("apeserve did not start:\n" + cls.stderr.read())
-            time.sleep(0.05)
-        with open(port_file) as f:
-            cls.channel = grpc.insecure_channel("127.0.0.1:" + f.read().strip())
+        cls.server = ApeserveProcess(Path(cls.tmp.name))
+        cls.channel = grpc.insecure_channel(cls.server.address)
 
     @classmethod
     def tearDownClass(cls):
         cls.channel.close()
-        cls.server.send_signal(signal.SIGTERM)
-        code = cls.server.wait(timeout=30)
-        cls.stderr.close()
+        cls.server.stop()
         cls.tmp.cleanup()
-        if code != 0:
-            raise RuntimeError(f"apeserve exited with {code} after SIGTERM")
 
     def test_health_reports_serving(self):
         stub = health_pb2_grpc.HealthStub(self.channel)

@@ -10,14 +10,14 @@ CTest, which sets APESERVE_BINARY and APESERVE_TEST_MODEL.
 import datetime
 import importlib.util
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import unittest
 from pathlib import Path
 from unittest import mock
+
+from apeserve_process import ApeserveProcess
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 QUERY = "What is the capital of France?"
@@ -52,28 +52,8 @@ class PythonClientTest(unittest.TestCase):
         root = Path(cls.tmp.name)
         (root / "lib").mkdir()
         cls.ape = _import_client(root / "lib")
-        port_file = root / "port"
-        cls.stderr = open(root / "stderr", "w+")
-        cls.server = subprocess.Popen(
-            [
-                os.environ["APESERVE_BINARY"],
-                "--model=" + os.environ["APESERVE_TEST_MODEL"],
-                "--data_dir=" + str(root / "data"),
-                "--listen=127.0.0.1:0",
-                "--metrics_listen=127.0.0.1:0",
-                "--device=cpu",
-                "--port_file=" + str(port_file),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=cls.stderr,
-        )
-        deadline = time.monotonic() + 120
-        while not port_file.exists():
-            if cls.server.poll() is not None or time.monotonic() > deadline:
-                cls.stderr.seek(0)
-                raise RuntimeError("apeserve did not start:\n" + cls.stderr.read())
-            time.sleep(0.05)
-        cls.client = cls.ape.Client("127.0.0.1:" + port_file.read_text().strip(), timeout=60)
+        cls.server = ApeserveProcess(root)
+        cls.client = cls.ape.Client(cls.server.address, timeout=60)
         # Two documents for the generation tests.
         cls.france = cls.client.create_context(
             "Paris is the capital of France.", context_id="geo-france"
@@ -86,12 +66,8 @@ class PythonClientTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.client.close()
-        cls.server.send_signal(signal.SIGTERM)
-        code = cls.server.wait(timeout=30)
-        cls.stderr.close()
+        cls.server.stop()
         cls.tmp.cleanup()
-        if code != 0:
-            raise RuntimeError(f"apeserve exited with {code} after SIGTERM")
 
     def _list_calls(self) -> int:
         return sum(
