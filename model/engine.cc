@@ -227,33 +227,67 @@ std::unique_ptr<Engine::Sequence> Engine::NewSequence() const {
 absl::StatusOr<std::vector<float>> Engine::Feed(Sequence& sequence,
                                                 absl::Span<const int32_t> tokens,
                                                 bool all_logits) const {
+  const StepInput input{
+      .sequence = &sequence, .tokens = tokens, .logits = all_logits ? Logits::kAll : Logits::kLast};
+  APE_ASSIGN_OR_RETURN(std::vector<std::vector<float>> logits, Step({input}));
+  return std::move(logits.front());
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> Engine::Step(
+    absl::Span<const StepInput> inputs) const {
   const ModelConfig& config = impl_->model->config();
-  if (tokens.empty()) return absl::InvalidArgumentError("no tokens to feed");
-  APE_RETURN_IF_ERROR(CheckTokenIds(tokens, config.vocab_size, "fed"));
-  Sequence::State& state = *sequence.state_;
-  const int64_t start = state.cache.length();
-  const int64_t position = state.NextPosition();
-  const auto count = static_cast<int64_t>(tokens.size());
-  if (position + count > config.max_position) {
-    return absl::OutOfRangeError(absl::StrCat("the sequence would reach position ",
-                                              position + count, "; the model's context is ",
-                                              config.max_position));
+  if (inputs.empty()) return absl::InvalidArgumentError("a step needs at least one sequence");
+  std::vector<LlamaModel::SequenceInput> model_inputs;
+  model_inputs.reserve(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const StepInput& input = inputs[i];
+    // Feed's errors read as before; a batch's name the input.
+    const std::string what = inputs.size() == 1 ? "" : absl::StrCat("step input #", i, ": ");
+    if (input.sequence == nullptr) return absl::InvalidArgumentError(what + "no sequence");
+    if (input.tokens.empty()) return absl::InvalidArgumentError(what + "no tokens to feed");
+    APE_RETURN_IF_ERROR(CheckTokenIds(input.tokens, config.vocab_size, what + "fed"));
+    Sequence::State& state = *input.sequence->state_;
+    const int64_t position = state.NextPosition();
+    const auto count = static_cast<int64_t>(input.tokens.size());
+    if (position + count > config.max_position) {
+      return absl::OutOfRangeError(absl::StrCat(what, "the sequence would reach position ",
+                                                position + count, "; the model's context is ",
+                                                config.max_position));
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (inputs[j].sequence == input.sequence) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(what, "the sequence of input #", j, " again"));
+      }
+    }
+    model_inputs.push_back({.tokens = input.tokens,
+                            .first_position = position,
+                            .cache = &state.cache,
+                            .ape = state.ape ? &*state.ape : nullptr,
+                            .logits = input.logits == Logits::kAll    ? LlamaModel::Logits::kAll
+                                      : input.logits == Logits::kLast ? LlamaModel::Logits::kLast
+                                                                      : LlamaModel::Logits::kNone});
   }
+  std::vector<int64_t> lengths;
+  lengths.reserve(inputs.size());
+  for (const StepInput& input : inputs) lengths.push_back(input.sequence->length());
   try {
-    const torch::Tensor ids =
-        torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()), torch::kInt64);
-    const torch::Tensor positions = torch::arange(position, position + count, torch::kInt64);
-    const torch::Tensor logits =
-        impl_->model
-            ->Forward(ids, positions, state.cache,
-                      all_logits ? LlamaModel::Logits::kAll : LlamaModel::Logits::kLast,
-                      state.ape ? &*state.ape : nullptr)
-            .contiguous()
-            .cpu();
+    const torch::Tensor logits = impl_->model->Forward(model_inputs);  // host, fp32
     const float* data = logits.data_ptr<float>();
-    return std::vector<float>(data, data + logits.numel());
+    const auto vocab = static_cast<size_t>(config.vocab_size);
+    std::vector<std::vector<float>> results(inputs.size());
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      size_t rows = 0;
+      if (inputs[i].logits == Logits::kAll) rows = inputs[i].tokens.size();
+      if (inputs[i].logits == Logits::kLast) rows = 1;
+      results[i].assign(data, data + rows * vocab);
+      data += rows * vocab;
+    }
+    return results;
   } catch (const c10::Error& e) {
-    state.cache.Truncate(start);  // a failed pass leaves the sequence as it was
+    // A failed pass leaves every sequence as it was.
+    for (size_t i = 0; i < inputs.size(); ++i)
+      inputs[i].sequence->state_->cache.Truncate(lengths[i]);
     return FromTorchError(e, "forward pass");
   }
 }

@@ -105,13 +105,54 @@ class Engine {
       const EncodedPrefix& prefix, absl::Span<const EncodedContext* const> contexts,
       const ApeOptions& options) const;
 
+  // As StartSequence, but computing nothing: a SEQUENTIAL sequence then holds the
+  // prefix only, and `tokens_to_feed` are its contexts' tokens, which the caller feeds
+  // (e.g. in chunks, between other sequences' steps) before the query. Other modes
+  // return no tokens to feed. Errors as StartSequence's.
+  struct SequenceStart {
+    std::unique_ptr<Sequence> sequence;
+    std::vector<int32_t> tokens_to_feed;
+  };
+  absl::StatusOr<SequenceStart> BeginSequence(const EncodedPrefix& prefix,
+                                              absl::Span<const EncodedContext* const> contexts,
+                                              const ApeOptions& options) const;
+
   // Feeds `tokens` at the next positions of `sequence`, attending as its mode says.
   // Returns fp32 logits of the last token ([vocab]), or of every fed token
   // ([tokens.size() * vocab]) when `all_logits`. INVALID_ARGUMENT: no tokens, or an id
   // outside the vocabulary. OUT_OF_RANGE: the sequence would pass the model's context
-  // length.
+  // length. A failure leaves the sequence as it was.
   absl::StatusOr<std::vector<float>> Feed(Sequence& sequence, absl::Span<const int32_t> tokens,
                                           bool all_logits = false) const;
+
+  // --- Batched steps (continuous batching) ---
+
+  // Which logits a sequence's part of a step returns.
+  enum class Logits {
+    kNone,  // none: a prefill chunk that is not the prompt's last
+    kLast,  // of the last token fed ([vocab])
+    kAll,   // of every token fed ([tokens * vocab])
+  };
+
+  // One sequence's part of a step: `tokens` fed at its next positions.
+  struct StepInput {
+    Sequence* sequence = nullptr;
+    absl::Span<const int32_t> tokens;
+    Logits logits = Logits::kLast;
+  };
+
+  // Advances several sequences in one forward pass: the tokens of all of them go
+  // through the projections and the MLP as one batch, so the weights are read once
+  // for the whole step; attention runs per sequence over its own KV in its own mode
+  // (SEQUENTIAL, PARALLEL, or APE with its own T and S). Sequences of any length, mode
+  // and context set share a step; a decode (one token) and a prefill chunk alike.
+  // Returns each input's logits, in input order, as Feed's (empty for kNone).
+  // A sequence's results equal those of Feed alone up to the rounding of batched
+  // matrix products (see README, "Batching").
+  // Errors as Feed's, for the first bad input (the message names its index), found
+  // before anything runs; INVALID_ARGUMENT as well for no inputs or a sequence named
+  // twice. A failure leaves every sequence as it was.
+  absl::StatusOr<std::vector<std::vector<float>>> Step(absl::Span<const StepInput> inputs) const;
 
  private:
   struct Impl;
@@ -131,7 +172,8 @@ class Engine::Sequence {
   // The rotary position of the next token fed.
   int64_t next_position() const;
   // Forgets the tokens fed after the first `length` (e.g. to score another
-  // continuation of the same query); never the prefix and contexts it started with.
+  // continuation of the same query); never the prefix and contexts it started with
+  // (BeginSequence's SEQUENTIAL sequences: the prefix).
   void Truncate(int64_t length);
 
  private:

@@ -99,12 +99,13 @@ void Prefill(const LlamaModel& model, absl::Span<const int32_t> tokens, int64_t 
              KvCache& cache) {
   for (size_t done = 0; done < tokens.size(); done += kPrefillChunk) {
     const size_t count = std::min<size_t>(kPrefillChunk, tokens.size() - done);
-    const torch::Tensor ids = torch::tensor(
-        std::vector<int64_t>(tokens.begin() + done, tokens.begin() + done + count), torch::kInt64);
-    const auto position = first_position + static_cast<int64_t>(done);
-    const torch::Tensor positions =
-        torch::arange(position, position + static_cast<int64_t>(count), torch::kInt64);
-    model.Forward(ids, positions, cache, LlamaModel::Logits::kNone);
+    const LlamaModel::SequenceInput input{
+        .tokens = tokens.subspan(done, count),
+        .first_position = first_position + static_cast<int64_t>(done),
+        .cache = &cache,
+        .ape = nullptr,
+        .logits = LlamaModel::Logits::kNone};
+    model.Forward({input});
   }
 }
 
@@ -234,6 +235,21 @@ absl::StatusOr<EncodedContext> Engine::ToDevice(const EncodedContext& context) c
 absl::StatusOr<std::unique_ptr<Engine::Sequence>> Engine::StartSequence(
     const EncodedPrefix& prefix, absl::Span<const EncodedContext* const> contexts,
     const ApeOptions& options) const {
+  APE_ASSIGN_OR_RETURN(SequenceStart start, BeginSequence(prefix, contexts, options));
+  if (start.tokens_to_feed.empty()) return std::move(start.sequence);
+  Sequence::State& state = *start.sequence->state_;
+  try {
+    Prefill(*impl_->model, start.tokens_to_feed, state.NextPosition(), state.cache);
+  } catch (const c10::Error& e) {
+    return FromTorchError(e, "starting a sequence");
+  }
+  state.fixed_length = state.cache.length();
+  return std::move(start.sequence);
+}
+
+absl::StatusOr<Engine::SequenceStart> Engine::BeginSequence(
+    const EncodedPrefix& prefix, absl::Span<const EncodedContext* const> contexts,
+    const ApeOptions& options) const {
   const LlamaModel& model = *impl_->model;
   const ModelConfig& config = model.config();
   APE_RETURN_IF_ERROR(options.Validate());
@@ -272,13 +288,15 @@ absl::StatusOr<std::unique_ptr<Engine::Sequence>> Engine::StartSequence(
     cache.Reserve(prefix_length + total + 256);
     const auto tensor_options = torch::TensorOptions().device(model.device()).dtype(model.dtype());
     if (prefix_length > 0) AppendSegment(prefix.kv, cache, tensor_options);
+    SequenceStart start;
     if (sequential) {
-      std::vector<int32_t> tokens;
-      tokens.reserve(static_cast<size_t>(total));
+      // The contexts' tokens are computed by the caller (StartSequence, or a scheduler
+      // in chunks), as the causal continuation of the prefix.
+      start.tokens_to_feed.reserve(static_cast<size_t>(total));
       for (const EncodedContext* context : contexts) {
-        tokens.insert(tokens.end(), context->tokens.begin(), context->tokens.end());
+        start.tokens_to_feed.insert(start.tokens_to_feed.end(), context->tokens.begin(),
+                                    context->tokens.end());
       }
-      Prefill(model, tokens, prefix_length, cache);
       state->local_start = 0;  // one causal sequence from position 0
       state->local_position = 0;
     } else {
@@ -304,7 +322,8 @@ absl::StatusOr<std::unique_ptr<Engine::Sequence>> Engine::StartSequence(
       }
     }
     state->fixed_length = cache.length();
-    return std::unique_ptr<Sequence>(new Sequence(std::move(state)));
+    start.sequence = std::unique_ptr<Sequence>(new Sequence(std::move(state)));
+    return start;
   } catch (const c10::Error& e) {
     return FromTorchError(e, "starting a sequence");
   }

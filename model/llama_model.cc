@@ -3,6 +3,7 @@
 #include <cmath>
 #include <numbers>
 #include <utility>
+#include <vector>
 
 #include "model/attention.h"
 
@@ -74,43 +75,70 @@ torch::Tensor LlamaModel::Rotate(const torch::Tensor& x, const torch::Tensor& co
   return x * cos + rotated * sin;
 }
 
-torch::Tensor LlamaModel::Forward(const torch::Tensor& tokens, const torch::Tensor& positions,
-                                  KvCache& cache, Logits logits, const ApeLayout* ape) const {
+torch::Tensor LlamaModel::Forward(absl::Span<const SequenceInput> inputs) const {
   torch::NoGradGuard no_grad;
-  const int64_t count = tokens.size(0);
   const int64_t heads = config_.num_heads, kv_heads = config_.num_kv_heads, d = config_.head_dim;
 
-  // Rotary angles of the new tokens: [T, 1, head_dim] to broadcast over heads.
+  // All inputs' tokens, positions and the rows whose logits are wanted, gathered on the
+  // host and moved to the device in one copy each.
+  std::vector<int64_t> ids, positions, logit_rows;
+  std::vector<int64_t> offsets;  // where each input's tokens start among all of them
+  for (const SequenceInput& input : inputs) {
+    const auto offset = static_cast<int64_t>(ids.size());
+    const auto count = static_cast<int64_t>(input.tokens.size());
+    offsets.push_back(offset);
+    ids.insert(ids.end(), input.tokens.begin(), input.tokens.end());
+    for (int64_t t = 0; t < count; ++t) positions.push_back(input.first_position + t);
+    if (input.logits == Logits::kAll) {
+      for (int64_t t = 0; t < count; ++t) logit_rows.push_back(offset + t);
+    } else if (input.logits == Logits::kLast) {
+      logit_rows.push_back(offset + count - 1);
+    }
+  }
+  const auto total = static_cast<int64_t>(ids.size());
+
+  // Rotary angles of the new tokens: [N, 1, head_dim] to broadcast over heads.
   const torch::Tensor angles =
-      positions.to(device_, torch::kFloat32).unsqueeze(1) * inverse_frequencies_.unsqueeze(0);
+      torch::tensor(positions, torch::kInt64).to(device_, torch::kFloat32).unsqueeze(1) *
+      inverse_frequencies_.unsqueeze(0);
   const torch::Tensor both = torch::cat({angles, angles}, -1).unsqueeze(1);
   const torch::Tensor cos = both.cos().to(dtype_), sin = both.sin().to(dtype_);
 
-  torch::Tensor x = weights_.token_embedding.index_select(0, tokens.to(device_));  // [T, hidden]
+  torch::Tensor x = weights_.token_embedding.index_select(
+      0, torch::tensor(ids, torch::kInt64).to(device_));  // [N, hidden]
+  std::vector<torch::Tensor> attended(inputs.size());
   for (size_t i = 0; i < weights_.layers.size(); ++i) {
     const LayerWeights& w = weights_.layers[i];
 
-    // Attention block.
+    // Attention block: projections for all tokens at once, attention per sequence.
     const torch::Tensor h = RmsNorm(x, w.attention_norm);
-    torch::Tensor q = Linear(h, w.wq, w.bq).view({count, heads, d});     // [T, H, D]
-    torch::Tensor k = Linear(h, w.wk, w.bk).view({count, kv_heads, d});  // [T, Hkv, D]
-    const torch::Tensor v = Linear(h, w.wv, w.bv).view({count, kv_heads, d});
-    q = Rotate(q, cos, sin);
-    k = Rotate(k, cos, sin);
-    const auto [keys, values] =
-        cache.Append(i, k.transpose(0, 1), v.transpose(0, 1));  // [Hkv, S, D]
-    const torch::Tensor attended =
-        ape != nullptr ? ApeAttention(q.transpose(0, 1), keys, values, *ape)
-                       : CausalAttention(q.transpose(0, 1), keys, values);  // [H, T, D]
-    x = x + Linear(attended.transpose(0, 1).reshape({count, heads * d}), w.wo);
+    const torch::Tensor q = Rotate(Linear(h, w.wq, w.bq).view({total, heads, d}), cos, sin);
+    const torch::Tensor k = Rotate(Linear(h, w.wk, w.bk).view({total, kv_heads, d}), cos, sin);
+    const torch::Tensor v = Linear(h, w.wv, w.bv).view({total, kv_heads, d});
+    for (size_t s = 0; s < inputs.size(); ++s) {
+      const SequenceInput& input = inputs[s];
+      const auto count = static_cast<int64_t>(input.tokens.size());
+      const auto [keys, values] =
+          input.cache->Append(i, k.narrow(0, offsets[s], count).transpose(0, 1),
+                              v.narrow(0, offsets[s], count).transpose(0, 1));   // [Hkv, S, D]
+      const torch::Tensor q_s = q.narrow(0, offsets[s], count).transpose(0, 1);  // [H, T, D]
+      attended[s] = (input.ape != nullptr ? ApeAttention(q_s, keys, values, *input.ape)
+                                          : CausalAttention(q_s, keys, values))
+                        .transpose(0, 1);  // [T, H, D]
+    }
+    const torch::Tensor joined = attended.size() == 1 ? attended[0] : torch::cat(attended, 0);
+    x = x + Linear(joined.reshape({total, heads * d}), w.wo);
 
     // Feed-forward block (SwiGLU).
     const torch::Tensor g = RmsNorm(x, w.ffn_norm);
     x = x + Linear(F::silu(Linear(g, w.w_gate)) * Linear(g, w.w_up), w.w_down);
   }
-  if (logits == Logits::kNone) return {};
-  if (logits == Logits::kLast) x = x.narrow(0, count - 1, 1);
-  return Linear(RmsNorm(x, weights_.output_norm), weights_.output).to(torch::kFloat32);
+  if (logit_rows.empty()) return torch::empty({0, config_.vocab_size}, torch::kFloat32);
+  x = x.index_select(0, torch::tensor(logit_rows, torch::kInt64).to(device_));
+  return Linear(RmsNorm(x, weights_.output_norm), weights_.output)
+      .to(torch::kFloat32)
+      .to(torch::kCPU)
+      .contiguous();
 }
 
 }  // namespace apeserve::model

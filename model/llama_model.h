@@ -1,5 +1,6 @@
 // The Llama-family transformer (Llama 2/3, SmolLM2, Mistral, Qwen2): a forward pass
-// over new tokens at explicit positions, attending to a KV cache.
+// over new tokens at explicit positions, attending to a KV cache, for one sequence or
+// several at once.
 // Internal to model/ (torch types). Thread-safety: Forward() is const and may run
 // concurrently on different caches.
 #ifndef APESERVE_MODEL_LLAMA_MODEL_H_
@@ -7,6 +8,9 @@
 
 #include <torch/torch.h>
 
+#include <cstdint>
+
+#include "absl/types/span.h"
 #include "model/attention.h"
 #include "model/kv_cache.h"
 #include "model/llama_weights.h"
@@ -28,13 +32,25 @@ class LlamaModel {
 
   KvCache NewCache() const;
 
-  // Runs `tokens` ([T], int64) at `positions` ([T], int64) after what `cache` holds,
-  // appending their keys and values to it. Each token attends to the cache and to the
-  // tokens before it: with one causal softmax, or, given `ape`, by APE's merge of the
-  // cache's segments. Returns fp32 logits: [T, vocab] for kAll, [1, vocab] (the last
-  // token) for kLast, an undefined tensor for kNone.
-  torch::Tensor Forward(const torch::Tensor& tokens, const torch::Tensor& positions, KvCache& cache,
-                        Logits logits, const ApeLayout* ape = nullptr) const;
+  // One sequence's part of a forward pass: its new tokens at consecutive positions
+  // from `first_position`, the cache they attend to and extend, and how they attend.
+  struct SequenceInput {
+    absl::Span<const int32_t> tokens;
+    int64_t first_position = 0;
+    KvCache* cache = nullptr;
+    // Given, the tokens attend by APE's merge of the cache's segments; else with one
+    // causal softmax over the cache and the tokens before them.
+    const ApeLayout* ape = nullptr;
+    Logits logits = Logits::kLast;
+  };
+
+  // Runs the tokens of every input in one pass: embeddings, projections and the MLP
+  // see all of them as one batch (the weights are read once per pass, whatever the
+  // number of sequences), attention runs per sequence over its own cache, in its own
+  // mode. Appends each input's keys and values to its cache. Returns fp32 logits on
+  // the host, one row per requested token, in input order: T rows for kAll, one (the
+  // last token) for kLast, none for kNone. Caches must be distinct.
+  torch::Tensor Forward(absl::Span<const SequenceInput> inputs) const;
 
  private:
   torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& weight) const;
