@@ -21,6 +21,13 @@ Engine::Sequence::Sequence(std::unique_ptr<State> state) : state_(std::move(stat
 Engine::Sequence::~Sequence() = default;
 int64_t Engine::Sequence::length() const { return state_->cache.length(); }
 int64_t Engine::Sequence::next_position() const { return state_->NextPosition(); }
+void Engine::Sequence::Reserve(int64_t tokens) {
+  try {
+    state_->cache.Reserve(tokens);
+  } catch (const c10::Error&) {
+    // Not fatal: the cache grows as tokens come (and a failing pass reports it).
+  }
+}
 void Engine::Sequence::Truncate(int64_t length) {
   state_->cache.Truncate(std::max(length, state_->fixed_length));
 }
@@ -218,6 +225,12 @@ absl::StatusOr<PromptPieces> Engine::prompt_pieces() const {
 std::string Engine::device() const { return impl_->model->device().str(); }
 
 std::string Engine::dtype() const { return DtypeName(impl_->model->dtype()); }
+
+size_t Engine::kv_bytes_per_token() const {
+  const ModelConfig& config = impl_->model->config();
+  return 2 * static_cast<size_t>(config.num_layers * config.num_kv_heads * config.head_dim) *
+         KvDtypeSize(ToKvDtype(impl_->model->dtype()));
+}
 
 std::unique_ptr<Engine::Sequence> Engine::NewSequence() const {
   return std::unique_ptr<Sequence>(

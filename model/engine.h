@@ -74,6 +74,8 @@ class Engine {
   // "cpu" or "cuda:N", and "float32", "bfloat16" or "float16".
   std::string device() const;
   std::string dtype() const;
+  // Bytes of KV a sequence holds per token: keys and values of every layer.
+  size_t kv_bytes_per_token() const;
 
   std::unique_ptr<Sequence> NewSequence() const;
 
@@ -175,6 +177,9 @@ class Engine::Sequence {
   // continuation of the same query); never the prefix and contexts it started with
   // (BeginSequence's SEQUENTIAL sequences: the prefix).
   void Truncate(int64_t length);
+  // Makes room for `tokens` in all, so that feeding up to that length allocates
+  // nothing more (e.g. before admitting it to a KV budget).
+  void Reserve(int64_t tokens);
 
  private:
   friend class Engine;

@@ -39,9 +39,16 @@ absl::StatusOr<ScoreResult> Score(const Engine& engine, Engine::Sequence& sequen
   fed.insert(fed.end(), continuation.begin(), continuation.end() - 1);
   APE_ASSIGN_OR_RETURN(const std::vector<float> logits,
                        engine.Feed(sequence, fed, /*all_logits=*/true));
+  return ScoreFromLogits(
+      absl::MakeConstSpan(logits).subspan((query.size() - 1) * vocab, continuation.size() * vocab),
+      vocab, continuation);
+}
+
+ScoreResult ScoreFromLogits(absl::Span<const float> logits, size_t vocab,
+                            absl::Span<const int32_t> continuation) {
   ScoreResult result;
   for (size_t i = 0; i < continuation.size(); ++i) {
-    const absl::Span<const float> row(logits.data() + (query.size() - 1 + i) * vocab, vocab);
+    const absl::Span<const float> row = logits.subspan(i * vocab, vocab);
     std::vector<float> logprobs = LogSoftmax(row);
     const auto token = static_cast<size_t>(continuation[i]);
     result.token_logprobs.push_back(logprobs[token]);

@@ -33,6 +33,11 @@ absl::StatusOr<ScoreResult> Score(const Engine& engine, Engine::Sequence& sequen
                                   absl::Span<const int32_t> query,
                                   absl::Span<const int32_t> continuation);
 
+// The scores of `continuation` from `logits`, one row of `vocab` per continuation
+// token: the logits of the position that predicts it. Ids must be in the vocabulary.
+ScoreResult ScoreFromLogits(absl::Span<const float> logits, size_t vocab,
+                            absl::Span<const int32_t> continuation);
+
 // log-softmax of `logits` in double precision, returned as floats.
 std::vector<float> LogSoftmax(absl::Span<const float> logits);
 

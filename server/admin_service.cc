@@ -73,6 +73,9 @@ grpc::ServerUnaryReactor* AdminService::GetLoad(grpc::CallbackServerContext* con
   response->set_running(static_cast<int32_t>(load.running));
   response->set_max_queued(static_cast<int32_t>(backend_.scheduler.options().max_queued));
   response->set_max_running(static_cast<int32_t>(backend_.scheduler.options().max_running));
+  response->set_running_kv_bytes(static_cast<int64_t>(load.running_kv_bytes));
+  response->set_max_running_kv_bytes(
+      static_cast<int64_t>(backend_.scheduler.options().max_running_kv_bytes));
   response->set_draining(load.stopping || backend_.counters.draining.load());
   return Done(context);
 }

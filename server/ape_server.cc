@@ -60,6 +60,9 @@ absl::Status Validate(const ServerOptions& options) {
         "context bytes, continuations and batch size must be at least 1 (context tokens 0 "
         "or more)");
   }
+  if (options.batching.max_step_tokens < 1 || options.batching.max_prefill_chunk < 1) {
+    return absl::InvalidArgumentError("batching: step tokens and prefill chunk must be at least 1");
+  }
   return absl::OkStatus();
 }
 
@@ -213,8 +216,12 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
   server->sweeper_ =
       std::make_unique<PeriodicTask>(absl::Seconds(1), [&registry] { registry.Sweep(); });
   server->scheduler_ = std::make_unique<Scheduler>(
+      engine,
       SchedulerOptions{.max_queued = static_cast<size_t>(options.limits.max_queued_requests),
-                       .max_running = static_cast<size_t>(options.limits.max_running_requests)});
+                       .max_running = static_cast<size_t>(options.limits.max_running_requests),
+                       .max_step_tokens = static_cast<size_t>(options.batching.max_step_tokens),
+                       .max_prefill_chunk = static_cast<size_t>(options.batching.max_prefill_chunk),
+                       .max_running_kv_bytes = options.batching.max_running_kv_bytes});
   server->counters_ = std::make_unique<ServerCounters>();
   server->backend_ = std::make_unique<Backend>(Backend{.options = *server->options_,
                                                        .engine = engine,

@@ -69,7 +69,15 @@ ABSL_FLAG(int, max_batch_contexts, kDefaults.limits.max_batch_contexts,
 ABSL_FLAG(int, max_queued_requests, kDefaults.limits.max_queued_requests,
           "requests waiting for the engine; more are refused with RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_running_requests, kDefaults.limits.max_running_requests,
-          "requests the engine works on at once, one step of each in turn");
+          "requests the engine works on at once, their steps batched (1: one after another)");
+ABSL_FLAG(int, max_step_tokens, kDefaults.batching.max_step_tokens,
+          "tokens one batched step feeds while requests decode: their next tokens, then "
+          "chunks of new prompts (bounds how long a prompt delays the streams)");
+ABSL_FLAG(int, max_prefill_chunk, kDefaults.batching.max_prefill_chunk,
+          "tokens of a prompt chunk while no request decodes");
+ABSL_FLAG(int64_t, max_running_kv_mib,
+          static_cast<int64_t>(kDefaults.batching.max_running_kv_bytes >> 20),
+          "MiB of KV the running requests may hold in all; more wait their turn (0: no limit)");
 ABSL_FLAG(std::string, ape_calibration, "",
           "take APE's defaults (T, S, form) from this file, written by `apeeval calibrate`; "
           "the three flags below override single values");
@@ -179,6 +187,13 @@ int main(int argc, char** argv) {
   limits.max_batch_contexts = absl::GetFlag(FLAGS_max_batch_contexts);
   limits.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
   limits.max_running_requests = absl::GetFlag(FLAGS_max_running_requests);
+  options.batching.max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);
+  options.batching.max_prefill_chunk = absl::GetFlag(FLAGS_max_prefill_chunk);
+  if (absl::GetFlag(FLAGS_max_running_kv_mib) < 0) {
+    return UsageError("--max_running_kv_mib must be 0 (no limit) or more");
+  }
+  options.batching.max_running_kv_bytes =
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_running_kv_mib)) << 20;
   if (options.model_path.empty()) return UsageError("--model is empty: name a GGUF model file");
   if (options.data_dir.empty()) return UsageError("--data_dir is empty: name a folder");
   // APE's defaults: built in, then the calibration file, then single flags.

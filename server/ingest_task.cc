@@ -49,11 +49,7 @@ IngestTask::IngestTask(const Backend& backend, std::vector<ape::v1::CreateContex
       alive_(std::move(alive)),
       replies_(std::move(replies)) {}
 
-bool IngestTask::Step() {
-  if (absl::Status alive = alive_(); !alive.ok()) {
-    replies_->Close(alive);
-    return true;
-  }
+Task::Phase IngestTask::Prepare(KvBudget& /*kv*/) {
   ape::v1::BatchCreateContextsResponse response;
   response.set_index(static_cast<int32_t>(next_));
   absl::StatusOr<ape::v1::Context> stored = Store(contexts_[next_]);
@@ -69,9 +65,9 @@ bool IngestTask::Step() {
   response.set_total(static_cast<int32_t>(contexts_.size()));
   response.set_tokens_stored(tokens_stored_);
   replies_->Send(std::move(response));
-  if (next_ < contexts_.size()) return false;
+  if (next_ < contexts_.size()) return Phase::kPreparing;
   replies_->Close(absl::OkStatus());
-  return true;
+  return Phase::kFinished;
 }
 
 absl::StatusOr<ape::v1::Context> IngestTask::Store(const ape::v1::CreateContextRequest& request) {

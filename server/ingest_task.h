@@ -1,7 +1,7 @@
 // The work of CreateContext, UploadContext and BatchCreateContexts: each context is
 // tokenized as the chat template places a document, encoded after the shared prefix
 // (of its system prompt) and stored with its KV in one atomic write; one context per
-// scheduler step, each answered as it is stored.
+// scheduler round, each answered as it is stored.
 // Thread-safety: used by the scheduler's thread only, apart from the reply channel.
 #ifndef APESERVE_SERVER_INGEST_TASK_H_
 #define APESERVE_SERVER_INGEST_TASK_H_
@@ -36,7 +36,7 @@ class IngestTask final : public Task {
              AliveCheck alive,
              std::shared_ptr<ReplyChannel<ape::v1::BatchCreateContextsResponse>> replies);
 
-  bool Step() override;
+  Phase Prepare(KvBudget& kv) override;
   absl::Status Alive() const override { return alive_(); }
   void Abort(const absl::Status& status) override { replies_->Close(status); }
 

@@ -96,6 +96,9 @@ std::string RenderMetrics(const Backend& backend) {
       .Sample("", static_cast<double>(load.queued));
   Family(out, "apeserve_running_requests", "gauge", "Requests the engine is working on.")
       .Sample("", static_cast<double>(load.running));
+  Family(out, "apeserve_running_kv_bytes", "gauge",
+         "KV bytes reserved by the running requests (prompt and answer).")
+      .Sample("", static_cast<double>(load.running_kv_bytes));
 
   const cache::RegistryStats registry = backend.registry.stats();
   const std::pair<const char*, const cache::TierStats*> tiers[] = {

@@ -38,41 +38,38 @@ bool IsCallerGone(const absl::Status& status) {
 QueryTask::QueryTask(const Backend& backend, QueryPlan plan, AliveCheck alive)
     : backend_(backend), plan_(std::move(plan)), alive_(std::move(alive)) {}
 
-bool QueryTask::Step() {
-  if (absl::Status alive = alive_(); !alive.ok()) {
-    Fail(alive);
-    return true;
-  }
-  absl::StatusOr<bool> done = [this]() -> absl::StatusOr<bool> {
-    switch (stage_) {
-      case Stage::kPrepare:
-        timings_.set_queue_ms(absl::ToDoubleMilliseconds(started() - enqueued()));
-        APE_RETURN_IF_ERROR(Prepare());
-        stage_ = plan_.contexts.empty() ? Stage::kStart : Stage::kContexts;
-        return false;
-      case Stage::kContexts:
-        APE_RETURN_IF_ERROR(LoadNextContext());
-        if (next_context_ == plan_.contexts.size()) stage_ = Stage::kStart;
-        return false;
-      case Stage::kStart:
-        APE_RETURN_IF_ERROR(StartSequence());
-        stage_ = Stage::kAnswer;
-        return false;
-      case Stage::kAnswer:
-        return Answer();
+Task::Phase QueryTask::Prepare(KvBudget& kv) {
+  // Loading is cheap next to a step, but a request may name hundreds of contexts:
+  // load for a slice of time each round, so that the batch's streams never wait long.
+  constexpr absl::Duration kSlice = absl::Milliseconds(20);
+  const absl::Time start = absl::Now();
+  const absl::Status prepared = [&]() -> absl::Status {
+    if (stage_ == Stage::kPrefix) {
+      timings_.set_queue_ms(absl::ToDoubleMilliseconds(started() - enqueued()));
+      APE_RETURN_IF_ERROR(LoadPrefix());
+      stage_ = Stage::kContexts;
     }
-    return absl::InternalError("unknown stage");
+    while (stage_ == Stage::kContexts && next_context_ < plan_.contexts.size()) {
+      if (absl::Now() - start > kSlice) return absl::OkStatus();
+      APE_RETURN_IF_ERROR(LoadNextContext());
+    }
+    stage_ = Stage::kStart;
+    return absl::OkStatus();
   }();
-  if (!done.ok()) {
-    Fail(done.status());
-    return true;
+  if (!prepared.ok()) {
+    Fail(prepared);
+    return Phase::kFinished;
   }
-  return *done;
+  if (stage_ != Stage::kStart) return Phase::kPreparing;
+  const absl::StatusOr<bool> started = StartSequence(kv);
+  if (!started.ok()) {
+    Fail(started.status());
+    return Phase::kFinished;
+  }
+  return *started ? Phase::kFeeding : Phase::kPreparing;
 }
 
-void QueryTask::Abort(const absl::Status& status) { Fail(status); }
-
-absl::Status QueryTask::Prepare() {
+absl::Status QueryTask::LoadPrefix() {
   const int64_t limit = backend_.options.limits.max_query_tokens;
   if (const size_t system = backend_.engine.tokenizer().Encode(plan_.system_prompt).size();
       static_cast<int64_t>(system) > limit) {
@@ -84,6 +81,10 @@ absl::Status QueryTask::Prepare() {
   query_tokens_ = backend_.pieces.Query(plan_.query);
   for (const std::string& continuation : plan_.continuations) {
     continuation_tokens_.push_back(backend_.engine.tokenizer().Encode(continuation));
+    if (continuation_tokens_.back().empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("continuations[", continuation_tokens_.size() - 1, "] has no tokens"));
+    }
   }
   if (static_cast<int64_t>(query_tokens_.size()) > limit) {
     return absl::ResourceExhaustedError(absl::StrCat("the query has ", query_tokens_.size(),
@@ -190,7 +191,7 @@ absl::Status QueryTask::Missing(const absl::Status& first) {
                                           " in namespace '", plan_.namespace_id, "'"));
 }
 
-absl::Status QueryTask::StartSequence() {
+absl::StatusOr<bool> QueryTask::StartSequence(KvBudget& kv) {
   const absl::Time start = absl::Now();
   const bool sequential = plan_.ape.mode == model::EncodingMode::kSequential;
   int64_t total = 0, longest = 0;
@@ -198,16 +199,21 @@ absl::Status QueryTask::StartSequence() {
     total += static_cast<int64_t>(context->tokens.size());
     longest = std::max(longest, static_cast<int64_t>(context->tokens.size()));
   }
-  size_t answer_tokens = 1;  // room for at least one generated token
+  // Generation needs room for one token at least (it stops at the window's end);
+  // Score for its longest continuation.
+  int64_t longest_continuation = 0;
   for (const std::vector<int32_t>& continuation : continuation_tokens_) {
-    answer_tokens = std::max(answer_tokens, continuation.size());
+    longest_continuation =
+        std::max(longest_continuation, static_cast<int64_t>(continuation.size()));
   }
-  const int64_t prompt = static_cast<int64_t>(prefix_->tokens.size()) +
-                         (sequential ? total : longest) +
-                         static_cast<int64_t>(query_tokens_.size());
+  const bool scoring = !continuation_tokens_.empty();
+  const int64_t answer_tokens = scoring ? longest_continuation : 1;
+  const auto prefix_length = static_cast<int64_t>(prefix_->tokens.size());
+  const auto query_length = static_cast<int64_t>(query_tokens_.size());
+  const int64_t prompt = prefix_length + (sequential ? total : longest) + query_length;
   usage_.set_prompt_tokens(static_cast<int32_t>(prompt));
   const int64_t window = backend_.engine.config().max_position;
-  if (prompt + static_cast<int64_t>(answer_tokens) > window) {
+  if (prompt + answer_tokens > window) {
     return absl::OutOfRangeError(absl::StrCat(
         "the prompt takes ", prompt, " positions (prefix ", prefix_->tokens.size(), ", contexts ",
         sequential ? total : longest, sequential ? " one after the other" : " side by side", " in ",
@@ -215,10 +221,24 @@ absl::Status QueryTask::StartSequence() {
         answer_tokens, " more are needed for the answer; the model's context is ", window,
         " tokens"));
   }
+  // The sequence holds every context side by side whatever the mode, then the query
+  // and the answer, as far as the window lets it grow.
+  const int64_t answer_room = std::min<int64_t>(
+      scoring ? longest_continuation : plan_.sampling.max_tokens, window - prompt);
+  const int64_t cached_tokens = prefix_length + total + query_length + answer_room;
+  APE_ASSIGN_OR_RETURN(
+      std::optional<KvBudget::Reservation> reservation,
+      kv.Reserve(static_cast<size_t>(cached_tokens) * backend_.engine.kv_bytes_per_token()));
+  if (!reservation.has_value()) return false;  // waits for running requests to finish
+  HoldKv(*std::move(reservation));
+
   std::vector<const model::EncodedContext*> pointers;
   pointers.reserve(contexts_.size());
   for (const auto& context : contexts_) pointers.push_back(context.get());
-  APE_ASSIGN_OR_RETURN(sequence_, backend_.engine.StartSequence(*prefix_, pointers, plan_.ape));
+  APE_ASSIGN_OR_RETURN(model::Engine::SequenceStart begun,
+                       backend_.engine.BeginSequence(*prefix_, pointers, plan_.ape));
+  sequence_ = std::move(begun.sequence);
+  sequence_->Reserve(cached_tokens);
   // The sequence holds its own copy of the KV now.
   contexts_.clear();
   for (const InlineToStore& inline_context : to_store_) {
@@ -234,38 +254,66 @@ absl::Status QueryTask::StartSequence() {
     stored_context_ids_.push_back(context.id);
   }
   to_store_.clear();
-  timings_.set_prefill_ms(MillisecondsSince(start));
-  return absl::OkStatus();
+  prompt_ = std::move(begun.tokens_to_feed);
+  prompt_.insert(prompt_.end(), query_tokens_.begin(),
+                 query_tokens_.end() - static_cast<std::ptrdiff_t>(query_tokens_held_back_));
+  sequence_started_ = start;
+  return true;
+}
+
+model::Engine::StepInput QueryTask::PromptChunk(size_t max_tokens,
+                                                model::Engine::Logits last_logits) {
+  prompt_chunk_ = std::min(max_tokens, prompt_.size() - prompt_done_);
+  const bool last = prompt_done_ + prompt_chunk_ == prompt_.size();
+  return {.sequence = sequence_.get(),
+          .tokens = absl::MakeConstSpan(prompt_).subspan(prompt_done_, prompt_chunk_),
+          .logits = last ? last_logits : model::Engine::Logits::kNone};
+}
+
+bool QueryTask::PromptChunkFed() {
+  prompt_done_ += std::exchange(prompt_chunk_, 0);
+  return prompt_fed();
 }
 
 GenerateTask::GenerateTask(const Backend& backend, QueryPlan plan, AliveCheck alive,
                            std::shared_ptr<ReplyChannel<ape::v1::GenerateStreamResponse>> replies)
     : QueryTask(backend, std::move(plan), std::move(alive)), replies_(std::move(replies)) {}
 
-absl::StatusOr<bool> GenerateTask::Answer() {
-  const model::Engine& engine = backend_.engine;
-  if (!generator_.has_value()) {
-    const absl::Time start = absl::Now();
-    APE_ASSIGN_OR_RETURN(logits_, engine.Feed(*sequence_, query_tokens_));
-    timings_.set_prefill_ms(timings_.prefill_ms() + MillisecondsSince(start));
-    generator_.emplace(engine.tokenizer(), plan_.sampling, query_tokens_);
-  } else {
-    absl::StatusOr<std::vector<float>> logits =
-        engine.Feed(*sequence_, {generator_->tokens().back()});
-    if (absl::IsOutOfRange(logits.status())) {  // the model's context is full
-      if (std::string rest = generator_->Finish(); !rest.empty()) {
-        ape::v1::GenerateStreamResponse chunk;
-        chunk.set_request_id(plan_.request_id);
-        chunk.set_text(std::move(rest));
-        replies_->Send(std::move(chunk));
-      }
-      Finish(model::FinishReason::kLength);
-      return true;
-    }
-    APE_RETURN_IF_ERROR(logits.status());
-    logits_ = *std::move(logits);
+model::Engine::StepInput GenerateTask::NextInput(size_t max_tokens) {
+  if (!generator_.has_value()) return PromptChunk(max_tokens, model::Engine::Logits::kLast);
+  return {.sequence = sequence_.get(),
+          .tokens = absl::MakeConstSpan(&generator_->tokens().back(), 1),
+          .logits = model::Engine::Logits::kLast};
+}
+
+Task::Phase GenerateTask::Fed(absl::StatusOr<std::vector<float>> logits) {
+  if (!logits.ok()) {
+    Fail(logits.status());
+    return Phase::kFinished;
   }
-  const model::TokenGenerator::Step step = generator_->Next(logits_);
+  if (!generator_.has_value()) {
+    if (!PromptChunkFed()) return Phase::kFeeding;
+    timings_.set_prefill_ms(MillisecondsSince(sequence_started_));
+    generator_.emplace(backend_.engine.tokenizer(), plan_.sampling, query_tokens_);
+  }
+  if (Emit(*logits)) return Phase::kFinished;
+  if (sequence_->next_position() >= backend_.engine.config().max_position) {
+    // The model's context is full: the answer ends here, held-back text released.
+    if (std::string rest = generator_->Finish(); !rest.empty()) {
+      ape::v1::GenerateStreamResponse chunk;
+      chunk.set_request_id(plan_.request_id);
+      chunk.set_text(std::move(rest));
+      replies_->Send(std::move(chunk));
+    }
+    Finish(model::FinishReason::kLength);
+    return Phase::kFinished;
+  }
+  return Phase::kFeeding;
+}
+
+bool GenerateTask::Emit(const std::vector<float>& logits) {
+  const model::Engine& engine = backend_.engine;
+  const model::TokenGenerator::Step step = generator_->Next(logits);
   if (generator_->tokens().size() == 1) {
     first_token_ = absl::Now();
     timings_.set_time_to_first_token_ms(absl::ToDoubleMilliseconds(first_token_ - enqueued()));
@@ -280,7 +328,7 @@ absl::StatusOr<bool> GenerateTask::Answer() {
   logprob->set_token_id(step.token);
   logprob->set_logprob(step.logprob);
   if (plan_.top_logprobs > 0) {
-    const std::vector<float> all = model::LogSoftmax(logits_);
+    const std::vector<float> all = model::LogSoftmax(logits);
     std::vector<int32_t> ids(all.size());
     std::iota(ids.begin(), ids.end(), 0);
     const auto k = std::min<size_t>(plan_.top_logprobs, ids.size());
@@ -295,11 +343,9 @@ absl::StatusOr<bool> GenerateTask::Answer() {
   }
   replies_->Send(std::move(chunk));
   ++backend_.counters.generated_tokens;
-  if (step.finished) {
-    Finish(step.finish_reason);
-    return true;
-  }
-  return false;
+  if (!step.finished) return false;
+  Finish(step.finish_reason);
+  return true;
 }
 
 void GenerateTask::Finish(model::FinishReason reason) {
@@ -327,17 +373,51 @@ void GenerateTask::Fail(const absl::Status& status) {
 
 ScoreTask::ScoreTask(const Backend& backend, QueryPlan plan, AliveCheck alive,
                      std::shared_ptr<ReplyChannel<ape::v1::ScoreResponse>> replies)
-    : QueryTask(backend, std::move(plan), std::move(alive)), replies_(std::move(replies)) {}
+    : QueryTask(backend, std::move(plan), std::move(alive)), replies_(std::move(replies)) {
+  query_tokens_held_back_ = 1;
+}
 
-absl::StatusOr<bool> ScoreTask::Answer() {
-  const size_t index = static_cast<size_t>(response_.scores_size());
-  if (index == 0) start_length_ = sequence_->length();
-  sequence_->Truncate(start_length_);
-  const absl::Time start = absl::Now();
-  const std::vector<int32_t>& continuation = continuation_tokens_[index];
-  APE_ASSIGN_OR_RETURN(const model::ScoreResult result,
-                       model::Score(backend_.engine, *sequence_, query_tokens_, continuation));
-  timings_.set_prefill_ms(timings_.prefill_ms() + MillisecondsSince(start));
+model::Engine::StepInput ScoreTask::NextInput(size_t max_tokens) {
+  if (!prompt_fed()) return PromptChunk(max_tokens, model::Engine::Logits::kNone);
+  if (feeding_.empty()) {
+    // The next continuation, after the prompt: the query's last token predicts its
+    // first token, and its last token predicts nothing we score.
+    if (response_.scores_size() == 0) start_length_ = sequence_->length();
+    sequence_->Truncate(start_length_);
+    const std::vector<int32_t>& continuation =
+        continuation_tokens_[static_cast<size_t>(response_.scores_size())];
+    feeding_.push_back(query_tokens_.back());
+    feeding_.insert(feeding_.end(), continuation.begin(), continuation.end() - 1);
+    feeding_done_ = 0;
+    rows_.clear();
+  }
+  feeding_chunk_ = std::min(max_tokens, feeding_.size() - feeding_done_);
+  return {.sequence = sequence_.get(),
+          .tokens = absl::MakeConstSpan(feeding_).subspan(feeding_done_, feeding_chunk_),
+          .logits = model::Engine::Logits::kAll};
+}
+
+Task::Phase ScoreTask::Fed(absl::StatusOr<std::vector<float>> logits) {
+  if (!logits.ok()) {
+    Fail(logits.status());
+    return Phase::kFinished;
+  }
+  if (!prompt_fed()) {
+    PromptChunkFed();
+    return Phase::kFeeding;
+  }
+  rows_.insert(rows_.end(), logits->begin(), logits->end());
+  feeding_done_ += std::exchange(feeding_chunk_, 0);
+  if (feeding_done_ < feeding_.size()) return Phase::kFeeding;
+  feeding_.clear();
+  return ScoreContinuation() ? Phase::kFinished : Phase::kFeeding;
+}
+
+bool ScoreTask::ScoreContinuation() {
+  const std::vector<int32_t>& continuation =
+      continuation_tokens_[static_cast<size_t>(response_.scores_size())];
+  const model::ScoreResult result = model::ScoreFromLogits(
+      rows_, static_cast<size_t>(backend_.engine.config().vocab_size), continuation);
   ape::v1::ContinuationScore* score = response_.add_scores();
   score->mutable_token_ids()->Add(continuation.begin(), continuation.end());
   score->mutable_token_logprobs()->Add(result.token_logprobs.begin(), result.token_logprobs.end());
@@ -349,6 +429,7 @@ absl::StatusOr<bool> ScoreTask::Answer() {
   backend_.counters.generated_tokens += static_cast<int64_t>(continuation.size());
   if (static_cast<size_t>(response_.scores_size()) < plan_.continuations.size()) return false;
   response_.set_request_id(plan_.request_id);
+  timings_.set_prefill_ms(MillisecondsSince(sequence_started_));
   timings_.set_total_ms(MillisecondsSince(enqueued()));
   *response_.mutable_usage() = usage_;
   *response_.mutable_timings() = timings_;

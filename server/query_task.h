@@ -1,8 +1,9 @@
-// The work of one Generate / GenerateStream / Score call, step by step on the
-// scheduler's thread: the shared prefix, then one context per step (loaded from the
-// fastest tier that has its KV, or encoded), then the sequence, then the query and
-// one token (or one scored continuation) per step. Between steps the caller's
-// cancellation and deadline are checked, so a stopped call stops promptly.
+// The work of one Generate / GenerateStream / Score call on the scheduler's thread.
+// Prepared piece by piece: the shared prefix, then one context per round (loaded from
+// the fastest tier that has its KV, or encoded), then the sequence, once its KV fits
+// the running requests' budget. Then fed through the scheduler's batched steps: the
+// prompt in chunks (in SEQUENTIAL mode the contexts' tokens, then the query), then one
+// generated token, or one chunk of a scored continuation, per step.
 // Thread-safety: used by the scheduler's thread only, apart from the reply channel.
 #ifndef APESERVE_SERVER_QUERY_TASK_H_
 #define APESERVE_SERVER_QUERY_TASK_H_
@@ -34,38 +35,48 @@ class QueryTask : public Task {
  public:
   QueryTask(const Backend& backend, QueryPlan plan, AliveCheck alive);
 
-  bool Step() final;
+  Phase Prepare(KvBudget& kv) final;
   absl::Status Alive() const final { return alive_(); }
-  void Abort(const absl::Status& status) final;
+  void Abort(const absl::Status& status) final { Fail(status); }
 
  protected:
-  // After the sequence holds prefix and contexts: the next step of the answer.
-  // Returns true when finished (the reply is sent).
-  virtual absl::StatusOr<bool> Answer() = 0;
   // Ends the call with an error.
   virtual void Fail(const absl::Status& status) = 0;
+
+  // The next chunk of the prompt, at most `max_tokens`, with `last_logits` when it
+  // ends the prompt (else none).
+  model::Engine::StepInput PromptChunk(size_t max_tokens, model::Engine::Logits last_logits);
+  // Takes the chunk PromptChunk gave as fed; true when the whole prompt is.
+  bool PromptChunkFed();
+  bool prompt_fed() const { return prompt_done_ == prompt_.size(); }
 
   const Backend& backend_;
   const QueryPlan plan_;
   std::vector<int32_t> query_tokens_;
   // Score only: each continuation's tokens.
   std::vector<std::vector<int32_t>> continuation_tokens_;
+  // Tokens at the query's end that the prompt leaves out (Score feeds the last one
+  // with each continuation, to get the logits that predict it).
+  size_t query_tokens_held_back_ = 0;
   std::unique_ptr<model::Engine::Sequence> sequence_;
   ape::v1::Usage usage_;
   ape::v1::Timings timings_;
   // Ids of the inline contexts this request stored.
   std::vector<std::string> stored_context_ids_;
+  // When the sequence started: prefill_ms runs from here to the prompt's logits.
+  absl::Time sequence_started_ = absl::InfinitePast();
 
   double MillisecondsSince(absl::Time start) const {
     return absl::ToDoubleMilliseconds(absl::Now() - start);
   }
 
  private:
-  absl::Status Prepare();
+  absl::Status LoadPrefix();
   absl::Status LoadNextContext();
   // NOT_FOUND naming every unknown id of the request (the first one found included).
   absl::Status Missing(const absl::Status& first);
-  absl::Status StartSequence();
+  // Starts the sequence once its KV fits `kv`: false while it waits.
+  absl::StatusOr<bool> StartSequence(KvBudget& kv);
 
   const AliveCheck alive_;
   // Inline contexts to store, once the prompt is known to fit.
@@ -75,11 +86,15 @@ class QueryTask : public Task {
     model::KvSegment kv;
   };
   std::vector<InlineToStore> to_store_;
-  enum class Stage { kPrepare, kContexts, kStart, kAnswer } stage_ = Stage::kPrepare;
+  enum class Stage { kPrefix, kContexts, kStart } stage_ = Stage::kPrefix;
   std::shared_ptr<const model::EncodedPrefix> prefix_;
-  // The contexts as loaded; `holders` keeps shared KV alive while the sequence starts.
+  // The contexts as loaded; shared KV stays alive while the sequence starts.
   std::vector<std::shared_ptr<const model::EncodedContext>> contexts_;
   size_t next_context_ = 0;
+  // What the sequence is fed before the answer, and how much of it has been.
+  std::vector<int32_t> prompt_;
+  size_t prompt_done_ = 0;
+  size_t prompt_chunk_ = 0;  // the chunk in flight
 };
 
 class GenerateTask final : public QueryTask {
@@ -87,15 +102,19 @@ class GenerateTask final : public QueryTask {
   GenerateTask(const Backend& backend, QueryPlan plan, AliveCheck alive,
                std::shared_ptr<ReplyChannel<ape::v1::GenerateStreamResponse>> replies);
 
+  bool decoding() const override { return generator_.has_value(); }
+  model::Engine::StepInput NextInput(size_t max_tokens) override;
+  Phase Fed(absl::StatusOr<std::vector<float>> logits) override;
+
  private:
-  absl::StatusOr<bool> Answer() override;
   void Fail(const absl::Status& status) override;
+  // Streams the token chosen from `logits`; true when it ends the answer.
+  bool Emit(const std::vector<float>& logits);
   // The stream's last message.
   void Finish(model::FinishReason reason);
 
   std::shared_ptr<ReplyChannel<ape::v1::GenerateStreamResponse>> replies_;
   std::optional<model::TokenGenerator> generator_;
-  std::vector<float> logits_;
   absl::Time first_token_ = absl::InfinitePast();
 };
 
@@ -104,13 +123,24 @@ class ScoreTask final : public QueryTask {
   ScoreTask(const Backend& backend, QueryPlan plan, AliveCheck alive,
             std::shared_ptr<ReplyChannel<ape::v1::ScoreResponse>> replies);
 
+  model::Engine::StepInput NextInput(size_t max_tokens) override;
+  Phase Fed(absl::StatusOr<std::vector<float>> logits) override;
+
  private:
-  absl::StatusOr<bool> Answer() override;
   void Fail(const absl::Status& status) override;
+  // Scores the continuation whose logits are complete; true when it was the last.
+  bool ScoreContinuation();
 
   std::shared_ptr<ReplyChannel<ape::v1::ScoreResponse>> replies_;
   ape::v1::ScoreResponse response_;
-  int64_t start_length_ = 0;
+  int64_t start_length_ = 0;  // the sequence after the prompt
+  // The continuation being fed: the query's last token, then all its tokens but the
+  // last; how much of it has been fed, and the logits that came back.
+  std::vector<int32_t> feeding_;
+  size_t feeding_done_ = 0;
+  size_t feeding_chunk_ = 0;
+  std::vector<float> rows_;
+  absl::Time continuation_started_ = absl::InfinitePast();
 };
 
 }  // namespace apeserve::server

@@ -1,5 +1,6 @@
 #include "server/scheduler.h"
 
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -8,7 +9,20 @@
 
 namespace apeserve::server {
 
-Scheduler::Scheduler(SchedulerOptions options) : options_(options), thread_([this] { Loop(); }) {}
+model::Engine::StepInput Task::NextInput(size_t /*max_tokens*/) {
+  Abort(absl::InternalError("a task that feeds nothing was asked for its input"));
+  return {};
+}
+
+Task::Phase Task::Fed(absl::StatusOr<std::vector<float>> /*logits*/) {
+  Abort(absl::InternalError("a task that feeds nothing was given logits"));
+  return Phase::kFinished;
+}
+
+Scheduler::Scheduler(const model::Engine& engine, SchedulerOptions options)
+    : engine_(engine), options_(options), kv_(options.max_running_kv_bytes) {
+  thread_ = std::thread([this] { Loop(); });
+}
 
 Scheduler::~Scheduler() { Stop(); }
 
@@ -28,7 +42,10 @@ absl::Status Scheduler::Submit(std::shared_ptr<Task> task) {
 
 SchedulerLoad Scheduler::load() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return {.queued = queue_.size(), .running = running_, .stopping = stopping_};
+  return {.queued = queue_.size(),
+          .running = running_,
+          .running_kv_bytes = running_kv_bytes_,
+          .stopping = stopping_};
 }
 
 void Scheduler::Stop() {
@@ -40,11 +57,16 @@ void Scheduler::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-bool Scheduler::Admit(std::deque<std::shared_ptr<Task>>& running) {
+void Scheduler::Publish(const Running& running) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  running_ = running.size();
+  running_kv_bytes_ = kv_.used();
+}
+
+bool Scheduler::Admit(Running& running) {
   std::vector<std::pair<std::shared_ptr<Task>, absl::Status>> dropped;
   {
     std::unique_lock<std::mutex> lock(mutex_);
-    running_ = running.size();
     if (running.empty()) {
       work_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
     }
@@ -71,24 +93,84 @@ bool Scheduler::Admit(std::deque<std::shared_ptr<Task>>& running) {
   return true;
 }
 
-void Scheduler::Loop() {
-  std::deque<std::shared_ptr<Task>> running;
-  while (Admit(running)) {
-    // One step of each running task, in admission order.
-    for (auto it = running.begin(); it != running.end();) {
-      if ((*it)->Step()) {
-        it = running.erase(it);
-        // Counted out at once, not at the next admission: a caller that has its
-        // answer sees the load without it.
-        std::lock_guard<std::mutex> lock(mutex_);
-        running_ = running.size();
-      } else {
-        ++it;
-      }
+void Scheduler::Round(Running& running) {
+  kv_.BeginRound();
+  // In admission order, so that the KV budget goes first come, first served.
+  for (const std::shared_ptr<Task>& task : running) {
+    if (absl::Status alive = task->Alive(); !alive.ok()) {
+      task->Abort(alive);
+      task->phase_ = Task::Phase::kFinished;
+    } else if (task->phase_ == Task::Phase::kPreparing) {
+      task->phase_ = task->Prepare(kv_);
     }
   }
+  Step(running);
+  // Counted out at once, not at the next admission: a caller that has its answer sees
+  // the load without it.
+  std::erase_if(running, [](const std::shared_ptr<Task>& task) {
+    if (task->phase_ != Task::Phase::kFinished) return false;
+    task->kv_ = {};  // here, on the budget's thread, whoever holds the task now
+    return true;
+  });
+  Publish(running);
+}
+
+void Scheduler::Step(Running& running) {
+  // Decodes first, then prompts, each in admission order.
+  std::vector<Task*> decoding, prompts;
+  for (const std::shared_ptr<Task>& task : running) {
+    if (task->phase_ != Task::Phase::kFeeding) continue;
+    (task->decoding() ? decoding : prompts).push_back(task.get());
+  }
+  if (decoding.empty() && prompts.empty()) return;
+  // Prompts get what the decodes leave of the step, and never less than a quarter of
+  // it, so that no prompt starves behind a full batch of streams; with no stream
+  // waiting, a prompt takes a whole prefill chunk.
+  size_t prompt_budget = options_.max_prefill_chunk;
+  if (!decoding.empty()) {
+    prompt_budget =
+        std::max(options_.max_step_tokens - std::min(options_.max_step_tokens, decoding.size()),
+                 std::max<size_t>(1, options_.max_step_tokens / 4));
+  }
+  std::vector<Task*> fed;
+  std::vector<model::Engine::StepInput> inputs;
+  for (Task* task : decoding) {
+    inputs.push_back(task->NextInput(1));
+    fed.push_back(task);
+  }
+  for (Task* task : prompts) {
+    if (prompt_budget == 0) break;
+    inputs.push_back(task->NextInput(prompt_budget));
+    fed.push_back(task);
+    prompt_budget -= std::min(prompt_budget, inputs.back().tokens.size());
+  }
+  absl::StatusOr<std::vector<std::vector<float>>> logits = engine_.Step(inputs);
+  if (logits.ok()) {
+    for (size_t i = 0; i < fed.size(); ++i) fed[i]->phase_ = fed[i]->Fed(std::move((*logits)[i]));
+    return;
+  }
+  if (fed.size() == 1) {
+    fed[0]->phase_ = fed[0]->Fed(logits.status());
+    return;
+  }
+  // A failed step leaves every sequence as it was: step each alone, so that one bad
+  // input (or one too large for memory) fails only its own request.
+  for (size_t i = 0; i < fed.size(); ++i) {
+    absl::StatusOr<std::vector<std::vector<float>>> alone = engine_.Step({inputs[i]});
+    fed[i]->phase_ =
+        fed[i]->Fed(alone.ok() ? absl::StatusOr<std::vector<float>>(std::move(alone->front()))
+                               : alone.status());
+  }
+}
+
+void Scheduler::Loop() {
+  Running running;
+  while (Admit(running)) Round(running);
   const absl::Status stopping = absl::UnavailableError("the server is shutting down");
-  for (const std::shared_ptr<Task>& task : running) task->Abort(stopping);
+  for (const std::shared_ptr<Task>& task : running) {
+    task->Abort(stopping);
+    task->kv_ = {};
+  }
   std::deque<std::shared_ptr<Task>> queued;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -96,6 +178,8 @@ void Scheduler::Loop() {
     running_ = 0;
   }
   for (const std::shared_ptr<Task>& task : queued) task->Abort(stopping);
+  running.clear();
+  Publish(running);
 }
 
 }  // namespace apeserve::server

@@ -1,69 +1,111 @@
-// The scheduler: the one owner of the engine's time. Requests wait in a bounded queue,
-// first come first served; up to `max_running` of them are worked on at once, one
-// step of each in turn (load a context, prefill, decode one token), so a long answer
-// never holds up a short one and each new token is streamed as soon as it exists.
-// Issue 12 turns "one step of each in turn" into one batched step of all of them.
+// The scheduler: the one owner of the engine's time (continuous batching). Requests
+// wait in a bounded queue, first come first served; up to `max_running` of them run at
+// once. Each round, every running request does its piece of work that needs no forward
+// pass (check its input, load a context, start its sequence), and then all of them
+// that need the model advance together in one batched step (Engine::Step): the next
+// token of every answer being decoded, and chunks of the prompts being prefilled, up
+// to a token budget, so that a long prompt never freezes the streams. Each new token
+// is streamed as soon as the step that made it ends; a cancelled request leaves the
+// batch before the next step.
 //
 // Thread-safety: Submit(), load() and Stop() may be called from any thread. Tasks
-// run on the scheduler's own thread, one step at a time.
+// run on the scheduler's own thread.
 #ifndef APESERVE_SERVER_SCHEDULER_H_
 #define APESERVE_SERVER_SCHEDULER_H_
 
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "model/engine.h"
+#include "server/kv_budget.h"
 
 namespace apeserve::server {
 
-// A request's work, cut into steps.
+// A request's work. The scheduler calls Prepare() while it returns kPreparing; once it
+// returns kFeeding, each step, NextInput() and then Fed() with that input's logits.
 class Task {
  public:
+  enum class Phase {
+    kPreparing,  // more work that needs no forward pass: Prepare() again next round
+    kFeeding,    // wants tokens fed through the model: NextInput(), then Fed()
+    kFinished,   // has reported its result to whoever waits for it
+  };
+
   virtual ~Task() = default;
 
-  // Does the next piece of work; true when the task is finished (it has reported its
-  // result to whoever waits for it).
-  virtual bool Step() = 0;
-  // Whether the caller has gone away or its deadline passed: a queued task is then
-  // dropped without running (Abort with the reason).
+  // One piece of the work that needs no forward pass. `kv` is the running requests'
+  // KV budget, to reserve from before a sequence starts.
+  virtual Phase Prepare(KvBudget& kv) = 0;
+  // Whether the next input is one token of an answer (else a chunk of a prompt): a
+  // step feeds the decodes first, so that prompts never hold up a stream.
+  virtual bool decoding() const { return false; }
+  // The task's part of the next step: at most `max_tokens` (at least 1) tokens.
+  virtual model::Engine::StepInput NextInput(size_t max_tokens);
+  // That part's logits as Engine::Step returned them, or the step's error.
+  virtual Phase Fed(absl::StatusOr<std::vector<float>> logits);
+
+  // Whether the caller has gone away or its deadline passed: the task is then
+  // dropped, queued or running, before its next piece of work (Abort with the reason).
   virtual absl::Status Alive() const = 0;
-  // Finishes the task with `status` without another step (the scheduler is stopping,
-  // or Alive() failed while it was queued).
+  // Finishes the task with `status` (the scheduler is stopping, or Alive() failed).
   virtual void Abort(const absl::Status& status) = 0;
 
-  // When the task entered the queue and when it got its first step; set by the
-  // scheduler before that step.
+  // When the task entered the queue and when it started running; set by the
+  // scheduler.
   absl::Time enqueued() const { return enqueued_; }
   absl::Time started() const { return started_; }
 
+ protected:
+  // Keeps `reservation` (from Prepare's budget) while the task runs; the scheduler
+  // returns it when the task finishes.
+  void HoldKv(KvBudget::Reservation reservation) { kv_ = std::move(reservation); }
+
  private:
   friend class Scheduler;
+  KvBudget::Reservation kv_;
   absl::Time enqueued_ = absl::InfinitePast();
   absl::Time started_ = absl::InfinitePast();
+  Phase phase_ = Phase::kPreparing;
 };
 
 struct SchedulerOptions {
   // Tasks waiting; Submit refuses more. Default: 64.
   size_t max_queued = 64;
-  // Tasks worked on at once. Default: 8.
-  size_t max_running = 8;
+  // Tasks running at once: the largest batch. Default: 16.
+  size_t max_running = 16;
+  // Tokens one step feeds in all while some task decodes: the decodes' tokens, then
+  // prompt chunks in the rest. Bounds how long a prompt can delay the streams' next
+  // tokens. Default: 64.
+  size_t max_step_tokens = 64;
+  // Tokens of a prompt chunk when no task decodes (nobody waits for a token).
+  // Default: 512.
+  size_t max_prefill_chunk = 512;
+  // Bytes of KV the running tasks may hold in all; 0: unlimited. Default: 4 GiB.
+  size_t max_running_kv_bytes = size_t{4} << 30;
 };
 
 struct SchedulerLoad {
   size_t queued = 0;
   size_t running = 0;
+  size_t running_kv_bytes = 0;
   bool stopping = false;
 };
 
 class Scheduler {
  public:
-  explicit Scheduler(SchedulerOptions options);
+  // `engine` runs the batched steps; it must outlive the scheduler.
+  Scheduler(const model::Engine& engine, SchedulerOptions options);
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
   ~Scheduler();  // Stop()
@@ -80,16 +122,27 @@ class Scheduler {
   void Stop();
 
  private:
+  using Running = std::deque<std::shared_ptr<Task>>;
+
   void Loop();
   // Moves queued tasks into `running` while there is room; drops queued tasks whose
   // caller is gone. Returns false when stopping.
-  bool Admit(std::deque<std::shared_ptr<Task>>& running);
+  bool Admit(Running& running);
+  // One round: drops the tasks whose caller left, prepares, then one batched step.
+  void Round(Running& running);
+  // One batched step of the feeding tasks.
+  void Step(Running& running);
+  // Counts `running` for load().
+  void Publish(const Running& running);
 
+  const model::Engine& engine_;
   const SchedulerOptions options_;
+  KvBudget kv_;  // the scheduler's thread only
   mutable std::mutex mutex_;
   std::condition_variable work_;
   std::deque<std::shared_ptr<Task>> queue_ ABSL_GUARDED_BY(mutex_);
   size_t running_ ABSL_GUARDED_BY(mutex_) = 0;
+  size_t running_kv_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   std::thread thread_;
 };

@@ -35,8 +35,23 @@ struct RequestLimits {
   // Requests waiting for the engine; one more is refused with RESOURCE_EXHAUSTED.
   // Default: 64.
   int max_queued_requests = 64;
-  // Requests the engine works on at once, a step of each in turn. Default: 8.
-  int max_running_requests = 8;
+  // Requests the engine works on at once: the largest batch of a step. 1 runs requests
+  // one after another. Default: 16.
+  int max_running_requests = 16;
+};
+
+// How the scheduler batches the running requests' steps (SchedulerOptions).
+struct BatchingOptions {
+  // Tokens one step feeds in all while some request decodes: every decoding request's
+  // next token, then prompt chunks. Bounds how much a new prompt delays the streams'
+  // next tokens. Default: 64.
+  int max_step_tokens = 64;
+  // Tokens of a prompt chunk while no request decodes. Default: 512.
+  int max_prefill_chunk = 512;
+  // KV bytes the running requests may hold in all (prompt and answer, reserved before
+  // a request starts; requests wait their turn beyond it, and one that needs more is
+  // refused); 0: unlimited. Default: 4 GiB.
+  size_t max_running_kv_bytes = size_t{4} << 30;
 };
 
 // Where KV lives and how it is kept (cache::ContextRegistryOptions).
@@ -77,6 +92,7 @@ struct ServerOptions {
   // model is used, with a warning at start: its values are valid, but tuned elsewhere.
   std::string ape_calibration_fingerprint;
   RequestLimits limits;
+  BatchingOptions batching;
   StorageOptions storage;
   // host:port of the Prometheus metrics endpoint (HTTP GET /metrics); port 0 picks a
   // free one; empty turns it off. Default: "127.0.0.1:9464" (loopback only).

@@ -922,7 +922,7 @@ TEST_F(ApiTest, AdminServiceDescribesTheModelAndCountsCalls) {
   EXPECT_EQ(stats.contexts_stored(), 1);
   EXPECT_EQ(stats.store_tier().entries(), 1);
   const ape::v1::Load load = Load();
-  EXPECT_EQ(load.max_running(), 8);
+  EXPECT_EQ(load.max_running(), 16);
   EXPECT_EQ(load.max_queued(), 64);
   EXPECT_FALSE(load.draining());
 }
