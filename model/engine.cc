@@ -153,6 +153,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
     return absl::InvalidArgumentError(
         absl::StrCat("attention block ", options.attention_block, " is below 1"));
   }
+  if (options.decode_threads < 0 || options.prefill_threads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("threads ", options.decode_threads, " / ",
+                                                   options.prefill_threads,
+                                                   ": 0 (automatic) or more"));
+  }
   APE_ASSIGN_OR_RETURN(const Device device, ResolveDevice(options.device));
   APE_ASSIGN_OR_RETURN(const torch::ScalarType dtype, ResolveDtype(options.dtype, device));
   std::error_code error;
@@ -169,6 +174,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
     auto impl = std::make_unique<Impl>();
     impl->attention_kernel = kernel;
     impl->attention_block = options.attention_block;
+    const int cores = at::get_num_threads();
+    impl->prefill_threads = options.prefill_threads > 0 ? options.prefill_threads : cores;
+    impl->decode_threads =
+        options.decode_threads > 0 ? options.decode_threads : std::max(1, cores - 1);
     const Tokenizer& tokenizer = *parts.tokenizer;
     if (!parts.chat_jinja.empty()) {
       impl->chat_template = ChatTemplate::FromJinja(
@@ -186,7 +195,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
     LogInfo(absl::StrCat("model '", options.model_path, "' loaded: ", loaded.architecture, ", ",
                          loaded.num_layers, " layers, hidden ", loaded.hidden_size, ", vocab ",
                          loaded.vocab_size, ", on ", device.ToString(), " in ", DtypeName(dtype),
-                         ", fingerprint ", impl->fingerprint));
+                         ", fingerprint ", impl->fingerprint,
+                         "; CPU threads: ", impl->decode_threads, " decoding, ",
+                         impl->prefill_threads, " for prompts"));
     return std::unique_ptr<Engine>(new Engine(std::move(impl)));
   } catch (const c10::Error& e) {
     return FromTorchError(e, absl::StrCat("loading '", options.model_path, "'"));
@@ -225,6 +236,13 @@ absl::StatusOr<PromptPieces> Engine::prompt_pieces() const {
 std::string Engine::device() const { return impl_->model->device().str(); }
 
 std::string Engine::dtype() const { return DtypeName(impl_->model->dtype()); }
+
+int Engine::decode_threads() const { return impl_->decode_threads; }
+int Engine::prefill_threads() const { return impl_->prefill_threads; }
+
+void UseThreads(int threads) {
+  if (at::get_num_threads() != threads) at::set_num_threads(threads);
+}
 
 size_t Engine::kv_bytes_per_token() const {
   const ModelConfig& config = impl_->model->config();
@@ -284,6 +302,9 @@ absl::StatusOr<std::vector<std::vector<float>>> Engine::Step(
   std::vector<int64_t> lengths;
   lengths.reserve(inputs.size());
   for (const StepInput& input : inputs) lengths.push_back(input.sequence->length());
+  const bool decoding_only = std::all_of(inputs.begin(), inputs.end(),
+                                         [](const StepInput& in) { return in.tokens.size() == 1; });
+  UseThreads(decoding_only ? impl_->decode_threads : impl_->prefill_threads);
   try {
     const torch::Tensor logits = impl_->model->Forward(model_inputs);  // host, fp32
     const float* data = logits.data_ptr<float>();

@@ -38,6 +38,14 @@ struct EngineOptions {
   // Keys per block of the blocked kernel; memory grows with queries x block.
   // Default: 1024.
   int attention_block = 1024;
+  // CPU threads of a step that only decodes (one token per sequence). Such a step is
+  // bound by memory, not arithmetic, and threads that wait for a core stall it: on a
+  // small machine, a core left to the RPCs serves better. 0: libtorch's threads less
+  // one, at least 1. Default: 0.
+  int decode_threads = 0;
+  // CPU threads of prompt work (prefill chunks, encoding contexts). 0: libtorch's
+  // threads (the cores, or OMP_NUM_THREADS). Default: 0.
+  int prefill_threads = 0;
 };
 
 class Engine {
@@ -74,6 +82,9 @@ class Engine {
   // "cpu" or "cuda:N", and "float32", "bfloat16" or "float16".
   std::string device() const;
   std::string dtype() const;
+  // CPU threads of decode steps and of prompt work (resolved EngineOptions).
+  int decode_threads() const;
+  int prefill_threads() const;
   // Bytes of KV a sequence holds per token: keys and values of every layer.
   size_t kv_bytes_per_token() const;
 

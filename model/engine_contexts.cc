@@ -96,7 +96,8 @@ KvSegment ExportSegment(const KvCache& cache, const ModelConfig& config, torch::
 // Runs `tokens` through `model` after what `cache` holds, at positions from
 // `first_position`, in chunks, keeping only their KV.
 void Prefill(const LlamaModel& model, absl::Span<const int32_t> tokens, int64_t first_position,
-             KvCache& cache) {
+             KvCache& cache, int threads) {
+  UseThreads(threads);
   for (size_t done = 0; done < tokens.size(); done += kPrefillChunk) {
     const size_t count = std::min<size_t>(kPrefillChunk, tokens.size() - done);
     const LlamaModel::SequenceInput input{
@@ -128,7 +129,7 @@ absl::StatusOr<EncodedPrefix> Engine::EncodePrefix(absl::Span<const int32_t> tok
   try {
     KvCache cache = model.NewCache();
     cache.Reserve(length);
-    Prefill(model, tokens, 0, cache);
+    Prefill(model, tokens, 0, cache, impl_->prefill_threads);
     EncodedPrefix prefix;
     prefix.tokens.assign(tokens.begin(), tokens.end());
     prefix.hash = FingerprintTokens(impl_->fingerprint, tokens);
@@ -176,7 +177,7 @@ absl::StatusOr<EncodedContext> Engine::EncodeContext(const EncodedPrefix& prefix
     cache.Reserve(start + length);
     const auto options = torch::TensorOptions().device(model.device()).dtype(model.dtype());
     AppendSegment(prefix.kv, cache, options);
-    Prefill(model, tokens, start, cache);
+    Prefill(model, tokens, start, cache, impl_->prefill_threads);
     EncodedContext context;
     context.tokens.assign(tokens.begin(), tokens.end());
     context.prefix_hash = prefix.hash;
@@ -239,7 +240,8 @@ absl::StatusOr<std::unique_ptr<Engine::Sequence>> Engine::StartSequence(
   if (start.tokens_to_feed.empty()) return std::move(start.sequence);
   Sequence::State& state = *start.sequence->state_;
   try {
-    Prefill(*impl_->model, start.tokens_to_feed, state.NextPosition(), state.cache);
+    Prefill(*impl_->model, start.tokens_to_feed, state.NextPosition(), state.cache,
+            impl_->prefill_threads);
   } catch (const c10::Error& e) {
     return FromTorchError(e, "starting a sequence");
   }

@@ -34,7 +34,13 @@ struct Engine::Impl {
   std::unique_ptr<LlamaModel> model;
   AttentionKernel attention_kernel = AttentionKernel::kAuto;
   int64_t attention_block = 1024;
+  int decode_threads = 1;
+  int prefill_threads = 1;
 };
+
+// Runs libtorch's CPU kernels on `threads` threads from here on (it is a process-wide
+// setting; the engine's callers take turns). No-op when already so.
+void UseThreads(int threads);
 
 struct Engine::Sequence::State {
   explicit State(KvCache empty) : cache(std::move(empty)) {}

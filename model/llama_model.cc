@@ -45,16 +45,28 @@ torch::Tensor InverseFrequencies(const ModelConfig& config, const torch::Tensor&
   return inv;
 }
 
-torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b = {}) {
-  return b.defined() ? torch::addmm(b, x, w.t()) : torch::mm(x, w.t());
-}
-
 }  // namespace
 
 LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights, torch::Device device,
                        torch::ScalarType dtype)
     : config_(std::move(config)), weights_(std::move(weights)), device_(device), dtype_(dtype) {
   inverse_frequencies_ = InverseFrequencies(config_, weights_.rope_freq_factors).to(device_);
+  // Moved out of weights_, so that a packed weight does not keep its plain copy too.
+  const auto take = [](torch::Tensor& weight, torch::Tensor& bias) {
+    return PackedLinear(std::exchange(weight, {}), std::exchange(bias, {}), /*pack=*/true);
+  };
+  torch::Tensor none;
+  for (LayerWeights& w : weights_.layers) {
+    linears_.push_back({.q = take(w.wq, w.bq),
+                        .k = take(w.wk, w.bk),
+                        .v = take(w.wv, w.bv),
+                        .o = take(w.wo, none),
+                        .gate = take(w.w_gate, none),
+                        .up = take(w.w_up, none),
+                        .down = take(w.w_down, none)});
+  }
+  // The output may share its weight with the embedding, which stays plain.
+  output_ = take(weights_.output, none);
 }
 
 KvCache LlamaModel::NewCache() const {
@@ -76,7 +88,7 @@ torch::Tensor LlamaModel::Rotate(const torch::Tensor& x, const torch::Tensor& co
 }
 
 torch::Tensor LlamaModel::Forward(absl::Span<const SequenceInput> inputs) const {
-  torch::NoGradGuard no_grad;
+  c10::InferenceMode inference;  // no autograd bookkeeping: cheaper small operations
   const int64_t heads = config_.num_heads, kv_heads = config_.num_kv_heads, d = config_.head_dim;
 
   // All inputs' tokens, positions and the rows whose logits are wanted, gathered on the
@@ -109,12 +121,13 @@ torch::Tensor LlamaModel::Forward(absl::Span<const SequenceInput> inputs) const 
   std::vector<torch::Tensor> attended(inputs.size());
   for (size_t i = 0; i < weights_.layers.size(); ++i) {
     const LayerWeights& w = weights_.layers[i];
+    const LayerLinears& linear = linears_[i];
 
     // Attention block: projections for all tokens at once, attention per sequence.
     const torch::Tensor h = RmsNorm(x, w.attention_norm);
-    const torch::Tensor q = Rotate(Linear(h, w.wq, w.bq).view({total, heads, d}), cos, sin);
-    const torch::Tensor k = Rotate(Linear(h, w.wk, w.bk).view({total, kv_heads, d}), cos, sin);
-    const torch::Tensor v = Linear(h, w.wv, w.bv).view({total, kv_heads, d});
+    const torch::Tensor q = Rotate(linear.q.Apply(h).view({total, heads, d}), cos, sin);
+    const torch::Tensor k = Rotate(linear.k.Apply(h).view({total, kv_heads, d}), cos, sin);
+    const torch::Tensor v = linear.v.Apply(h).view({total, kv_heads, d});
     for (size_t s = 0; s < inputs.size(); ++s) {
       const SequenceInput& input = inputs[s];
       const auto count = static_cast<int64_t>(input.tokens.size());
@@ -127,15 +140,15 @@ torch::Tensor LlamaModel::Forward(absl::Span<const SequenceInput> inputs) const 
                         .transpose(0, 1);  // [T, H, D]
     }
     const torch::Tensor joined = attended.size() == 1 ? attended[0] : torch::cat(attended, 0);
-    x = x + Linear(joined.reshape({total, heads * d}), w.wo);
+    x = x + linear.o.Apply(joined.reshape({total, heads * d}));
 
     // Feed-forward block (SwiGLU).
     const torch::Tensor g = RmsNorm(x, w.ffn_norm);
-    x = x + Linear(F::silu(Linear(g, w.w_gate)) * Linear(g, w.w_up), w.w_down);
+    x = x + linear.down.Apply(F::silu(linear.gate.Apply(g)) * linear.up.Apply(g));
   }
   if (logit_rows.empty()) return torch::empty({0, config_.vocab_size}, torch::kFloat32);
   x = x.index_select(0, torch::tensor(logit_rows, torch::kInt64).to(device_));
-  return Linear(RmsNorm(x, weights_.output_norm), weights_.output)
+  return output_.Apply(RmsNorm(x, weights_.output_norm))
       .to(torch::kFloat32)
       .to(torch::kCPU)
       .contiguous();

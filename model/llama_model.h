@@ -9,12 +9,14 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/types/span.h"
 #include "model/attention.h"
 #include "model/kv_cache.h"
 #include "model/llama_weights.h"
 #include "model/model_config.h"
+#include "model/packed_linear.h"
 
 namespace apeserve::model {
 
@@ -58,8 +60,15 @@ class LlamaModel {
   torch::Tensor Rotate(const torch::Tensor& x, const torch::Tensor& cos,
                        const torch::Tensor& sin) const;
 
+  // A layer's projections, packed for the device (see packed_linear.h).
+  struct LayerLinears {
+    PackedLinear q, k, v, o, gate, up, down;
+  };
+
   ModelConfig config_;
-  LlamaWeights weights_;
+  LlamaWeights weights_;  // the norms and the embedding; the projections moved out
+  std::vector<LayerLinears> linears_;
+  PackedLinear output_;
   torch::Device device_;
   torch::ScalarType dtype_;
   torch::Tensor inverse_frequencies_;  // [head_dim / 2], fp32

@@ -74,6 +74,8 @@ grpc::ServerUnaryReactor* AdminService::GetLoad(grpc::CallbackServerContext* con
   response->set_max_queued(static_cast<int32_t>(backend_.scheduler.options().max_queued));
   response->set_max_running(static_cast<int32_t>(backend_.scheduler.options().max_running));
   response->set_running_kv_bytes(static_cast<int64_t>(load.running_kv_bytes));
+  response->set_steps(static_cast<int64_t>(load.steps));
+  response->set_stepped_sequences(static_cast<int64_t>(load.stepped_sequences));
   response->set_max_running_kv_bytes(
       static_cast<int64_t>(backend_.scheduler.options().max_running_kv_bytes));
   response->set_draining(load.stopping || backend_.counters.draining.load());

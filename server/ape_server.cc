@@ -156,9 +156,13 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
   std::unique_ptr<ApeServer> server(new ApeServer());
   server->options_ = std::make_unique<ServerOptions>(options);
   const absl::Time load_start = absl::Now();
-  APE_ASSIGN_OR_RETURN(server->engine_, model::Engine::Load({.model_path = options.model_path,
-                                                             .device = options.device,
-                                                             .dtype = options.dtype}));
+  model::EngineOptions engine_options;
+  engine_options.model_path = options.model_path;
+  engine_options.device = options.device;
+  engine_options.dtype = options.dtype;
+  engine_options.decode_threads = options.batching.decode_threads;
+  engine_options.prefill_threads = options.batching.prefill_threads;
+  APE_ASSIGN_OR_RETURN(server->engine_, model::Engine::Load(engine_options));
   const model::Engine& engine = *server->engine_;
   APE_ASSIGN_OR_RETURN(const model::ChatTemplate* chat, engine.chat_template());
   spdlog::info(

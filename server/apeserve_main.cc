@@ -73,6 +73,11 @@ ABSL_FLAG(int, max_running_requests, kDefaults.limits.max_running_requests,
 ABSL_FLAG(int, max_step_tokens, kDefaults.batching.max_step_tokens,
           "tokens one batched step feeds while requests decode: their next tokens, then "
           "chunks of new prompts (bounds how long a prompt delays the streams)");
+ABSL_FLAG(int, decode_threads, kDefaults.batching.decode_threads,
+          "CPU threads of a decoding step (0: the cores less one, at least 1; decoding is "
+          "bound by memory, and a free core serves the RPCs)");
+ABSL_FLAG(int, prefill_threads, kDefaults.batching.prefill_threads,
+          "CPU threads of prompt work: prefill and encoding contexts (0: all cores)");
 ABSL_FLAG(int, max_prefill_chunk, kDefaults.batching.max_prefill_chunk,
           "tokens of a prompt chunk while no request decodes");
 ABSL_FLAG(int64_t, max_running_kv_mib,
@@ -189,6 +194,8 @@ int main(int argc, char** argv) {
   limits.max_running_requests = absl::GetFlag(FLAGS_max_running_requests);
   options.batching.max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);
   options.batching.max_prefill_chunk = absl::GetFlag(FLAGS_max_prefill_chunk);
+  options.batching.decode_threads = absl::GetFlag(FLAGS_decode_threads);
+  options.batching.prefill_threads = absl::GetFlag(FLAGS_prefill_threads);
   if (absl::GetFlag(FLAGS_max_running_kv_mib) < 0) {
     return UsageError("--max_running_kv_mib must be 0 (no limit) or more");
   }

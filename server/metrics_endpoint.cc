@@ -99,6 +99,11 @@ std::string RenderMetrics(const Backend& backend) {
   Family(out, "apeserve_running_kv_bytes", "gauge",
          "KV bytes reserved by the running requests (prompt and answer).")
       .Sample("", static_cast<double>(load.running_kv_bytes));
+  Family(out, "apeserve_engine_steps_total", "counter", "Batched engine steps run.")
+      .Sample("", static_cast<double>(load.steps));
+  Family(out, "apeserve_stepped_sequences_total", "counter",
+         "Sequences the engine steps advanced (per step: the batch).")
+      .Sample("", static_cast<double>(load.stepped_sequences));
 
   const cache::RegistryStats registry = backend.registry.stats();
   const std::pair<const char*, const cache::TierStats*> tiers[] = {

@@ -45,7 +45,9 @@ SchedulerLoad Scheduler::load() const {
   return {.queued = queue_.size(),
           .running = running_,
           .running_kv_bytes = running_kv_bytes_,
-          .stopping = stopping_};
+          .stopping = stopping_,
+          .steps = steps_,
+          .stepped_sequences = stepped_sequences_};
 }
 
 void Scheduler::Stop() {
@@ -61,6 +63,8 @@ void Scheduler::Publish(const Running& running) {
   std::lock_guard<std::mutex> lock(mutex_);
   running_ = running.size();
   running_kv_bytes_ = kv_.used();
+  steps_ = steps_taken_;
+  stepped_sequences_ = sequences_stepped_;
 }
 
 bool Scheduler::Admit(Running& running) {
@@ -144,6 +148,8 @@ void Scheduler::Step(Running& running) {
     fed.push_back(task);
     prompt_budget -= std::min(prompt_budget, inputs.back().tokens.size());
   }
+  ++steps_taken_;
+  sequences_stepped_ += inputs.size();
   absl::StatusOr<std::vector<std::vector<float>>> logits = engine_.Step(inputs);
   if (logits.ok()) {
     for (size_t i = 0; i < fed.size(); ++i) fed[i]->phase_ = fed[i]->Fed(std::move((*logits)[i]));

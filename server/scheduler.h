@@ -100,6 +100,10 @@ struct SchedulerLoad {
   size_t running = 0;
   size_t running_kv_bytes = 0;
   bool stopping = false;
+  // Batched steps run, and the sequences they advanced in all (their ratio is the
+  // mean batch).
+  uint64_t steps = 0;
+  uint64_t stepped_sequences = 0;
 };
 
 class Scheduler {
@@ -143,6 +147,11 @@ class Scheduler {
   std::deque<std::shared_ptr<Task>> queue_ ABSL_GUARDED_BY(mutex_);
   size_t running_ ABSL_GUARDED_BY(mutex_) = 0;
   size_t running_kv_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
+  uint64_t steps_ ABSL_GUARDED_BY(mutex_) = 0;
+  uint64_t stepped_sequences_ ABSL_GUARDED_BY(mutex_) = 0;
+  // The scheduler's thread's own counts, published with the load.
+  uint64_t steps_taken_ = 0;
+  uint64_t sequences_stepped_ = 0;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   std::thread thread_;
 };

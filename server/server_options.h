@@ -52,6 +52,10 @@ struct BatchingOptions {
   // a request starts; requests wait their turn beyond it, and one that needs more is
   // refused); 0: unlimited. Default: 4 GiB.
   size_t max_running_kv_bytes = size_t{4} << 30;
+  // CPU threads of decode steps and of prompt work (model::EngineOptions); 0:
+  // automatic (decoding: the cores less one, at least 1; prompts: all cores).
+  int decode_threads = 0;
+  int prefill_threads = 0;
 };
 
 // Where KV lives and how it is kept (cache::ContextRegistryOptions).
