@@ -14,7 +14,9 @@ model::Engine::StepInput Task::NextInput(size_t /*max_tokens*/) {
   return {};
 }
 
-Task::Phase Task::Fed(absl::StatusOr<std::vector<float>> /*logits*/) {
+// By value in the interface: tasks take the logits over.
+Task::Phase Task::Fed(
+    absl::StatusOr<std::vector<float>> /*logits*/) {  // NOLINT(performance-unnecessary-value-param)
   Abort(absl::InternalError("a task that feeds nothing was given logits"));
   return Phase::kFinished;
 }

@@ -39,7 +39,6 @@ using ::apeserve::testing::kBridge;
 using ::apeserve::testing::kGoats;
 using ::apeserve::testing::LongStream;
 using ::apeserve::testing::SetDeadline;
-using ::apeserve::testing::TempDir;
 using ::testing::HasSubstr;
 
 TEST_F(ApiTest, ContextsAreCreatedListedReadRelabelledAndDeleted) {

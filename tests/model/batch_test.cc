@@ -208,6 +208,7 @@ class BatchTest : public ::testing::Test {
       }
     }
     std::vector<Output> outputs;
+    outputs.reserve(running.size());
     for (const auto& r : running) outputs.push_back(r->output);
     return outputs;
   }
