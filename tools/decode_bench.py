@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ttft_probe import REPOSITORY, import_client, store_contexts  # tools/, beside this file
+from ttft_probe import REPOSITORY, import_client, start_server, store_contexts  # tools/, beside this file
 
 NAMESPACE = "decode-bench"
 QUESTION = "Summarise what these sections say about distributing copies."
@@ -85,26 +85,6 @@ def percentile(values: list[float], p: float) -> float | None:
 def cell(value: float | None, width: int) -> str:
     """A table cell of one decimal, or '-' when nothing was measured."""
     return f"{value:>{width}.1f}" if value is not None else f"{'-':>{width}}"
-
-
-def start_server(binary: str, model: str | None, flags: list[str],
-                 scratch: Path) -> tuple[subprocess.Popen, str]:
-    """apeserve with `flags` on a free loopback port, its data and log under `scratch`."""
-    scratch.mkdir(parents=True)
-    port_file = scratch / "port"
-    command = [binary, f"--data_dir={scratch / 'data'}", "--listen=127.0.0.1:0",
-               "--metrics_listen=", "--sync_writes=false", f"--port_file={port_file}", *flags]
-    if model:
-        command.append(f"--model={model}")
-    server = subprocess.Popen(command, stderr=open(scratch / "server.log", "w"))
-    for _ in range(1200):
-        if port_file.exists() and port_file.read_text().strip():
-            return server, f"127.0.0.1:{port_file.read_text().strip()}"
-        if server.poll() is not None:
-            break
-        time.sleep(0.1)
-    server.kill()
-    raise SystemExit(f"apeserve did not start; see {scratch / 'server.log'}")
 
 
 def stop_server(server: subprocess.Popen) -> None:
@@ -293,7 +273,7 @@ def main() -> None:
         server, target = None, args.server
         if target is None:
             flags = CONFIG_FLAGS.get(config) or args.batched_flags.split()
-            server, target = start_server(args.binary, args.model, flags, scratch / config)
+            server, target = start_server(args.binary, args.model, scratch / config, tuple(flags))
         try:
             with ape.Client(target, namespace=NAMESPACE) as client:
                 info = client.server_info()

@@ -48,10 +48,13 @@ def import_client(scratch: Path):
     return apeserve_client
 
 
-def start_server(binary: str, model: str | None, scratch: Path) -> tuple[subprocess.Popen, str]:
+def start_server(binary: str, model: str | None, scratch: Path,
+                 flags: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """apeserve with `flags` on a free loopback port, its data and log under `scratch`."""
+    scratch.mkdir(parents=True, exist_ok=True)
     port_file = scratch / "port"
     command = [binary, f"--data_dir={scratch / 'data'}", "--listen=127.0.0.1:0",
-               "--metrics_listen=", "--sync_writes=false", f"--port_file={port_file}"]
+               "--metrics_listen=", "--sync_writes=false", f"--port_file={port_file}", *flags]
     if model:
         command.append(f"--model={model}")
     server = subprocess.Popen(command, stderr=open(scratch / "server.log", "w"))
@@ -61,6 +64,7 @@ def start_server(binary: str, model: str | None, scratch: Path) -> tuple[subproc
         if server.poll() is not None:
             break
         time.sleep(0.1)
+    server.kill()
     raise SystemExit(f"apeserve did not start; see {scratch / 'server.log'}")
 
 
