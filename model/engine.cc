@@ -237,9 +237,6 @@ std::string Engine::device() const { return impl_->model->device().str(); }
 
 std::string Engine::dtype() const { return DtypeName(impl_->model->dtype()); }
 
-int Engine::decode_threads() const { return impl_->decode_threads; }
-int Engine::prefill_threads() const { return impl_->prefill_threads; }
-
 void UseThreads(int threads) {
   if (at::get_num_threads() != threads) at::set_num_threads(threads);
 }

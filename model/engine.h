@@ -82,9 +82,6 @@ class Engine {
   // "cpu" or "cuda:N", and "float32", "bfloat16" or "float16".
   std::string device() const;
   std::string dtype() const;
-  // CPU threads of decode steps and of prompt work (resolved EngineOptions).
-  int decode_threads() const;
-  int prefill_threads() const;
   // Bytes of KV a sequence holds per token: keys and values of every layer.
   size_t kv_bytes_per_token() const;
 

@@ -20,8 +20,6 @@ class PackedLinear {
   // x [N, in] -> [N, out].
   torch::Tensor Apply(const torch::Tensor& x) const;
 
-  bool packed() const { return packed_; }
-
  private:
   torch::Tensor weight_;  // [out, in], or oneDNN's layout when packed_
   torch::Tensor bias_;

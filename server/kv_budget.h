@@ -75,7 +75,6 @@ class KvBudget {
   }
 
   size_t used() const { return used_; }
-  size_t capacity() const { return capacity_; }
 
  private:
   const size_t capacity_;
