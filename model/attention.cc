@@ -25,46 +25,8 @@ torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k,
       .squeeze(0);  // [heads, T, head_dim]
 }
 
-}  // namespace apeserve::model
-
-namespace apeserve::model {
-
-namespace {
-
-// APE for one query (a decode step), float32 on the CPU: one product with every key,
-// the contexts' scores divided by T and shifted by what APE's merge weighs them with,
-// one softmax, one product with the values. For one query this is the segment-wise
-// merge exactly (the local segment's causal mask hides nothing), in a tenth of the
-// operations: with many sequences in a batch, per-operation costs dominate.
-//   context key j: exp(a_j / T + shift) = softmax(a_C / T)_j exp(LSE_C)
-//   with shift = LSE_C - L, L = logsumexp(a_C / T), LSE_C as in ApeAttention.
-torch::Tensor ApeDecodeAttention(const torch::Tensor& q, const torch::Tensor& k,
-                                 const torch::Tensor& v, const ApeLayout& layout) {
-  const int64_t heads = q.size(0), kv_heads = k.size(0), d = q.size(2);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-  // Heads of one kv head side by side: [kv_heads, group, D].
-  const torch::Tensor grouped = q.reshape({kv_heads, heads / kv_heads, d});
-  torch::Tensor scores = torch::matmul(grouped, k.transpose(1, 2)).mul_(scale);  // [Hkv, G, S]
-  if (layout.context_length > 0) {
-    torch::Tensor contexts = scores.narrow(-1, layout.prefix_length, layout.context_length);
-    contexts.div_(layout.temperature);
-    const torch::Tensor lse = torch::logsumexp(contexts, -1, /*keepdim=*/true);  // L
-    const torch::Tensor shift = layout.form == ApeScaleForm::kMultiplicative
-                                    ? lse * (layout.scale * layout.temperature - 1.0)
-                                    : lse * (layout.temperature - 1.0) + std::log(layout.scale);
-    contexts.add_(shift);
-  }
-  return torch::matmul(torch::softmax(scores, -1), v).reshape({heads, 1, d});
-}
-
-}  // namespace
-
 torch::Tensor ApeAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                            const ApeLayout& layout) {
-  if (q.size(1) == 1 && layout.kernel == AttentionKernel::kAuto && q.device().is_cpu() &&
-      q.scalar_type() == torch::kFloat32) {
-    return ApeDecodeAttention(q, k, v, layout);
-  }
   const int64_t prefix = layout.prefix_length, contexts = layout.context_length;
   const int64_t local = k.size(1) - prefix - contexts;
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(2)));

@@ -27,16 +27,24 @@ class KvCache {
   // advances length().
   std::pair<torch::Tensor, torch::Tensor> Append(size_t layer, const torch::Tensor& k,
                                                  const torch::Tensor& v) {
-    const int64_t needed = length_ + k.size(1);
+    const int64_t past = length_, count = k.size(1);
+    auto [keys, values] = Extend(layer, count);
+    keys.narrow(1, past, count).copy_(k);
+    values.narrow(1, past, count).copy_(v);
+    return {keys.narrow(1, 0, past + count), values.narrow(1, 0, past + count)};
+  }
+
+  // Makes room for `count` tokens after length() in `layer` and returns the layer's
+  // whole storage, [kv_heads, capacity, head_dim], for the caller to write them from
+  // position length() (read before the call). The last layer's call advances length().
+  std::pair<torch::Tensor, torch::Tensor> Extend(size_t layer, int64_t count) {
+    const int64_t needed = length_ + count;
     torch::Tensor& keys = keys_[layer];
-    torch::Tensor& values = values_[layer];
     if (!keys.defined() || keys.size(1) < needed) {
       Grow(layer, std::max<int64_t>(needed, keys.defined() ? 2 * keys.size(1) : 64));
     }
-    keys.narrow(1, length_, k.size(1)).copy_(k);
-    values.narrow(1, length_, v.size(1)).copy_(v);
     if (layer + 1 == keys_.size()) length_ = needed;
-    return {keys.narrow(1, 0, needed), values.narrow(1, 0, needed)};
+    return {keys, values_[layer]};
   }
 
   // Makes room for `tokens` in every layer, so that appends up to that length copy

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "model/attention.h"
+#include "model/decode_attention.h"
 
 namespace apeserve::model {
 namespace {
@@ -118,7 +119,18 @@ torch::Tensor LlamaModel::Forward(absl::Span<const SequenceInput> inputs) const 
 
   torch::Tensor x = weights_.token_embedding.index_select(
       0, torch::tensor(ids, torch::kInt64).to(device_));  // [N, hidden]
-  std::vector<torch::Tensor> attended(inputs.size());
+  // Inputs that decode one token through the batched decode attention; the rest attend
+  // one by one through torch.
+  std::vector<DecodeToken> decoding;
+  std::vector<size_t> others;
+  for (size_t s = 0; s < inputs.size(); ++s) {
+    const SequenceInput& input = inputs[s];
+    if (input.tokens.size() == 1 && DecodeAttentionApplies(device_, dtype_, d, input.ape)) {
+      decoding.push_back({.cache = input.cache, .ape = input.ape, .row = offsets[s]});
+    } else {
+      others.push_back(s);
+    }
+  }
   for (size_t i = 0; i < weights_.layers.size(); ++i) {
     const LayerWeights& w = weights_.layers[i];
     const LayerLinears& linear = linears_[i];
@@ -128,18 +140,20 @@ torch::Tensor LlamaModel::Forward(absl::Span<const SequenceInput> inputs) const 
     const torch::Tensor q = Rotate(linear.q.Apply(h).view({total, heads, d}), cos, sin);
     const torch::Tensor k = Rotate(linear.k.Apply(h).view({total, kv_heads, d}), cos, sin);
     const torch::Tensor v = linear.v.Apply(h).view({total, kv_heads, d});
-    for (size_t s = 0; s < inputs.size(); ++s) {
+    torch::Tensor joined = torch::empty({total, heads, d}, q.options());  // [N, H, D]
+    if (!decoding.empty()) DecodeAttention(i, q, k, v, decoding, joined);
+    for (const size_t s : others) {
       const SequenceInput& input = inputs[s];
       const auto count = static_cast<int64_t>(input.tokens.size());
       const auto [keys, values] =
           input.cache->Append(i, k.narrow(0, offsets[s], count).transpose(0, 1),
                               v.narrow(0, offsets[s], count).transpose(0, 1));   // [Hkv, S, D]
       const torch::Tensor q_s = q.narrow(0, offsets[s], count).transpose(0, 1);  // [H, T, D]
-      attended[s] = (input.ape != nullptr ? ApeAttention(q_s, keys, values, *input.ape)
-                                          : CausalAttention(q_s, keys, values))
-                        .transpose(0, 1);  // [T, H, D]
+      joined.narrow(0, offsets[s], count)
+          .copy_((input.ape != nullptr ? ApeAttention(q_s, keys, values, *input.ape)
+                                       : CausalAttention(q_s, keys, values))
+                     .transpose(0, 1));  // [T, H, D]
     }
-    const torch::Tensor joined = attended.size() == 1 ? attended[0] : torch::cat(attended, 0);
     x = x + linear.o.Apply(joined.reshape({total, heads * d}));
 
     // Feed-forward block (SwiGLU).

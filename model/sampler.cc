@@ -6,6 +6,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "model/vector_math.h"
 
 namespace apeserve::model {
 
@@ -36,9 +37,9 @@ double Sampler::Uniform() { return static_cast<double>(random_() >> 11) * 0x1.0p
 Sampler::Choice Sampler::Next(absl::Span<const float> logits, absl::Span<const int32_t> history) {
   const auto vocab = static_cast<int32_t>(logits.size());
   // The model's own log-probabilities, for reporting.
-  const float raw_max = *std::max_element(logits.begin(), logits.end());
-  double raw_sum = 0;
-  for (float l : logits) raw_sum += std::exp(static_cast<double>(l - raw_max));
+  // Vectorized: with a vocabulary of 50,000 the normalizer is most of a greedy choice.
+  const float raw_max = vec::MaxOf(logits.data(), vocab);
+  const double raw_sum = vec::ExpSum(logits.data(), vocab, raw_max, /*to=*/nullptr);
   const auto logprob_of = [&](int32_t token) {
     return static_cast<float>(static_cast<double>(logits[static_cast<size_t>(token)] - raw_max) -
                               std::log(raw_sum));
