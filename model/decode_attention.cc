@@ -11,7 +11,6 @@
 #include "absl/types/span.h"
 #include "model/vector_math.h"
 
-
 namespace apeserve::model {
 namespace {
 
