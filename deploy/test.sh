@@ -9,7 +9,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 preset="${1:-default}"
 shift || true
-"$APESERVE_ROOT/deploy/setup.sh"
+# --bench-peers: tools.ttft_bench_quick times llama.cpp beside apeserve.
+"$APESERVE_ROOT/deploy/setup.sh" --bench-peers
 build_preset "$preset"
 log "running tests of preset '$preset'"
 cd "$APESERVE_ROOT"

@@ -37,11 +37,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,7 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ttft_probe import REPOSITORY, import_client, start_server, store_contexts  # tools/, beside this file
+from bench_common import (REPOSITORY, cell, import_client, machine, percentile,  # tools/
+                          start_server, stop_server, store_contexts)
 
 NAMESPACE = "decode-bench"
 QUESTION = "Summarise what these sections say about distributing copies."
@@ -72,29 +69,6 @@ class Tally:
     requests: int = 0
     errors: int = 0
     first_error: str | None = None
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile: the smallest value with at least p% of them at or below it."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
-
-
-def cell(value: float | None, width: int) -> str:
-    """A table cell of one decimal, or '-' when nothing was measured."""
-    return f"{value:>{width}.1f}" if value is not None else f"{'-':>{width}}"
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    """SIGTERM, then wait for the exit (killed after a minute)."""
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
 
 
 def make_request(pb: Any, ids: list[str], mode: str, new_tokens: int) -> Any:
@@ -172,22 +146,10 @@ def measure(grpc: Any, stubs: Any, target: str, request: Any, clients: int,
     errors = [t.first_error for t in tallies if t.first_error]
     return {"clients": clients, "tokens_per_s": sum(t.tokens for t in tallies) / seconds,
             "itl_ms": {"p50": percentile(gaps, 50), "p90": percentile(gaps, 90)},
-            "ttft_ms": {"p50": percentile(ttfts, 50)},
+            "ttft_ms": {"p50": percentile(ttfts, 50), "p90": percentile(ttfts, 90)},
             "requests": sum(t.requests for t in tallies),
+            "requests_per_s": sum(t.requests for t in tallies) / seconds,
             "errors": sum(t.errors for t in tallies), "first_error": errors[0] if errors else None}
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, cores and memory of this machine."""
-    cpu, memory = "unknown", 0.0
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            memory = int(line.split()[1]) / 2**20
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory, 1)}
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,137 @@
+"""What the benchmarks under tools/ share: the Python client from the checkout, a server
+started on a free loopback port and stopped, contexts cut from real prose, the machine's
+description and its memory bandwidth, percentiles and table cells."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+PROSE = Path("/usr/share/common-licenses/GPL-3")
+
+
+def import_client(scratch: Path):
+    """apeserve_client from the checkout, its stubs generated into ``scratch``."""
+    try:
+        import apeserve_client  # an installed package wins
+
+        return apeserve_client
+    except ImportError:
+        pass
+    spec = importlib.util.spec_from_file_location(
+        "_generate", REPOSITORY / "clients/python/apeserve_client/_generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    sys.path.insert(0, str(generate.build_from_checkout(REPOSITORY, scratch)))
+    import apeserve_client
+
+    return apeserve_client
+
+
+def start_server(binary: str, model: str | None, scratch: Path,
+                 flags: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """apeserve with `flags` on a free loopback port, its data and log under `scratch`
+    (data kept: a server started again on the same `scratch` finds what was stored)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    port_file = scratch / "port"
+    port_file.unlink(missing_ok=True)
+    command = [binary, f"--data_dir={scratch / 'data'}", "--listen=127.0.0.1:0",
+               "--metrics_listen=", "--sync_writes=false", f"--port_file={port_file}", *flags]
+    if model:
+        command.append(f"--model={model}")
+    server = subprocess.Popen(command, stderr=open(scratch / "server.log", "a"))
+    for _ in range(1200):
+        if port_file.exists() and port_file.read_text().strip():
+            return server, f"127.0.0.1:{port_file.read_text().strip()}"
+        if server.poll() is not None:
+            break
+        time.sleep(0.1)
+    server.kill()
+    raise SystemExit(f"apeserve did not start; see {scratch / 'server.log'}")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM, then wait for the exit (killed after a minute)."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def store_contexts(client, count: int, tokens: int) -> list[str]:
+    """`count` contexts of `tokens` tokens each (within a few), consecutive pieces of prose."""
+    words = PROSE.read_text().split()
+    ids, at = [], 0
+    for i in range(count):
+        take = int(tokens * 0.7)
+        for _ in range(6):  # adjust the word count until the token count is right
+            piece = " ".join(words[(at + k) % len(words)] for k in range(take))
+            context = client.create_context(piece, context_id=f"probe-{i}")
+            if abs(context.token_count - tokens) <= 2:
+                break
+            take = max(1, round(take * tokens / context.token_count))
+        ids.append(context.context_id)
+        at += take
+    return ids
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores and memory of this machine."""
+    cpu, memory = "unknown", 0.0
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            memory = int(line.split()[1]) / 2**20
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory, 1)}
+
+
+def memcpy_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
+    """The best of `repeats` copies of a `megabytes` array into another, in GB/s (10^9
+    bytes read and written once each count once: what moving KV costs)."""
+    import numpy as np
+
+    source = np.ones(megabytes << 20, dtype=np.uint8)
+    target = np.empty_like(source)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(target, source)
+        best = min(best, time.perf_counter() - start)
+    return source.nbytes / best / 1e9
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The peak resident memory (VmHWM) of process `pid` in MiB, None when unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile: the smallest value with at least p% of them at or below it."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
+
+
+def cell(value: float | None, width: int, digits: int = 1) -> str:
+    """A right-aligned table cell, or '-' when nothing was measured."""
+    return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"

@@ -1,0 +1,198 @@
+"""What a user would run instead of apeserve, timed on the same token ids, the same model
+file and the same number of threads:
+
+  transformers  Hugging Face transformers, fp32 on the CPU: the whole prompt prefilled
+                at once, then greedy decoding with its KV cache (what a researcher runs).
+  llama.cpp     llama-cpp-python on the same GGUF file (its own quantized kernels), with
+                its prompt cache on: the shared prefix's state is kept and restored
+                before each query, so only what follows the prefix is evaluated (what a
+                practitioner runs).
+  ape-python    APE the way its authors run it: transformers, each document's KV
+                computed once after the prefix and kept in memory, and at query time
+                the caches concatenated and attended by APE's merge of segments
+                (DESIGN.md §3) in Python, fp32. No store: the KV lives as long as the
+                process.
+
+Each measure() returns (time to first token, end to end) in milliseconds for
+`new_tokens` greedy tokens (end-of-sequence ignored).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from bench_corpus import PromptPieces
+
+
+def load_transformers(model_path: str, threads: int):
+    """The tokenizer and the fp32 model from a GGUF file."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    folder, name = str(Path(model_path).parent), Path(model_path).name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    model.set_attn_implementation("sdpa")
+    return tokenizer, model
+
+
+class TransformersPeer:
+    name = "transformers"
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def measure(self, pieces: PromptPieces, new_tokens: int) -> tuple[float, float]:
+        ids = torch.tensor([pieces.sequential()])
+        with torch.inference_mode():
+            start = time.perf_counter()
+            out = self.model(ids, use_cache=True)
+            token = out.logits[0, -1].argmax()
+            first = time.perf_counter()
+            cache = out.past_key_values
+            for _ in range(new_tokens - 1):
+                out = self.model(token.view(1, 1), past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+                token = out.logits[0, -1].argmax()
+            end = time.perf_counter()
+        return (first - start) * 1000, (end - start) * 1000
+
+
+class LlamaCppPeer:
+    name = "llama.cpp"
+
+    def __init__(self, model_path: str, threads: int, context_window: int) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=model_path, n_ctx=context_window, n_threads=threads,
+                         n_threads_batch=threads, n_batch=512, verbose=False)
+        self.prefix: list[int] | None = None
+        self.prefix_state = None
+
+    def measure(self, pieces: PromptPieces, new_tokens: int) -> tuple[float, float]:
+        if self.prefix != pieces.prefix:
+            self.llm.reset()
+            self.llm.eval(pieces.prefix)
+            self.prefix, self.prefix_state = pieces.prefix, self.llm.save_state()
+        # The cache holds the shared prefix and nothing else, as after another query.
+        self.llm.load_state(self.prefix_state)
+        start = time.perf_counter()
+        first, generated = None, 0
+        # generate() re-evaluates only what follows the longest prefix it already holds.
+        for _token in self.llm.generate(pieces.sequential(), top_k=1, top_p=1.0, min_p=0.0,
+                                        temp=0.0, repeat_penalty=1.0):
+            generated += 1
+            if first is None:
+                first = time.perf_counter()
+            if generated >= new_tokens:
+                break
+        end = time.perf_counter()
+        return (first - start) * 1000, (end - start) * 1000
+
+
+# The segment layout of the query being run, read by ape_attention: transformers calls
+# the registered function with no room for extra arguments.
+_LAYOUT: dict[str, float] = {}
+
+
+def ape_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """DESIGN.md §3 in the model's dtype. query [1, H, Tq, D]; key and value [1, Hkv, S, D]
+    hold the prefix, the contexts side by side and the local tokens (ending with the
+    queries)."""
+    del module, attention_mask, dropout, kwargs  # the segments say what is visible
+    p, c = int(_LAYOUT["prefix"]), int(_LAYOUT["contexts"])
+    temperature, scale = _LAYOUT["temperature"], _LAYOUT["scale"]
+    groups = query.shape[1] // key.shape[1]
+    k = key.repeat_interleave(groups, dim=1)
+    v = value.repeat_interleave(groups, dim=1)
+    a = query @ k.transpose(-1, -2) * scaling
+    queries, local = query.shape[2], k.shape[2] - p - c
+    a_p, a_c, a_q = a[..., :p], a[..., p:p + c], a[..., p + c:]
+    visible = torch.arange(local)[None, :] <= torch.arange(queries)[:, None] + (local - queries)
+    a_q = a_q.masked_fill(~visible, -math.inf)
+    lse_c = torch.logsumexp(a_c / temperature, -1)
+    if _LAYOUT["multiplicative"]:
+        lse_c = scale * temperature * lse_c
+    else:
+        lse_c = temperature * lse_c + math.log(scale)
+    lses = torch.stack([torch.logsumexp(a_p, -1), lse_c, torch.logsumexp(a_q, -1)])
+    weights = torch.softmax(lses, 0).unsqueeze(-1)
+    o = (weights[0] * (torch.softmax(a_p, -1) @ v[..., :p, :])
+         + weights[1] * (torch.softmax(a_c / temperature, -1) @ v[..., p:p + c, :])
+         + weights[2] * (torch.softmax(a_q, -1) @ v[..., p + c:, :]))
+    return o.transpose(1, 2).contiguous(), None
+
+
+class ApePythonPeer:
+    name = "ape-python"
+
+    def __init__(self, model, temperature: float, scale: float, multiplicative: bool) -> None:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register("ape_bench", ape_attention)
+        self.model = model
+        self.settings = {"temperature": temperature, "scale": scale,
+                         "multiplicative": multiplicative}
+        self.prefix: list[int] | None = None
+        self.prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.documents: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def store(self, pieces: PromptPieces) -> None:
+        """Encodes the prefix once and each document not yet held after it, as the authors'
+        code does before queries arrive (not timed: apeserve's ingestion is not either)."""
+        import copy
+
+        with torch.inference_mode():
+            if self.prefix != pieces.prefix:
+                out = self.model(torch.tensor([pieces.prefix]), use_cache=True)
+                self.prefix_cache = out.past_key_values
+                self.prefix_kv = [(layer.keys, layer.values) for layer in self.prefix_cache.layers]
+                self.prefix, self.documents = pieces.prefix, {}
+            p = len(pieces.prefix)
+            for context in pieces.contexts:
+                if tuple(context) in self.documents:
+                    continue
+                cache = copy.deepcopy(self.prefix_cache)
+                self.model(torch.tensor([context]), past_key_values=cache, use_cache=True,
+                           position_ids=torch.arange(p, p + len(context))[None])
+                self.documents[tuple(context)] = [(layer.keys[:, :, p:], layer.values[:, :, p:])
+                                                  for layer in cache.layers]
+
+    def forget_other_sizes(self, tokens: int) -> None:
+        """Frees the KV of documents longer or shorter than `tokens` by more than a few."""
+        self.documents = {key: kv for key, kv in self.documents.items()
+                          if abs(len(key) - tokens) <= 16}
+
+    def measure(self, pieces: PromptPieces, new_tokens: int) -> tuple[float, float]:
+        from transformers import DynamicCache
+
+        self.store(pieces)
+        documents = [self.documents[tuple(c)] for c in pieces.contexts]
+        _LAYOUT.update(self.settings, prefix=len(pieces.prefix),
+                       contexts=sum(len(c) for c in pieces.contexts))
+        position = len(pieces.prefix) + max(len(c) for c in pieces.contexts)
+        self.model.set_attn_implementation("ape_bench")
+        try:
+            with torch.inference_mode():
+                start = time.perf_counter()
+                cache = DynamicCache()
+                for layer, (keys, values) in enumerate(self.prefix_kv):
+                    cache.update(torch.cat([keys] + [d[layer][0] for d in documents], 2),
+                                 torch.cat([values] + [d[layer][1] for d in documents], 2), layer)
+                fed = torch.tensor([pieces.query])
+                for step in range(new_tokens):
+                    out = self.model(fed, past_key_values=cache, use_cache=True,
+                                     position_ids=torch.arange(position, position + fed.shape[1])[None])
+                    position += fed.shape[1]
+                    fed = out.logits[0, -1].argmax().view(1, 1)
+                    if step == 0:
+                        first = time.perf_counter()
+                end = time.perf_counter()
+        finally:
+            self.model.set_attn_implementation("sdpa")
+        return (first - start) * 1000, (end - start) * 1000
