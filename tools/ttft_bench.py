@@ -31,9 +31,11 @@ warm-up. Where APE's time goes comes from the server's own timings: KV load, the
 query's prefill, and a decode step (1000 / decode tokens per second).
 
 The physical floor of an APE row: the bytes of its contexts' KV / the memcpy bandwidth,
-plus the query's own prefill (the server's prefill time of that row).
+plus the query's own prefill (the server's prefill time of the smallest APE row: its
+prefill time also covers putting the contexts' KV in place).
 
-  $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --json ttft.json --plot ttft.png
+  $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --json ttft.json --plot docs/ttft_bench.png \
+      --markdown ttft.md
   $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --quick --check   # CI, ~2 min
 """
 
@@ -256,6 +258,7 @@ def run_apeserve(args, settings, documents, phase_rows, sweep_rows) -> dict[str,
                     tier = "none" if mode == "sequential" else phase
                     row = bench.row(chosen, mode, tier, runs, settings["new_tokens"],
                                     cold=phase == "cold")
+                    row["tokens_per_context"] = tokens  # the grid's size (documents are cut to it)
                     phase_rows.append(row)
                     log(f"apeserve {mode:<10} {phase:<4} {contexts:>3} x {tokens:<4}: TTFT "
                         f"{row['ttft_ms']['median']:9.1f} ms, e2e {row['e2e_ms']['median']:9.1f} ms")
@@ -316,7 +319,8 @@ def run_peers(args, settings, documents, builder, tokenizer, model, rows) -> Non
                 ttft.append(t)
                 e2e.append(e)
             row = {"system": peer.name, "mode": "ape" if peer is ape_python else "sequential",
-                   "contexts": contexts, "context_tokens": sum(len(c) for c in pieces.contexts),
+                   "contexts": contexts, "tokens_per_context": tokens,
+                   "context_tokens": sum(len(c) for c in pieces.contexts),
                    "query_tokens": len(pieces.query), "new_tokens": settings["new_tokens"],
                    "tier": "memory" if peer is ape_python else "none",
                    "ttft_ms": summary(ttft), "e2e_ms": summary(e2e), "kv_load_ms": None,
@@ -328,22 +332,26 @@ def run_peers(args, settings, documents, builder, tokenizer, model, rows) -> Non
 
 
 def add_floors(rows: list[dict[str, Any]], bandwidth_gb_s: float, kv_bytes_per_token: int) -> None:
-    """The physical floor of each APE row of apeserve, and TTFT / floor."""
-    for row in rows:
-        if row["system"] != "apeserve" or row["mode"] != "ape":
-            continue
+    """The physical floor of each APE row of apeserve, and TTFT / floor. The server's
+    prefill time includes putting the contexts' KV in place; the query's own prefill is
+    taken from the smallest APE row (one context of the smallest size), where that is
+    next to nothing."""
+    ape_rows = [r for r in rows if r["system"] == "apeserve" and r["mode"] == "ape"]
+    if not ape_rows:
+        return
+    query_prefill = min(ape_rows, key=lambda r: r["context_tokens"])["prefill_ms"]
+    for row in ape_rows:
         kv_bytes = row["context_tokens"] * kv_bytes_per_token
-        floor = kv_bytes / (bandwidth_gb_s * 1e9) * 1000 + row["prefill_ms"]
-        row["kv_bytes"] = kv_bytes
-        row["floor_ms"] = floor
-        row["ttft_over_floor"] = row["ttft_ms"]["median"] / floor
+        floor = kv_bytes / (bandwidth_gb_s * 1e9) * 1000 + query_prefill
+        row.update(kv_bytes=kv_bytes, query_prefill_ms=query_prefill, floor_ms=floor,
+                   ttft_over_floor=row["ttft_ms"]["median"] / floor)
 
 
-def find(rows, system, mode, contexts, context_tokens_per, tier=None):
+def find(rows, system, mode, contexts, tokens, tier=None):
+    """The row of `system` in `mode` at `contexts` x `tokens` (and `tier`), or None."""
     for row in rows:
-        if (row["system"], row["mode"], row["contexts"]) == (system, mode, contexts) and \
-                abs(row["context_tokens"] / contexts - context_tokens_per) <= 8 and \
-                (tier is None or row["tier"] == tier):
+        if (row["system"], row["mode"], row["contexts"], row["tokens_per_context"]) == \
+                (system, mode, contexts, tokens) and (tier is None or row["tier"] == tier):
             return row
     return None
 
@@ -405,6 +413,45 @@ def print_report(rows, sweep_rows, goals) -> None:
             print(f"{name}: {goals[name]:.2f} (target > 1: {'MET' if goals[name] > 1 else 'NOT MET'})")
 
 
+def markdown(rows, sweep_rows, machine_info) -> str:
+    """The README's table: TTFT medians (ms) per grid point, one column per system and mode."""
+    columns = [("apeserve", "ape", "warm"), ("apeserve", "ape", "cold"),
+               ("apeserve", "parallel", "warm"), ("apeserve", "sequential", "none"),
+               ("transformers", "sequential", "none"), ("llama.cpp", "sequential", "none"),
+               ("ape-python", "ape", "memory")]
+    names = ["APE warm", "APE cold", "PARALLEL warm", "SEQUENTIAL", "transformers",
+             "llama.cpp", "APE in Python"]
+    points = sorted({(r["contexts"], r["tokens_per_context"]) for r in rows},
+                    key=lambda p: (p[0] * p[1], p[0]))
+    lines = ["| contexts x tokens | context tokens | " + " | ".join(names)
+             + " | APE floor | APE / floor |",
+             "| --- " * (len(names) + 4) + "|"]
+    for contexts, per in points:
+        cells, tokens, ape = [], None, None
+        for system, mode, tier in columns:
+            row = find(rows, system, mode, contexts, per, tier)
+            cells.append(f"{row['ttft_ms']['median']:,.0f}" if row else "-")
+            if row:
+                tokens = row["context_tokens"]
+            if row and (system, tier) == ("apeserve", "warm") and mode == "ape":
+                ape = row
+        floor = f"{ape['floor_ms']:,.0f}" if ape else "-"
+        ratio = f"{ape['ttft_over_floor']:.1f}x" if ape else "-"
+        lines.append(f"| {contexts} x {per} | {tokens:,} | " + " | ".join(cells)
+                     + f" | {floor} | {ratio} |")
+    lines.append("")
+    lines.append(f"Machine: {machine_info['cpu']}, {machine_info['cores']} cores, "
+                 f"{machine_info['memory_gib']} GiB, memcpy {machine_info['memcpy_gb_s']:.1f} GB/s.")
+    if sweep_rows:
+        lines += ["", "| clients | requests/s | generated tokens/s | TTFT p50 ms | TTFT p90 ms |",
+                  "| --- | --- | --- | --- | --- |"]
+        for row in sweep_rows:
+            lines.append(f"| {row['clients']} | {row['requests_per_s']:.2f} | "
+                         f"{row['tokens_per_s']:.1f} | {row['ttft_ms']['p50']:,.0f} | "
+                         f"{row['ttft_ms']['p90']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(path: str, rows, sweep_rows) -> None:
     """TTFT against context tokens per system and mode; the concurrency sweep beside it."""
     import matplotlib
@@ -438,6 +485,8 @@ def plot(path: str, rows, sweep_rows) -> None:
         clients = [r["clients"] for r in sweep_rows]
         right.plot(clients, [r["ttft_ms"]["p50"] for r in sweep_rows], marker="o", label="TTFT p50")
         right.plot(clients, [r["ttft_ms"]["p90"] for r in sweep_rows], marker="o", label="TTFT p90")
+        right.set_xscale("log", base=2)
+        right.set_xticks(clients, [str(c) for c in clients])
         right.set_xlabel("concurrent streaming clients")
         right.set_ylabel("time to first token (ms)")
         twin = right.twinx()
@@ -468,6 +517,7 @@ def main() -> None:
                         help="exit 1 when a row is missing or empty (never on speed)")
     parser.add_argument("--json", default=None, help="write the report here")
     parser.add_argument("--plot", default=None, help="draw the plot here (PNG)")
+    parser.add_argument("--markdown", default=None, help="write the README's tables here")
     args = parser.parse_args()
     settings = dict(QUICK if args.quick else FULL)
     if args.runs:
@@ -521,6 +571,8 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(report, indent=2))
     if args.plot:
         plot(args.plot, rows, sweep_rows)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(rows, sweep_rows, report["machine"]))
     if args.check:
         problems = [r for r in rows if not r["ttft_ms"]["median"] or not r["e2e_ms"]["median"]]
         systems = {r["system"] for r in rows}
