@@ -81,10 +81,6 @@ APESERVE_ALWAYS_INLINE float Dot(const float* a, const float* b, int64_t d) {
   return Sum(total);
 }
 
-// Lane r: the dot product of `a` with row r of `rows` (kLanes rows of d, one after
-// another).
-APESERVE_ALWAYS_INLINE Floats DotEach(const float* a, const float* rows, int64_t d);
-
 // The largest of `n` scores, -inf for none.
 APESERVE_ALWAYS_INLINE float MaxOf(const float* scores, int64_t n) {
   float top = -std::numeric_limits<float>::infinity();
@@ -138,6 +134,8 @@ APESERVE_ALWAYS_INLINE Floats SumEach(const Floats (&v)[kLanes]) {
                   PairSums(PairSums(v[4], v[5]), PairSums(v[6], v[7])));
 }
 
+// Lane r: the dot product of `a` with row r of `rows` (kLanes rows of d, one after
+// another).
 APESERVE_ALWAYS_INLINE Floats DotEach(const float* a, const float* rows, int64_t d) {
   // Eight accumulators named out, so that they stay in registers: the compiler does not
   // unroll a loop over an array of them at -O2.

@@ -279,7 +279,7 @@ def run_apeserve(args, settings, documents, phase_rows, sweep_rows) -> dict[str,
     return info
 
 
-def run_peers(args, settings, documents, builder, tokenizer, model, rows) -> None:
+def run_peers(args, settings, documents, builder, model, rows) -> None:
     """Phase 6: the peers on the same token ids."""
     peers_module = importlib.import_module("bench_peers")
     peers = []
@@ -528,7 +528,7 @@ def main() -> None:
 
     home = Path(os.environ.get("APESERVE_HOME", Path.home() / ".cache/apeserve"))
     args.model = args.model or str(home / "models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    report: dict[str, Any] = {"machine": machine(), "settings": {k: v for k, v in settings.items()}}
+    report: dict[str, Any] = {"machine": machine(), "settings": dict(settings)}
     log("measuring memcpy bandwidth")
     report["machine"]["memcpy_gb_s"] = memcpy_gb_s()
     log(f"loading {args.model} into transformers (tokenizer, peers)")
@@ -557,7 +557,7 @@ def main() -> None:
         if "apeserve" in wanted:
             args.server_info = run_apeserve(args, settings, documents, rows, sweep_rows)
             args.kv_bytes_per_token = args.server_info["kv_bytes_per_token"]
-        run_peers(args, settings, documents, builder, tokenizer, model, rows)
+        run_peers(args, settings, documents, builder, model, rows)
     finally:
         shutil.rmtree(args.scratch, ignore_errors=True)
     add_floors(rows, report["machine"]["memcpy_gb_s"], args.kv_bytes_per_token)
