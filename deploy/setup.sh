@@ -28,6 +28,8 @@ APT_PACKAGES=(
   # toolchain
   g++ cmake ninja-build ccache pkg-config git ca-certificates clang-format clang-tidy
   python3 python3-venv
+  # certificates for the TLS tests
+  openssl
   # libraries
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev libspdlog-dev libabsl-dev nlohmann-json3-dev libxxhash-dev libpcre2-dev

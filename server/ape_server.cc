@@ -22,6 +22,7 @@
 #include "server/prefix_cache.h"
 #include "server/scheduler.h"
 #include "server/server_counters.h"
+#include "server/tls_credentials.h"
 #include "spdlog/spdlog.h"
 
 #ifndef APESERVE_VERSION
@@ -142,6 +143,8 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
   APE_RETURN_IF_ERROR(Validate(options));
 
   // Cheap checks first, so that a typo fails in milliseconds.
+  APE_ASSIGN_OR_RETURN(const std::shared_ptr<grpc::ServerCredentials> credentials,
+                       MakeServerCredentials(options.tls));
   APE_ASSIGN_OR_RETURN(const model::GgufHeader header, model::ReadGgufHeader(options.model_path));
   APE_ASSIGN_OR_RETURN(const model::Device device, model::ResolveDevice(options.device));
   const model::RuntimeInfo runtime = model::GetRuntimeInfo();
@@ -251,8 +254,7 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(),
-                           &server->port_);
+  builder.AddListeningPort(options.listen_address, credentials, &server->port_);
   builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
   // gRPC shares ports (SO_REUSEPORT) by default; a second server on our port must fail
   // loudly rather than take half of the traffic.
@@ -262,11 +264,15 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
   builder.RegisterService(server->generation_service_.get());
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->port_ == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on '", options.listen_address, "': address invalid or in use"));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on '", options.listen_address, "': address invalid or in use",
+        options.tls.enabled() ? ", or the TLS key does not match its certificate" : ""));
   }
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
-  spdlog::info("apeserve {} serving on port {}", APESERVE_VERSION, server->port_);
+  spdlog::info("apeserve {} serving on port {} ({})", APESERVE_VERSION, server->port_,
+               !options.tls.enabled()               ? "plaintext"
+               : options.tls.client_ca_file.empty() ? "TLS"
+                                                    : "TLS, client certificates required");
   return server;
 }
 

@@ -102,6 +102,11 @@ ABSL_FLAG(std::string, log_format, "text",
           "text (human-readable lines) or json (one JSON object per line, for log collectors)");
 ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_address,
           "host:port of the Prometheus metrics endpoint (GET /metrics); empty turns it off");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain of the gRPC port; with --tls_key, the port speaks TLS only");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificates: clients must present a certificate they signed (mutual TLS)");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "on SIGTERM or SIGINT, how long running calls may finish before they are cancelled");
 
@@ -156,6 +161,9 @@ int main(int argc, char** argv) {
   options.device = absl::GetFlag(FLAGS_device);
   options.dtype = absl::GetFlag(FLAGS_dtype);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_listen);
+  options.tls = {.cert_file = absl::GetFlag(FLAGS_tls_cert),
+                 .key_file = absl::GetFlag(FLAGS_tls_key),
+                 .client_ca_file = absl::GetFlag(FLAGS_tls_client_ca)};
   // Sizes in MiB, from 0 to 1 TiB.
   const auto mib = [](int64_t value) -> std::optional<size_t> {
     if (value < 0 || value > (int64_t{1} << 20)) return std::nullopt;

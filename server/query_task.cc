@@ -257,7 +257,10 @@ absl::StatusOr<bool> QueryTask::StartSequence(KvBudget& kv) {
   prompt_ = std::move(begun.tokens_to_feed);
   prompt_.insert(prompt_.end(), query_tokens_.begin(),
                  query_tokens_.end() - static_cast<std::ptrdiff_t>(query_tokens_held_back_));
-  sequence_started_ = start;
+  // Putting the contexts' KV in place for this sequence (and storing inline contexts)
+  // is part of loading it; the prefill from here is the prompt's own.
+  timings_.set_kv_load_ms(timings_.kv_load_ms() + MillisecondsSince(start));
+  sequence_started_ = absl::Now();
   return true;
 }
 

@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "cache/kv_quantization.h"
 #include "model/ape_options.h"
+#include "server/tls_credentials.h"
 
 namespace apeserve::server {
 
@@ -98,6 +99,8 @@ struct ServerOptions {
   RequestLimits limits;
   BatchingOptions batching;
   StorageOptions storage;
+  // TLS of the gRPC port (default: plaintext).
+  TlsOptions tls;
   // host:port of the Prometheus metrics endpoint (HTTP GET /metrics); port 0 picks a
   // free one; empty turns it off. Default: "127.0.0.1:9464" (loopback only).
   std::string metrics_address = "127.0.0.1:9464";

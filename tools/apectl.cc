@@ -19,12 +19,21 @@
 #include "ape/v1/admin.grpc.pb.h"
 #include "ape/v1/context.grpc.pb.h"
 #include "ape/v1/generation.grpc.pb.h"
+#include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
 #include "tools/apectl_common.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "address of the apeserve to talk to");
 ABSL_FLAG(std::string, target, "", "the same as --server (older name)");
 ABSL_FLAG(std::string, namespace, "default", "namespace of the contexts");
+ABSL_FLAG(bool, tls, false,
+          "speak TLS (implied by --tls_ca, --tls_cert, --tls_server_name); without --tls_ca, "
+          "the server's certificate is checked against the system's CAs");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA certificates that signed the server's certificate");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate of this client (mutual TLS), with --tls_key");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "the name the server's certificate must carry, when it differs from --server's host");
 ABSL_FLAG(bool, json, false, "print replies as JSON, for scripts");
 ABSL_FLAG(absl::Duration, timeout, absl::ZeroDuration(),
           "deadline of each call; 0 is none (health and info then wait 5 s at most)");
@@ -57,6 +66,7 @@ namespace {
 constexpr char kUsageText[] =
     "apectl: command-line client of apeserve.\n\n"
     "Usage: apectl [--server=HOST:PORT] [--namespace=NS] [--json] [--timeout=D] COMMAND [ARGS]\n"
+    "TLS: --tls_ca=CA.pem (--tls_cert=C.pem --tls_key=K.pem for mutual TLS, --tls_server_name)\n"
     "Contexts:\n"
     "  ingest FILES|FOLDERS   store each file (or each line of a .jsonl file) as a context;\n"
     "                         skips ids already stored (--labels, --batch, --skip_existing)\n"
@@ -74,6 +84,31 @@ constexpr char kUsageText[] =
     "  health                 SERVING or NOT_SERVING (grpc.health.v1)\n"
     "Exit status: 0 success, 1 the call failed, 2 bad usage, 3 not serving, 4 no such\n"
     "context, 5 ingest stored some documents but not all.";
+
+// The channel to `target`: plaintext, or TLS as the --tls flags say.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(const std::string& target) {
+  const std::string ca = absl::GetFlag(FLAGS_tls_ca), cert = absl::GetFlag(FLAGS_tls_cert),
+                    key = absl::GetFlag(FLAGS_tls_key),
+                    server_name = absl::GetFlag(FLAGS_tls_server_name);
+  if (!absl::GetFlag(FLAGS_tls) && ca.empty() && cert.empty() && key.empty() &&
+      server_name.empty()) {
+    return grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  }
+  if (cert.empty() != key.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  grpc::SslCredentialsOptions ssl;
+  if (!ca.empty()) {
+    APE_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(ca));
+  }
+  if (!cert.empty()) {
+    APE_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadFile(cert));
+    APE_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadFile(key));
+  }
+  grpc::ChannelArguments arguments;
+  if (!server_name.empty()) arguments.SetSslTargetNameOverride(server_name);
+  return grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), arguments);
+}
 
 ape::v1::EncodingMode ModeOf(const std::string& name) {
   if (name == "sequential") return ape::v1::ENCODING_MODE_SEQUENTIAL;
@@ -394,10 +429,11 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args(words.begin() + 2, words.end());
   std::string target = absl::GetFlag(FLAGS_target);
   if (target.empty()) target = absl::GetFlag(FLAGS_server);
-  const Connection connection{
-      .channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials()),
-      .namespace_id = absl::GetFlag(FLAGS_namespace),
-      .json = absl::GetFlag(FLAGS_json)};
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = OpenChannel(target);
+  if (!channel.ok()) return UsageError(std::string(channel.status().message()));
+  const Connection connection{.channel = *std::move(channel),
+                              .namespace_id = absl::GetFlag(FLAGS_namespace),
+                              .json = absl::GetFlag(FLAGS_json)};
   const auto no_args = [&](int (*run)(const Connection&)) {
     return args.empty() ? run(connection) : UsageError(command + " takes no arguments");
   };

@@ -44,6 +44,9 @@ std::string ToJson(const google::protobuf::Message& message, bool indent);
 // Prints `message` as indented JSON on stdout.
 int PrintJson(const google::protobuf::Message& message);
 
+// The bytes of the file at `path`; NOT_FOUND naming it when it cannot be read.
+absl::StatusOr<std::string> ReadFile(const std::string& path);
+
 // "k=v,k2=v2" -> labels; INVALID_ARGUMENT for a pair without '='.
 absl::StatusOr<std::map<std::string, std::string>> ParseLabels(const std::string& text);
 

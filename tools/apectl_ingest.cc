@@ -32,6 +32,14 @@ ABSL_DECLARE_FLAG(int, batch);
 ABSL_DECLARE_FLAG(bool, skip_existing);
 
 namespace apeserve::apectl {
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -42,17 +50,9 @@ struct Document {
   std::map<std::string, std::string> labels;
 };
 
-absl::StatusOr<std::string> ReadAll(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path.string()));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // The documents of one file, or an error naming it.
 absl::Status Collect(const fs::path& path, const std::string& id, std::vector<Document>& out) {
-  absl::StatusOr<std::string> text = ReadAll(path);
+  absl::StatusOr<std::string> text = ReadFile(path.string());
   if (!text.ok()) return text.status();
   if (path.extension() != ".jsonl") {
     if (!IsValidUtf8(*text))

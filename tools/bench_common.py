@@ -113,6 +113,26 @@ def memcpy_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
     return source.nbytes / best / 1e9
 
 
+def matmul_gflop_s(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """The best of `repeats` float32 products of two `size` x `size` matrices on `threads`
+    threads, in GFLOP/s: the dense arithmetic this machine reaches through libtorch."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        torch.matmul(a, b)  # first call: the library's set-up
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.matmul(a, b)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * size**3 / best / 1e9
+
+
 def peak_rss_mb(pid: int) -> float | None:
     """The peak resident memory (VmHWM) of process `pid` in MiB, None when unreadable."""
     try:

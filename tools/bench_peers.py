@@ -103,17 +103,18 @@ _LAYOUT: dict[str, float] = {}
 def ape_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """DESIGN.md §3 in the model's dtype. query [1, H, Tq, D]; key and value [1, Hkv, S, D]
     hold the prefix, the contexts side by side and the local tokens (ending with the
-    queries)."""
+    queries). The query heads of one kv head are stacked as rows ([1, Hkv, G * Tq, D]),
+    so that the keys and values are used where they lie, not copied G times."""
     del module, attention_mask, dropout, kwargs  # the segments say what is visible
     p, c = int(_LAYOUT["prefix"]), int(_LAYOUT["contexts"])
     temperature, scale = _LAYOUT["temperature"], _LAYOUT["scale"]
-    groups = query.shape[1] // key.shape[1]
-    k = key.repeat_interleave(groups, dim=1)
-    v = value.repeat_interleave(groups, dim=1)
-    a = query @ k.transpose(-1, -2) * scaling
-    queries, local = query.shape[2], k.shape[2] - p - c
+    heads, queries, kv_heads = query.shape[1], query.shape[2], key.shape[1]
+    q = query.reshape(1, kv_heads, -1, query.shape[3])
+    a = q @ key.transpose(-1, -2) * scaling  # [1, Hkv, G * Tq, S]
+    local = key.shape[2] - p - c
     a_p, a_c, a_q = a[..., :p], a[..., p:p + c], a[..., p + c:]
-    visible = torch.arange(local)[None, :] <= torch.arange(queries)[:, None] + (local - queries)
+    query_index = torch.arange(queries).repeat(heads // kv_heads)[:, None]
+    visible = torch.arange(local)[None, :] <= query_index + (local - queries)
     a_q = a_q.masked_fill(~visible, -math.inf)
     lse_c = torch.logsumexp(a_c / temperature, -1)
     if _LAYOUT["multiplicative"]:
@@ -122,9 +123,10 @@ def ape_attention(module, query, key, value, attention_mask, scaling, dropout=0.
         lse_c = temperature * lse_c + math.log(scale)
     lses = torch.stack([torch.logsumexp(a_p, -1), lse_c, torch.logsumexp(a_q, -1)])
     weights = torch.softmax(lses, 0).unsqueeze(-1)
-    o = (weights[0] * (torch.softmax(a_p, -1) @ v[..., :p, :])
-         + weights[1] * (torch.softmax(a_c / temperature, -1) @ v[..., p:p + c, :])
-         + weights[2] * (torch.softmax(a_q, -1) @ v[..., p + c:, :]))
+    o = (weights[0] * (torch.softmax(a_p, -1) @ value[..., :p, :])
+         + weights[1] * (torch.softmax(a_c / temperature, -1) @ value[..., p:p + c, :])
+         + weights[2] * (torch.softmax(a_q, -1) @ value[..., p + c:, :]))
+    o = o.reshape(1, heads, queries, -1)
     return o.transpose(1, 2).contiguous(), None
 
 

@@ -3,16 +3,42 @@ metrics port) with a fresh data directory, stopped with SIGTERM. CTest sets
 APESERVE_BINARY and APESERVE_TEST_MODEL.
 """
 
+import importlib.util
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def import_client(scratch: Path):
+    """apeserve_client, installed or built from the checkout into ``scratch``."""
+    try:
+        import apeserve_client
+
+        return apeserve_client
+    except ImportError:
+        pass
+    # Built beside the sources, not in them: the checkout stays clean, and the test
+    # imports the same layout a wheel installs (the stubs in apeserve_client/ape/v1).
+    spec = importlib.util.spec_from_file_location(
+        "_apeserve_generate", REPOSITORY / "clients/python/apeserve_client/_generate.py"
+    )
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    sys.path.insert(0, str(generate.build_from_checkout(REPOSITORY, scratch)))
+    import apeserve_client
+
+    return apeserve_client
+
 
 class ApeserveProcess:
-    def __init__(self, root: Path, timeout: float = 120):
-        """Starts apeserve with its data and logs under ``root``; waits until it serves."""
+    def __init__(self, root: Path, timeout: float = 120, flags: tuple[str, ...] = ()):
+        """Starts apeserve with its data and logs under ``root`` and any further
+        ``flags``; waits until it serves."""
         port_file = root / "port"
         self._stderr = open(root / "stderr", "w+")
         self._server = subprocess.Popen(
@@ -24,6 +50,7 @@ class ApeserveProcess:
                 "--metrics_listen=127.0.0.1:0",
                 "--device=cpu",
                 "--port_file=" + str(port_file),
+                *flags,
             ],
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,

@@ -8,7 +8,6 @@ CTest, which sets APESERVE_BINARY and APESERVE_TEST_MODEL.
 """
 
 import datetime
-import importlib.util
 import os
 import sys
 import tempfile
@@ -17,32 +16,10 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
-from apeserve_process import ApeserveProcess
+from apeserve_process import ApeserveProcess, import_client
 
-REPOSITORY = Path(__file__).resolve().parents[2]
 QUERY = "What is the capital of France?"
 GREEDY = {"temperature": 0.0, "max_tokens": 8}
-
-
-def _import_client(scratch: Path):
-    """apeserve_client, installed or built from the checkout into ``scratch``."""
-    try:
-        import apeserve_client
-
-        return apeserve_client
-    except ImportError:
-        pass
-    # Built beside the sources, not in them: the checkout stays clean, and the test
-    # imports the same layout a wheel installs (the stubs in apeserve_client/ape/v1).
-    spec = importlib.util.spec_from_file_location(
-        "_apeserve_generate", REPOSITORY / "clients/python/apeserve_client/_generate.py"
-    )
-    generate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generate)
-    sys.path.insert(0, str(generate.build_from_checkout(REPOSITORY, scratch)))
-    import apeserve_client
-
-    return apeserve_client
 
 
 class PythonClientTest(unittest.TestCase):
@@ -51,7 +28,7 @@ class PythonClientTest(unittest.TestCase):
         cls.tmp = tempfile.TemporaryDirectory(prefix="apeserve-client-")
         root = Path(cls.tmp.name)
         (root / "lib").mkdir()
-        cls.ape = _import_client(root / "lib")
+        cls.ape = import_client(root / "lib")
         cls.server = ApeserveProcess(root)
         cls.client = cls.ape.Client(cls.server.address, timeout=60)
         # Two documents for the generation tests.

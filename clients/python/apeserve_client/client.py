@@ -123,8 +123,11 @@ class Client:
         namespace: the namespace of the contexts this client names.
         timeout: deadline of each call in seconds; None waits as long as it takes (for
             the streaming calls, the deadline covers the whole stream).
-        channel: a channel to use instead of an insecure one to ``target`` (for TLS or
-            custom options); ``close()`` leaves it open.
+        credentials: TLS credentials for ``target``, e.g.
+            ``grpc.ssl_channel_credentials(root_certificates=ca_pem)`` (add
+            ``private_key`` and ``certificate_chain`` for mutual TLS); None: plaintext.
+        channel: a channel to use instead of one to ``target`` (for custom options);
+            ``close()`` leaves it open.
 
     Usable as a context manager, which closes the client on exit.
     """
@@ -135,12 +138,17 @@ class Client:
         namespace: str = "default",
         timeout: Optional[float] = None,
         *,
+        credentials: Optional[grpc.ChannelCredentials] = None,
         channel: Optional[grpc.Channel] = None,
     ) -> None:
         self.namespace = namespace
         self.timeout = timeout
         self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        if channel is None:
+            channel = (grpc.secure_channel(target, credentials, options=_CHANNEL_OPTIONS)
+                       if credentials is not None
+                       else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS))
+        self._channel = channel
         self._contexts = context_pb2_grpc.ContextServiceStub(self._channel)
         self._generation = generation_pb2_grpc.GenerationServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
