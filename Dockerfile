@@ -22,7 +22,7 @@ RUN cmake --preset default -DAPESERVE_BUILD_TESTS=OFF \
 FROM debian:bookworm-slim
 ENV APESERVE_HOME=/opt/apeserve DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends \
-      python3 libgrpc++1.51 libprotobuf32 librocksdb7.8 libspdlog1.10 libabsl20220623 \
+      python3 libgrpc++1.51 libprotobuf32 librocksdb7.8 libspdlog1.10 libabsl20220623 libssl3 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/apeserve/venv /opt/apeserve/venv
 COPY --from=build /opt/apeserve/models /opt/apeserve/models

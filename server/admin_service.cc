@@ -1,11 +1,16 @@
 #include "server/admin_service.h"
 
+#include <optional>
+
+#include "server/grpc_status.h"
+
 namespace apeserve::server {
 namespace {
 
-grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context) {
+grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context,
+                               const absl::Status& status = absl::OkStatus()) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
+  reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }
 
@@ -24,6 +29,10 @@ void Fill(const cache::TierStats& from, ape::v1::TierStats& to) {
 grpc::ServerUnaryReactor* AdminService::GetServerInfo(
     grpc::CallbackServerContext* context, const ape::v1::GetServerInfoRequest* /*request*/,
     ape::v1::ServerInfo* response) {
+  if (absl::Status allowed = backend_.auth.Check(*context, Role::kRead, std::nullopt);
+      !allowed.ok()) {
+    return Done(context, allowed);
+  }
   *response = info_;
   return Done(context);
 }
@@ -31,6 +40,10 @@ grpc::ServerUnaryReactor* AdminService::GetServerInfo(
 grpc::ServerUnaryReactor* AdminService::GetModelInfo(
     grpc::CallbackServerContext* context, const ape::v1::GetModelInfoRequest* /*request*/,
     ape::v1::ModelInfo* response) {
+  if (absl::Status allowed = backend_.auth.Check(*context, Role::kRead, std::nullopt);
+      !allowed.ok()) {
+    return Done(context, allowed);
+  }
   *response = model_;
   return Done(context);
 }
@@ -38,6 +51,10 @@ grpc::ServerUnaryReactor* AdminService::GetModelInfo(
 grpc::ServerUnaryReactor* AdminService::GetStats(grpc::CallbackServerContext* context,
                                                  const ape::v1::GetStatsRequest* /*request*/,
                                                  ape::v1::Stats* response) {
+  if (absl::Status allowed = backend_.auth.Check(*context, Role::kAdmin, std::nullopt);
+      !allowed.ok()) {
+    return Done(context, allowed);
+  }
   for (const auto& [key, count] : backend_.counters.calls()) {
     ape::v1::MethodStats* method = response->add_methods();
     method->set_method(key.first);
@@ -68,6 +85,10 @@ grpc::ServerUnaryReactor* AdminService::GetStats(grpc::CallbackServerContext* co
 grpc::ServerUnaryReactor* AdminService::GetLoad(grpc::CallbackServerContext* context,
                                                 const ape::v1::GetLoadRequest* /*request*/,
                                                 ape::v1::Load* response) {
+  if (absl::Status allowed = backend_.auth.Check(*context, Role::kAdmin, std::nullopt);
+      !allowed.ok()) {
+    return Done(context, allowed);
+  }
   const SchedulerLoad load = backend_.scheduler.load();
   response->set_queued(static_cast<int32_t>(load.queued));
   response->set_running(static_cast<int32_t>(load.running));

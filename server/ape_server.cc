@@ -145,6 +145,12 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
   // Cheap checks first, so that a typo fails in milliseconds.
   APE_ASSIGN_OR_RETURN(const std::shared_ptr<grpc::ServerCredentials> credentials,
                        MakeServerCredentials(options.tls));
+  std::unique_ptr<TokenAuth> auth = std::make_unique<TokenAuth>();
+  if (!options.auth_tokens_file.empty()) {
+    APE_ASSIGN_OR_RETURN(auth, TokenAuth::Open(options.auth_tokens_file));
+    spdlog::info("token authentication on: {} token(s) from '{}'", auth->size(),
+                 options.auth_tokens_file);
+  }
   APE_ASSIGN_OR_RETURN(const model::GgufHeader header, model::ReadGgufHeader(options.model_path));
   APE_ASSIGN_OR_RETURN(const model::Device device, model::ResolveDevice(options.device));
   const model::RuntimeInfo runtime = model::GetRuntimeInfo();
@@ -158,6 +164,7 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
 
   std::unique_ptr<ApeServer> server(new ApeServer());
   server->options_ = std::make_unique<ServerOptions>(options);
+  server->auth_ = std::move(auth);
   const absl::Time load_start = absl::Now();
   model::EngineOptions engine_options;
   engine_options.model_path = options.model_path;
@@ -236,7 +243,8 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
                                                        .registry = *server->registry_,
                                                        .prefixes = prefixes,
                                                        .scheduler = *server->scheduler_,
-                                                       .counters = *server->counters_});
+                                                       .counters = *server->counters_,
+                                                       .auth = *server->auth_});
   ape::v1::ServerInfo info = DescribeServer(options, header, device, runtime);
   if (!options.metrics_address.empty()) {
     APE_ASSIGN_OR_RETURN(server->metrics_,
@@ -285,6 +293,16 @@ void ApeServer::Shutdown(absl::Duration grace) {
   // tasks stop at their next step.
   grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   if (scheduler_ != nullptr) scheduler_->Stop();
+}
+
+absl::Status ApeServer::ReloadTokens() {
+  if (auth_ == nullptr || !auth_->enabled()) return absl::OkStatus();
+  if (absl::Status reloaded = auth_->Reload(); !reloaded.ok()) {
+    spdlog::error("tokens not reloaded (the previous ones stay in force): {}", reloaded.ToString());
+    return reloaded;
+  }
+  spdlog::info("tokens reloaded: {} in force", auth_->size());
+  return absl::OkStatus();
 }
 
 void ApeServer::Wait() {

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/server_options.h"
+#include "server/token_auth.h"
 
 namespace grpc {
 class Server;
@@ -62,6 +63,9 @@ class ApeServer {
   // Blocks until the server has shut down.
   void Wait();
 
+  // Reads the tokens file again (SIGHUP); on an error the tokens in force stay.
+  absl::Status ReloadTokens();
+
  private:
   ApeServer() = default;
 
@@ -77,6 +81,7 @@ class ApeServer {
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ServerCounters> counters_;
   std::unique_ptr<ServerOptions> options_;
+  std::unique_ptr<TokenAuth> auth_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<MetricsEndpoint> metrics_;
   std::unique_ptr<AdminService> admin_service_;

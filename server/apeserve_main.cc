@@ -107,6 +107,9 @@ ABSL_FLAG(std::string, tls_cert, "",
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA certificates: clients must present a certificate they signed (mutual TLS)");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "JSON file of the tokens that may call the API (SHA-256 digests, roles, namespaces); "
+          "reloaded on SIGHUP; empty: no authentication");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "on SIGTERM or SIGINT, how long running calls may finish before they are cancelled");
 
@@ -164,6 +167,7 @@ int main(int argc, char** argv) {
   options.tls = {.cert_file = absl::GetFlag(FLAGS_tls_cert),
                  .key_file = absl::GetFlag(FLAGS_tls_key),
                  .client_ca_file = absl::GetFlag(FLAGS_tls_client_ca)};
+  options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
   // Sizes in MiB, from 0 to 1 TiB.
   const auto mib = [](int64_t value) -> std::optional<size_t> {
     if (value < 0 || value > (int64_t{1} << 20)) return std::nullopt;
@@ -235,13 +239,15 @@ int main(int argc, char** argv) {
     return UsageError(absl::StrCat("APE defaults: ", valid.message()));
   }
 
-  // Block the stop signals before any thread starts, so that every thread inherits
-  // the mask and only sigwait() below receives them.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // Block the signals before any thread starts, so that every thread inherits the mask
+  // and only sigwait() below receives them: SIGINT and SIGTERM stop, SIGHUP reloads
+  // the tokens file.
+  sigset_t handled_signals;
+  sigemptyset(&handled_signals);
+  sigaddset(&handled_signals, SIGINT);
+  sigaddset(&handled_signals, SIGTERM);
+  sigaddset(&handled_signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &handled_signals, nullptr);
 
   auto server = apeserve::server::ApeServer::Start(options);
   if (!server.ok()) {
@@ -255,7 +261,9 @@ int main(int argc, char** argv) {
   }
 
   int signal = 0;
-  sigwait(&stop_signals, &signal);
+  while (sigwait(&handled_signals, &signal) == 0 && signal == SIGHUP) {
+    (*server)->ReloadTokens().IgnoreError();  // logged; the old tokens stay in force
+  }
   spdlog::info("received {}; shutting down", signal == SIGINT ? "SIGINT" : "SIGTERM");
   (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));
   (*server)->Wait();

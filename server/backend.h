@@ -4,12 +4,15 @@
 #ifndef APESERVE_SERVER_BACKEND_H_
 #define APESERVE_SERVER_BACKEND_H_
 
+#include <string>
+
 #include "cache/context_registry.h"
 #include "model/engine.h"
 #include "server/prefix_cache.h"
 #include "server/scheduler.h"
 #include "server/server_counters.h"
 #include "server/server_options.h"
+#include "server/token_auth.h"
 
 namespace apeserve::server {
 
@@ -21,10 +24,16 @@ struct Backend {
   PrefixCache& prefixes;
   Scheduler& scheduler;
   ServerCounters& counters;
+  // Who may call what (off without a tokens file).
+  const TokenAuth& auth;
 };
 
 // The namespace a request names, "default" when empty.
 inline constexpr char kDefaultNamespace[] = "default";
+
+inline std::string NamespaceOf(const std::string& requested) {
+  return requested.empty() ? kDefaultNamespace : requested;
+}
 
 }  // namespace apeserve::server
 

@@ -21,10 +21,6 @@ using BatchChannel = ReplyChannel<ape::v1::BatchCreateContextsResponse>;
 constexpr int kDefaultPageSize = 100;
 constexpr int kMaxPageSize = 1000;
 
-std::string NamespaceOf(const std::string& requested) {
-  return requested.empty() ? kDefaultNamespace : requested;
-}
-
 std::string Summary(const ape::v1::Context& context) {
   return absl::StrCat("namespace=", context.namespace_(),
                       " context_id=", absl::CHexEscape(context.context_id()),
@@ -63,6 +59,11 @@ grpc::Status ContextService::CreateContext(grpc::ServerContext* context,
                                            const ape::v1::CreateContextRequest* request,
                                            ape::v1::Context* response) {
   const absl::Time start = absl::Now();
+  if (absl::Status allowed =
+          backend_.auth.Check(*context, Role::kWrite, NamespaceOf(request->namespace_()));
+      !allowed.ok()) {
+    return FinishCall(backend_, "CreateContext", "", allowed, start);
+  }
   const absl::StatusOr<ape::v1::Context> stored = StoreOne(context, *request);
   if (stored.ok()) *response = *stored;
   return FinishCall(backend_, "CreateContext", "", stored.status(), start,
@@ -77,12 +78,21 @@ grpc::Status ContextService::UploadContext(
     return FinishCall(backend_, "UploadContext", "", status, start,
                       status.ok() ? Summary(*response) : "");
   };
+  // Without a valid token the call ends before any text is read.
+  if (absl::Status known = backend_.auth.Check(*context, Role::kWrite, std::nullopt); !known.ok()) {
+    return finish(known);
+  }
   ape::v1::UploadContextRequest message;
   if (!reader->Read(&message) || !message.has_metadata()) {
     return finish(absl::InvalidArgumentError(
         "the first message of an upload must carry the metadata (and no text chunk)"));
   }
   ape::v1::CreateContextRequest request = std::move(*message.mutable_metadata());
+  if (absl::Status allowed =
+          backend_.auth.Check(*context, Role::kWrite, NamespaceOf(request.namespace_()));
+      !allowed.ok()) {
+    return finish(allowed);
+  }
   if (!request.text().empty()) {
     return finish(absl::InvalidArgumentError(
         "metadata.text must be empty in an upload: send the text as text_chunk messages"));
@@ -116,6 +126,13 @@ grpc::Status ContextService::BatchCreateContexts(
   const auto finish = [&](const absl::Status& status, const std::string& details = "") {
     return FinishCall(backend_, "BatchCreateContexts", "", status, start, details);
   };
+  for (const ape::v1::CreateContextRequest& one : request->contexts()) {
+    if (absl::Status allowed =
+            backend_.auth.Check(*context, Role::kWrite, NamespaceOf(one.namespace_()));
+        !allowed.ok()) {
+      return finish(allowed);
+    }
+  }
   const int limit = backend_.options.limits.max_batch_contexts;
   if (request->contexts_size() == 0) {
     return finish(absl::InvalidArgumentError("contexts is empty: nothing to store"));
@@ -144,10 +161,15 @@ grpc::Status ContextService::BatchCreateContexts(
   return finish(channel->status(), absl::StrCat("contexts=", done, " failed=", failed));
 }
 
-grpc::Status ContextService::GetContext(grpc::ServerContext* /*context*/,
+grpc::Status ContextService::GetContext(grpc::ServerContext* context,
                                         const ape::v1::GetContextRequest* request,
                                         ape::v1::Context* response) {
   const absl::Time start = absl::Now();
+  if (absl::Status allowed =
+          backend_.auth.Check(*context, Role::kRead, NamespaceOf(request->namespace_()));
+      !allowed.ok()) {
+    return FinishCall(backend_, "GetContext", "", allowed, start);
+  }
   absl::StatusOr<cache::StoredContext> document =
       backend_.registry.Get(NamespaceOf(request->namespace_()), request->context_id());
   if (document.ok()) {
@@ -156,13 +178,18 @@ grpc::Status ContextService::GetContext(grpc::ServerContext* /*context*/,
   return FinishCall(backend_, "GetContext", "", document.status(), start);
 }
 
-grpc::Status ContextService::ListContexts(grpc::ServerContext* /*context*/,
+grpc::Status ContextService::ListContexts(grpc::ServerContext* context,
                                           const ape::v1::ListContextsRequest* request,
                                           ape::v1::ListContextsResponse* response) {
   const absl::Time start = absl::Now();
   const auto finish = [&](const absl::Status& status) {
     return FinishCall(backend_, "ListContexts", "", status, start);
   };
+  if (absl::Status allowed =
+          backend_.auth.Check(*context, Role::kRead, NamespaceOf(request->namespace_()));
+      !allowed.ok()) {
+    return finish(allowed);
+  }
   if (request->page_size() < 0 || request->page_size() > kMaxPageSize) {
     return finish(absl::InvalidArgumentError(absl::StrCat(
         "page_size is ", request->page_size(), "; it must be in [0, ", kMaxPageSize, "]")));
@@ -188,7 +215,7 @@ grpc::Status ContextService::ListContexts(grpc::ServerContext* /*context*/,
   return finish(absl::OkStatus());
 }
 
-grpc::Status ContextService::UpdateContext(grpc::ServerContext* /*context*/,
+grpc::Status ContextService::UpdateContext(grpc::ServerContext* context,
                                            const ape::v1::UpdateContextRequest* request,
                                            ape::v1::Context* response) {
   const absl::Time start = absl::Now();
@@ -196,6 +223,11 @@ grpc::Status ContextService::UpdateContext(grpc::ServerContext* /*context*/,
     return FinishCall(backend_, "UpdateContext", "", status, start);
   };
   const ape::v1::Context& update = request->context();
+  if (absl::Status allowed =
+          backend_.auth.Check(*context, Role::kWrite, NamespaceOf(update.namespace_()));
+      !allowed.ok()) {
+    return finish(allowed);
+  }
   cache::ContextUpdate change;
   std::vector<std::string> paths(request->update_mask().paths().begin(),
                                  request->update_mask().paths().end());
@@ -231,10 +263,15 @@ grpc::Status ContextService::UpdateContext(grpc::ServerContext* /*context*/,
   return finish(document.status());
 }
 
-grpc::Status ContextService::DeleteContext(grpc::ServerContext* /*context*/,
+grpc::Status ContextService::DeleteContext(grpc::ServerContext* context,
                                            const ape::v1::DeleteContextRequest* request,
                                            ape::v1::DeleteContextResponse* response) {
   const absl::Time start = absl::Now();
+  if (absl::Status allowed =
+          backend_.auth.Check(*context, Role::kWrite, NamespaceOf(request->namespace_()));
+      !allowed.ok()) {
+    return FinishCall(backend_, "DeleteContext", "", allowed, start);
+  }
   absl::StatusOr<bool> existed =
       backend_.registry.Delete(NamespaceOf(request->namespace_()), request->context_id());
   if (existed.ok()) response->set_existed(*existed);

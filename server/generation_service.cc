@@ -28,10 +28,25 @@ std::string Describe(const QueryPlan& plan, const ape::v1::Usage& usage,
       timings.time_to_first_token_ms());
 }
 
+// OK when the caller may query `request`'s namespace, and write to it if the request
+// stores inline contexts.
+template <typename Request>
+absl::Status CheckQueryAllowed(const Backend& backend, const grpc::ServerContext& context,
+                               const Request& request) {
+  Role needed = Role::kRead;
+  for (const ape::v1::InlineContext& inline_context : request.inline_contexts()) {
+    if (inline_context.store()) needed = Role::kWrite;
+  }
+  return backend.auth.Check(context, needed, NamespaceOf(request.namespace_()));
+}
+
 // Plans `request` and queues its generation; the channel then carries its replies.
 absl::StatusOr<std::shared_ptr<StreamChannel>> StartGeneration(
     const Backend& backend, grpc::ServerContext* context, const ape::v1::GenerateRequest& request,
     QueryPlan& plan) {
+  if (absl::Status allowed = CheckQueryAllowed(backend, *context, request); !allowed.ok()) {
+    return allowed;
+  }
   absl::StatusOr<QueryPlan> planned = PlanGenerate(request, backend.options);
   if (!planned.ok()) return planned.status();
   plan = *planned;
@@ -97,6 +112,9 @@ grpc::Status GenerationService::Score(grpc::ServerContext* context,
                                       const ape::v1::ScoreRequest* request,
                                       ape::v1::ScoreResponse* response) {
   const absl::Time start = absl::Now();
+  if (absl::Status allowed = CheckQueryAllowed(backend_, *context, *request); !allowed.ok()) {
+    return FinishCall(backend_, "Score", request->request_id(), allowed, start);
+  }
   absl::StatusOr<QueryPlan> plan = PlanScore(*request, backend_.options);
   if (!plan.ok()) return FinishCall(backend_, "Score", request->request_id(), plan.status(), start);
   const QueryPlan copy = *plan;

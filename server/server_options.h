@@ -101,6 +101,9 @@ struct ServerOptions {
   StorageOptions storage;
   // TLS of the gRPC port (default: plaintext).
   TlsOptions tls;
+  // JSON file of the tokens that may call the API, hashed, with their roles and
+  // namespaces (server/token_auth.h); empty: no authentication. Default: empty.
+  std::string auth_tokens_file;
   // host:port of the Prometheus metrics endpoint (HTTP GET /metrics); port 0 picks a
   // free one; empty turns it off. Default: "127.0.0.1:9464" (loopback only).
   std::string metrics_address = "127.0.0.1:9464";

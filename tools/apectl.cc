@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <vector>
@@ -26,6 +27,8 @@
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "address of the apeserve to talk to");
 ABSL_FLAG(std::string, target, "", "the same as --server (older name)");
 ABSL_FLAG(std::string, namespace, "default", "namespace of the contexts");
+ABSL_FLAG(std::string, token, "",
+          "API token, sent as 'authorization: Bearer <token>' (default: $APESERVE_TOKEN)");
 ABSL_FLAG(bool, tls, false,
           "speak TLS (implied by --tls_ca, --tls_cert, --tls_server_name); without --tls_ca, "
           "the server's certificate is checked against the system's CAs");
@@ -66,6 +69,7 @@ namespace {
 constexpr char kUsageText[] =
     "apectl: command-line client of apeserve.\n\n"
     "Usage: apectl [--server=HOST:PORT] [--namespace=NS] [--json] [--timeout=D] COMMAND [ARGS]\n"
+    "Token: --token=T or $APESERVE_TOKEN, when the server checks tokens\n"
     "TLS: --tls_ca=CA.pem (--tls_cert=C.pem --tls_key=K.pem for mutual TLS, --tls_server_name)\n"
     "Contexts:\n"
     "  ingest FILES|FOLDERS   store each file (or each line of a .jsonl file) as a context;\n"
@@ -171,7 +175,7 @@ int Ask(const Connection& connection, const std::vector<std::string>& args) {
   if (auto error = FillGenerate(connection, args, request)) return *error;
   auto stub = ape::v1::GenerationService::NewStub(connection.channel);
   grpc::ClientContext context;
-  SetDeadline(context);
+  PrepareCall(context);
   auto reader = stub->GenerateStream(&context, request);
   ape::v1::GenerateStreamResponse chunk;
   ape::v1::StreamEnd end;
@@ -200,7 +204,7 @@ int Generate(const Connection& connection, const std::vector<std::string>& args)
   ape::v1::GenerateRequest request;
   if (auto error = FillGenerate(connection, args, request)) return *error;
   grpc::ClientContext context;
-  SetDeadline(context);
+  PrepareCall(context);
   ape::v1::GenerateResponse response;
   const grpc::Status status = ape::v1::GenerationService::NewStub(connection.channel)
                                   ->Generate(&context, request, &response);
@@ -214,7 +218,7 @@ int Score(const Connection& connection, const std::vector<std::string>& args) {
   if (auto error = FillQuery(connection, request)) return *error;
   for (const std::string& continuation : args) request.add_continuations(continuation);
   grpc::ClientContext context;
-  SetDeadline(context);
+  PrepareCall(context);
   ape::v1::ScoreResponse response;
   const grpc::Status status =
       ape::v1::GenerationService::NewStub(connection.channel)->Score(&context, request, &response);
@@ -237,7 +241,7 @@ int List(const Connection& connection) {
   request.mutable_label_filter()->insert(labels->begin(), labels->end());
   do {
     grpc::ClientContext context;
-    SetDeadline(context);
+    PrepareCall(context);
     ape::v1::ListContextsResponse page;
     if (grpc::Status status = stub->ListContexts(&context, request, &page); !status.ok()) {
       return Fail(status);
@@ -266,7 +270,7 @@ int Get(const Connection& connection, const std::vector<std::string>& args) {
   request.set_context_id(args[0]);
   request.set_include_text(absl::GetFlag(FLAGS_text));
   grpc::ClientContext context;
-  SetDeadline(context);
+  PrepareCall(context);
   ape::v1::Context response;
   const grpc::Status status = ape::v1::ContextService::NewStub(connection.channel)
                                   ->GetContext(&context, request, &response);
@@ -283,7 +287,7 @@ int Update(const Connection& connection, const std::vector<std::string>& args) {
   request.mutable_context()->mutable_labels()->insert(labels->begin(), labels->end());
   request.mutable_update_mask()->add_paths("labels");
   grpc::ClientContext context;
-  SetDeadline(context);
+  PrepareCall(context);
   ape::v1::Context response;
   const grpc::Status status = ape::v1::ContextService::NewStub(connection.channel)
                                   ->UpdateContext(&context, request, &response);
@@ -298,7 +302,7 @@ int Delete(const Connection& connection, const std::vector<std::string>& args) {
     request.set_namespace_(connection.namespace_id);
     request.set_context_id(id);
     grpc::ClientContext context;
-    SetDeadline(context);
+    PrepareCall(context);
     ape::v1::DeleteContextResponse response;
     if (grpc::Status status = stub->DeleteContext(&context, request, &response); !status.ok()) {
       return Fail(status);
@@ -320,7 +324,7 @@ int Admin(const Connection& connection,
                                                             Reply*)) {
   auto stub = ape::v1::AdminService::NewStub(connection.channel);
   grpc::ClientContext context;
-  SetDeadline(context, absl::Seconds(5));
+  PrepareCall(context, absl::Seconds(5));
   Reply reply;
   const grpc::Status status = ((*stub).*call)(&context, Request(), &reply);
   return status.ok() ? PrintJson(reply) : Fail(status);
@@ -331,7 +335,7 @@ int Admin(const Connection& connection,
 int Health(const Connection& connection) {
   grpc::GenericStub stub(connection.channel);
   grpc::ClientContext context;
-  SetDeadline(context, absl::Seconds(5));
+  PrepareCall(context, absl::Seconds(5));
   grpc::Slice empty_message;
   grpc::ByteBuffer request(&empty_message, 1), reply;
   grpc::Status status;
@@ -368,11 +372,14 @@ int Health(const Connection& connection) {
 
 }  // namespace
 
-void SetDeadline(grpc::ClientContext& context, absl::Duration fallback) {
+void PrepareCall(grpc::ClientContext& context, absl::Duration fallback) {
   absl::Duration timeout = absl::GetFlag(FLAGS_timeout);
   if (timeout <= absl::ZeroDuration()) timeout = fallback;
   if (timeout > absl::ZeroDuration())
     context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  if (const std::string token = absl::GetFlag(FLAGS_token); !token.empty()) {
+    context.AddMetadata("authorization", absl::StrCat("Bearer ", token));
+  }
 }
 
 int Fail(const grpc::Status& status) {
@@ -421,6 +428,10 @@ int main(int argc, char** argv) {
   using namespace apeserve::apectl;  // NOLINT(google-build-using-namespace): main only
   absl::SetProgramUsageMessage(kUsageText);
   const std::vector<char*> words = absl::ParseCommandLine(argc, argv);
+  if (const char* token = std::getenv("APESERVE_TOKEN");
+      token != nullptr && absl::GetFlag(FLAGS_token).empty()) {
+    absl::SetFlag(&FLAGS_token, token);
+  }
   if (words.size() < 2) {
     std::fprintf(stderr, "%s\n", kUsageText);
     return kBadUsage;

@@ -31,9 +31,9 @@ struct Connection {
   bool json = false;
 };
 
-// Sets the call's deadline from --timeout (none when it is 0); `fallback` applies when
-// --timeout is 0 (e.g. 5 s for health checks).
-void SetDeadline(grpc::ClientContext& context, absl::Duration fallback = absl::ZeroDuration());
+// Sets the call's deadline from --timeout (none when it is 0; `fallback` applies when
+// --timeout is 0, e.g. 5 s for health checks) and its bearer token from --token.
+void PrepareCall(grpc::ClientContext& context, absl::Duration fallback = absl::ZeroDuration());
 
 // Prints the error and returns kCallFailed (kNotFound for NOT_FOUND).
 int Fail(const grpc::Status& status);

@@ -132,7 +132,7 @@ absl::StatusOr<std::set<std::string>> StoredIds(ape::v1::ContextService::Stub& s
   request.set_page_size(1000);
   do {
     grpc::ClientContext context;
-    SetDeadline(context, absl::Seconds(60));
+    PrepareCall(context, absl::Seconds(60));
     ape::v1::ListContextsResponse page;
     if (grpc::Status status = stub.ListContexts(&context, request, &page); !status.ok()) {
       return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
@@ -201,7 +201,7 @@ int Ingest(const Connection& connection, const std::vector<std::string>& args) {
       create->mutable_labels()->insert(todo[i]->labels.begin(), todo[i]->labels.end());
     }
     grpc::ClientContext context;
-    SetDeadline(context);
+    PrepareCall(context);
     auto reader = stub->BatchCreateContexts(&context, request);
     ape::v1::BatchCreateContextsResponse reply;
     while (reader->Read(&reply)) {

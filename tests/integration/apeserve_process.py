@@ -64,6 +64,10 @@ class ApeserveProcess:
         #: host:port of the gRPC server.
         self.address = "127.0.0.1:" + port_file.read_text().strip()
 
+    def signal(self, number: int) -> None:
+        """Sends signal ``number`` to the server."""
+        self._server.send_signal(number)
+
     def stop(self) -> None:
         """SIGTERM; raises unless apeserve exits 0."""
         self._server.send_signal(signal.SIGTERM)

@@ -71,20 +71,28 @@ class Certificates:
         self.stranger = issue(folder, "stranger", self.other_ca, CLIENT_USAGE)
 
 
-class TlsTest(unittest.TestCase):
+class ServerWithCertificates(unittest.TestCase):
+    """A server started with fresh certificates and the flags `server_flags` names."""
+
+    @classmethod
+    def server_flags(cls, certs: Certificates) -> tuple[str, ...]:
+        return (f"--tls_cert={certs.server[0]}", f"--tls_key={certs.server[1]}")
+
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory(prefix="apeserve-tls-")
         root = Path(cls.tmp.name)
         cls.certs = Certificates(root)
         (root / "server").mkdir()
-        cls.server = ApeserveProcess(root / "server", flags=(
-            f"--tls_cert={cls.certs.server[0]}", f"--tls_key={cls.certs.server[1]}"))
+        cls.server = ApeserveProcess(root / "server", flags=cls.server_flags(cls.certs))
 
     @classmethod
     def tearDownClass(cls):
         cls.server.stop()
         cls.tmp.cleanup()
+
+
+class TlsTest(ServerWithCertificates):
 
     def test_a_client_trusting_the_ca_is_served(self):
         with grpc.secure_channel(self.server.address, credentials(self.certs.ca[0])) as channel:
@@ -121,21 +129,10 @@ class TlsTest(unittest.TestCase):
         self.assertNotEqual(plaintext.returncode, 0)
 
 
-class MutualTlsTest(unittest.TestCase):
+class MutualTlsTest(ServerWithCertificates):
     @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory(prefix="apeserve-mtls-")
-        root = Path(cls.tmp.name)
-        cls.certs = Certificates(root)
-        (root / "server").mkdir()
-        cls.server = ApeserveProcess(root / "server", flags=(
-            f"--tls_cert={cls.certs.server[0]}", f"--tls_key={cls.certs.server[1]}",
-            f"--tls_client_ca={cls.certs.ca[0]}"))
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.stop()
-        cls.tmp.cleanup()
+    def server_flags(cls, certs: Certificates) -> tuple[str, ...]:
+        return (*super().server_flags(certs), f"--tls_client_ca={certs.ca[0]}")
 
     def test_a_client_with_a_certificate_from_the_client_ca_is_served(self):
         with grpc.secure_channel(self.server.address,

@@ -112,6 +112,39 @@ class GenerateStream(Iterator[str]):
         self.cancel()
 
 
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call's metadata."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = [*(details.metadata or ()), self._header]
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else \
+            _CallDetails(details.method, details.timeout, metadata, details.credentials,
+                         details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready, self.compression = (
+            credentials, wait_for_ready, compression)
+
+
 class Client:
     """A connection to an apeserve server.
 
@@ -123,6 +156,8 @@ class Client:
         namespace: the namespace of the contexts this client names.
         timeout: deadline of each call in seconds; None waits as long as it takes (for
             the streaming calls, the deadline covers the whole stream).
+        token: the API token, sent with every call as ``authorization: Bearer <token>``
+            (for servers started with ``--auth_tokens_file``); None: no token.
         credentials: TLS credentials for ``target``, e.g.
             ``grpc.ssl_channel_credentials(root_certificates=ca_pem)`` (add
             ``private_key`` and ``certificate_chain`` for mutual TLS); None: plaintext.
@@ -138,6 +173,7 @@ class Client:
         namespace: str = "default",
         timeout: Optional[float] = None,
         *,
+        token: Optional[str] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
         channel: Optional[grpc.Channel] = None,
     ) -> None:
@@ -148,6 +184,8 @@ class Client:
             channel = (grpc.secure_channel(target, credentials, options=_CHANNEL_OPTIONS)
                        if credentials is not None
                        else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS))
+        if token is not None:
+            channel = grpc.intercept_channel(channel, _BearerToken(token))
         self._channel = channel
         self._contexts = context_pb2_grpc.ContextServiceStub(self._channel)
         self._generation = generation_pb2_grpc.GenerationServiceStub(self._channel)
