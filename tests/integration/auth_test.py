@@ -142,6 +142,14 @@ class AuthTest(AuthServer):
         for name, call in self.api.calls("a", "doc-a").items():
             self.assert_code(call, (), grpc.StatusCode.UNAUTHENTICATED, name)
 
+    def test_an_empty_batch_from_a_stranger_is_refused_as_such(self):
+        empty = self.api.pb["context"].BatchCreateContextsRequest()
+        call = lambda md: list(self.api.contexts.BatchCreateContexts(empty, metadata=md,
+                                                                     timeout=60))
+        self.assert_code(call, (), grpc.StatusCode.UNAUTHENTICATED, "empty batch, no token")
+        self.assert_code(call, self.bearer("writer-a"), grpc.StatusCode.INVALID_ARGUMENT,
+                         "empty batch, a writer")
+
     def test_every_call_with_a_wrong_token_is_unauthenticated(self):
         for metadata in ((("authorization", "Bearer " + secrets.token_urlsafe(24)),),
                          (("authorization", self.tokens["admin"]),),  # no Bearer scheme
