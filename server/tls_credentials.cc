@@ -2,40 +2,23 @@
 
 #include <grpcpp/security/server_credentials.h>
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/status_macros.h"
+#include "server/config_file.h"
 
 namespace apeserve::server {
 namespace {
 
 // Certificates and keys are a few kilobytes; a larger file is not one.
-constexpr std::streamoff kMaxPemBytes = 1 << 20;
+constexpr size_t kMaxPemBytes = 1 << 20;
 
 // The text of the PEM file `path` (named `what` in errors).
 absl::StatusOr<std::string> ReadPem(const std::string& path, absl::string_view what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    const int error = errno;
-    const std::string message =
-        absl::StrCat(what, " '", path, "' cannot be read: ", std::strerror(error));
-    if (error == EACCES) return absl::PermissionDeniedError(message);
-    return absl::NotFoundError(message);
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  std::string pem = std::move(text).str();
-  if (static_cast<std::streamoff>(pem.size()) > kMaxPemBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " '", path, "' is ", pem.size(), " bytes: not a PEM file"));
-  }
+  APE_ASSIGN_OR_RETURN(std::string pem, ReadConfigFile(path, what, kMaxPemBytes));
   if (!absl::StrContains(pem, "-----BEGIN ")) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, " '", path, "' holds no PEM block (-----BEGIN ...)"));

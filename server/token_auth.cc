@@ -4,17 +4,15 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
-#include <fstream>
 #include <set>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
+#include "server/config_file.h"
 
 namespace apeserve::server {
 namespace {
@@ -150,14 +148,9 @@ size_t TokenAuth::size() const {
 
 absl::Status TokenAuth::Reload() {
   if (!enabled()) return absl::OkStatus();
-  std::ifstream in(path_, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("tokens file '", path_, "' cannot be read"));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (text.str().size() > kMaxTokensFileBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("tokens file '", path_, "' is too large"));
-  }
-  absl::StatusOr<std::vector<TokenGrant>> grants = ParseTokensFile(text.str());
+  absl::StatusOr<std::string> text = ReadConfigFile(path_, "tokens file", kMaxTokensFileBytes);
+  if (!text.ok()) return text.status();
+  absl::StatusOr<std::vector<TokenGrant>> grants = ParseTokensFile(*text);
   if (!grants.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("tokens file '", path_, "': ", grants.status().message()));
