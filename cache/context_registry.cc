@@ -279,7 +279,8 @@ absl::StatusOr<StoredContext> ContextRegistry::Impl::Put(const ContextInput& inp
                                                          const model::KvSegment* kv) {
   APE_RETURN_IF_ERROR(ValidateContextInput(input));
   APE_RETURN_IF_ERROR(ValidateHash("prefix hash", prefix_hash));
-  const std::string content_hash = ContentHash(input.tokens);
+  const std::string content_salt = options_.isolate_namespaces ? input.namespace_id : "";
+  const std::string content_hash = ContentHash(input.tokens, content_salt);
   const KvKey key{content_hash, options_.model_fingerprint, std::string(prefix_hash)};
   const std::string name = key.Name();
   if (kv != nullptr) {
@@ -310,6 +311,7 @@ absl::StatusOr<StoredContext> ContextRegistry::Impl::Put(const ContextInput& inp
   StoredContext document{.namespace_id = input.namespace_id,
                          .id = input.id,
                          .content_hash = content_hash,
+                         .content_salt = content_salt,
                          .tokens = input.tokens,
                          .text = input.text,
                          .labels = input.labels,

@@ -73,6 +73,12 @@ struct ContextRegistryOptions {
   bool sync_writes = true;
   // How new KV is stored. Default: as computed.
   KvQuantization kv_quantization = KvQuantization::kNone;
+  // Whether documents in different namespaces may share KV. false (the default): one
+  // KV per distinct content, whatever namespaces hold it. true: the content hash is
+  // salted with the namespace, so equal documents in two namespaces get two KV states;
+  // a tenant then cannot tell from timing whether another tenant stored a text.
+  // Documents keep the key they were stored with when this changes.
+  bool isolate_namespaces = false;
   // Byte budgets of the tiers. Host: decoded KV in memory (default 1 GiB). Device:
   // KV on the accelerator, used only with a DeviceUploader (default 0, off). Store:
   // KV in RocksDB (default 0, unlimited). Documents count against none of them.

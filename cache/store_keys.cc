@@ -2,6 +2,7 @@
 
 #include <xxhash.h>
 
+#include <cstring>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -85,8 +86,21 @@ absl::Status ValidateKvKey(const KvKey& key) {
   return ValidateHash("prefix hash", key.prefix_hash);
 }
 
-std::string ContentHash(absl::Span<const int32_t> tokens) {
-  const XXH128_hash_t hash = XXH3_128bits(tokens.data(), tokens.size() * sizeof(int32_t));
+std::string ContentHash(absl::Span<const int32_t> tokens, absl::string_view salt) {
+  const size_t token_bytes = tokens.size() * sizeof(int32_t);
+  XXH128_hash_t hash;
+  if (salt.empty()) {
+    hash = XXH3_128bits(tokens.data(), token_bytes);
+  } else {
+    // The salt's length (8 bytes) and the salt come before the tokens, so that no two
+    // (salt, tokens) pairs hash the same bytes.
+    std::string input(sizeof(uint64_t), '\0');
+    const uint64_t salt_size = salt.size();
+    std::memcpy(input.data(), &salt_size, sizeof(salt_size));
+    absl::StrAppend(&input, salt);
+    input.append(reinterpret_cast<const char*>(tokens.data()), token_bytes);
+    hash = XXH3_128bits(input.data(), input.size());
+  }
   return absl::StrFormat("%016x%016x", hash.high64, hash.low64);
 }
 

@@ -44,8 +44,11 @@ absl::Status ValidateContextId(absl::string_view id);
 absl::Status ValidateHash(absl::string_view field, absl::string_view value);
 absl::Status ValidateKvKey(const KvKey& key);
 
-// XXH3-128 of the token ids (little-endian int32), as 32 hex digits.
-std::string ContentHash(absl::Span<const int32_t> tokens);
+// XXH3-128 of the token ids (little-endian int32), as 32 hex digits: the key of a
+// document's KV, shared by every document with the same tokens and salt. An empty salt
+// hashes the tokens alone; any other salt (a namespace, when namespaces are isolated)
+// is hashed before them, so that equal tokens under two salts get unrelated keys.
+std::string ContentHash(absl::Span<const int32_t> tokens, absl::string_view salt);
 
 std::string ContextKey(absl::string_view namespace_id, absl::string_view id);
 

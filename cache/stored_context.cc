@@ -56,6 +56,7 @@ std::string EncodeContextRecord(const StoredContext& document) {
   record.set_namespace_id(document.namespace_id);
   record.set_id(document.id);
   record.set_content_hash(document.content_hash);
+  record.set_content_salt(document.content_salt);
   record.mutable_token_ids()->Add(document.tokens.begin(), document.tokens.end());
   record.set_text(document.text);
   for (const auto& [key, value] : document.labels) {
@@ -87,6 +88,7 @@ absl::StatusOr<StoredContext> DecodeContextRecord(absl::string_view value,
       .namespace_id = record.namespace_id(),
       .id = record.id(),
       .content_hash = record.content_hash(),
+      .content_salt = record.content_salt(),
       .tokens = {record.token_ids().begin(), record.token_ids().end()},
       .text = record.text(),
       .labels = {},
@@ -97,7 +99,8 @@ absl::StatusOr<StoredContext> DecodeContextRecord(absl::string_view value,
                      : absl::FromUnixMicros(record.expire_unix_micros()),
   };
   for (const Label& label : record.labels()) document.labels[label.key()] = label.value();
-  if (document.tokens.empty() || ContentHash(document.tokens) != document.content_hash) {
+  if (document.tokens.empty() ||
+      ContentHash(document.tokens, document.content_salt) != document.content_hash) {
     return Unreadable(namespace_id, id, "its tokens do not match its content hash");
   }
   return document;

@@ -32,7 +32,8 @@ struct ContextInput {
 struct StoredContext {
   std::string namespace_id;
   std::string id;
-  std::string content_hash;  // store_keys.h: ContentHash(tokens)
+  std::string content_hash;  // store_keys.h: ContentHash(tokens, content_salt)
+  std::string content_salt;  // empty: KV shared across namespaces
   std::vector<int32_t> tokens;
   std::string text;
   std::map<std::string, std::string> labels;

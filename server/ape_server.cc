@@ -148,8 +148,9 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
   std::unique_ptr<TokenAuth> auth = std::make_unique<TokenAuth>();
   if (!options.auth_tokens_file.empty()) {
     APE_ASSIGN_OR_RETURN(auth, TokenAuth::Open(options.auth_tokens_file));
-    spdlog::info("token authentication on: {} token(s) from '{}'", auth->size(),
-                 options.auth_tokens_file);
+    spdlog::info("token authentication on: {} token(s) from '{}'; KV {} across namespaces",
+                 auth->size(), options.auth_tokens_file,
+                 options.share_kv_across_namespaces ? "shared" : "not shared");
   }
   APE_ASSIGN_OR_RETURN(const model::GgufHeader header, model::ReadGgufHeader(options.model_path));
   APE_ASSIGN_OR_RETURN(const model::Device device, model::ResolveDevice(options.device));
@@ -202,6 +203,8 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
   registry_options.host_cache_bytes = options.storage.host_cache_bytes;
   registry_options.device_cache_bytes = options.storage.device_cache_bytes;
   registry_options.stored_kv_bytes = options.storage.stored_kv_bytes;
+  registry_options.isolate_namespaces =
+      !options.auth_tokens_file.empty() && !options.share_kv_across_namespaces;
   PrefixCache& prefixes = *server->prefixes_;
   cache::KvEncoder encoder =
       [&engine, &prefixes](absl::string_view prefix_hash,

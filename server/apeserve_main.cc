@@ -110,6 +110,10 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(std::string, auth_tokens_file, "",
           "JSON file of the tokens that may call the API (SHA-256 digests, roles, namespaces); "
           "reloaded on SIGHUP; empty: no authentication");
+ABSL_FLAG(bool, share_kv_across_namespaces, false,
+          "with --auth_tokens_file, let equal documents in different namespaces share one KV "
+          "(faster ingest, less space; a tenant can then tell by timing whether another "
+          "stored a text); without authentication KV is always shared");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "on SIGTERM or SIGINT, how long running calls may finish before they are cancelled");
 
@@ -168,6 +172,7 @@ int main(int argc, char** argv) {
                  .key_file = absl::GetFlag(FLAGS_tls_key),
                  .client_ca_file = absl::GetFlag(FLAGS_tls_client_ca)};
   options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  options.share_kv_across_namespaces = absl::GetFlag(FLAGS_share_kv_across_namespaces);
   // Sizes in MiB, from 0 to 1 TiB.
   const auto mib = [](int64_t value) -> std::optional<size_t> {
     if (value < 0 || value > (int64_t{1} << 20)) return std::nullopt;

@@ -104,6 +104,12 @@ struct ServerOptions {
   // JSON file of the tokens that may call the API, hashed, with their roles and
   // namespaces (server/token_auth.h); empty: no authentication. Default: empty.
   std::string auth_tokens_file;
+  // With authentication, whether equal documents in different namespaces share one KV.
+  // false: the KV key is salted with the namespace (ContextRegistryOptions::
+  // isolate_namespaces), so that no tenant learns by timing what another stored.
+  // Without authentication every caller sees every namespace, and KV is shared.
+  // Default: false.
+  bool share_kv_across_namespaces = false;
   // host:port of the Prometheus metrics endpoint (HTTP GET /metrics); port 0 picks a
   // free one; empty turns it off. Default: "127.0.0.1:9464" (loopback only).
   std::string metrics_address = "127.0.0.1:9464";

@@ -64,7 +64,7 @@ TEST(ContextRegistryTest, StoresAndLoadsKvBitForBitThroughEveryTier) {
     ASSERT_NE(registry, nullptr);
     absl::StatusOr<StoredContext> stored = registry->Put(SyntheticContext(1, 1), kPrefix);
     ASSERT_THAT(stored, IsOk());
-    EXPECT_EQ(stored->content_hash, ContentHash(SyntheticTokens(1)));
+    EXPECT_EQ(stored->content_hash, ContentHash(SyntheticTokens(1), ""));
     EXPECT_EQ(*encoder.calls, 1);
   }
   auto registry = OpenOrDie(options, encoder.encoder);
@@ -174,6 +174,66 @@ TEST(ContextRegistryTest, IdenticalDocumentsShareOneKvUntilTheLastIsDeleted) {
   EXPECT_THAT(registry->Delete("other-namespace", "doc-2"), testing::IsOkAndHolds(true));
   EXPECT_EQ(registry->stats().store.entries, 0U);
   EXPECT_EQ(registry->stats().store.bytes, 0U);
+}
+
+// With isolated namespaces, equal documents share KV within a namespace only; what
+// was stored before isolation was switched on keeps its key and stays loadable.
+TEST(ContextRegistryTest, IsolatedNamespacesNeverShareKv) {
+  TempDir dir;
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+  options.host_cache_bytes = 0;
+  {
+    auto registry = OpenOrDie(options, encoder.encoder);  // shared: the default
+    ASSERT_THAT(registry->Put(SyntheticContext(1, 7), kPrefix), IsOk());
+  }
+  options.isolate_namespaces = true;
+  auto registry = OpenOrDie(options, encoder.encoder);
+  ContextInput same_namespace = SyntheticContext(2, 7);
+  ContextInput other_namespace = SyntheticContext(3, 7);
+  other_namespace.namespace_id = "other-namespace";
+  absl::StatusOr<StoredContext> salted = registry->Put(same_namespace, kPrefix);
+  absl::StatusOr<StoredContext> other = registry->Put(other_namespace, kPrefix);
+  ASSERT_THAT(salted, IsOk());
+  ASSERT_THAT(other, IsOk());
+  const std::string unsalted = ContentHash(SyntheticTokens(7), "");
+  EXPECT_EQ(salted->content_hash, ContentHash(SyntheticTokens(7), "ns"));
+  EXPECT_EQ(other->content_hash, ContentHash(SyntheticTokens(7), "other-namespace"));
+  EXPECT_NE(salted->content_hash, unsalted);
+  EXPECT_NE(salted->content_hash, other->content_hash);
+  EXPECT_EQ(*encoder.calls, 3);  // one KV per key, none shared
+  EXPECT_EQ(registry->stats().kv_shared, 0U);
+  EXPECT_EQ(registry->stats().store.entries, 3U);
+
+  ContextInput twin = SyntheticContext(4, 7);  // same namespace: shares
+  ASSERT_THAT(registry->Put(twin, kPrefix), IsOk());
+  EXPECT_EQ(*encoder.calls, 3);
+  EXPECT_EQ(registry->stats().kv_shared, 1U);
+
+  for (const auto& [namespace_id, id] : std::vector<std::pair<std::string, std::string>>{
+           {"ns", "doc-1"}, {"ns", "doc-2"}, {"other-namespace", "doc-3"}, {"ns", "doc-4"}}) {
+    absl::StatusOr<LoadedContext> loaded = registry->Load(namespace_id, id, kPrefix);
+    ASSERT_THAT(loaded, IsOk()) << namespace_id << "/" << id;
+    EXPECT_EQ(loaded->source, KvSource::kStore);
+    ExpectSyntheticKv(*loaded, kModelA);
+  }
+  absl::StatusOr<StoredContext> before_isolation = registry->Get("ns", "doc-1");
+  ASSERT_THAT(before_isolation, IsOk());
+  EXPECT_EQ(before_isolation->content_hash, unsalted);
+  EXPECT_EQ(*encoder.calls, 3);
+}
+
+TEST(ContentHashTest, TheSaltSeparatesKeysAndTheTokensStillDecide) {
+  const std::vector<int32_t> tokens = SyntheticTokens(1);
+  EXPECT_EQ(ContentHash(tokens, "a"), ContentHash(tokens, "a"));
+  EXPECT_NE(ContentHash(tokens, "a"), ContentHash(tokens, "b"));
+  EXPECT_NE(ContentHash(tokens, "a"), ContentHash(tokens, ""));
+  EXPECT_NE(ContentHash(tokens, "a"), ContentHash(SyntheticTokens(2), "a"));
+  EXPECT_EQ(ContentHash(tokens, "a").size(), 32U);
+  // The salt's length is hashed too: "ab" + tokens is not "a" + ("b" + tokens).
+  std::vector<int32_t> shifted = {0x62};  // 'b' as the first token byte
+  shifted.insert(shifted.end(), tokens.begin(), tokens.end());
+  EXPECT_NE(ContentHash(tokens, "ab"), ContentHash(shifted, "a"));
 }
 
 TEST(ContextRegistryTest, ReplacingADocumentDropsKvNoLongerReferenced) {
@@ -759,7 +819,7 @@ TEST(ContextRegistryTest, ConcurrentPutsLoadsAndDeletesStayConsistent) {
     absl::StatusOr<LoadedContext> loaded = (*opened)->Load("ns", id, kPrefix);
     if (loaded.ok()) {
       ExpectSyntheticKv(*loaded, kModelA);
-      live_contents.insert(ContentHash(loaded->context->tokens));
+      live_contents.insert(ContentHash(loaded->context->tokens, ""));
     } else {
       EXPECT_THAT(loaded, StatusIs(absl::StatusCode::kNotFound, HasSubstr(id)));
     }

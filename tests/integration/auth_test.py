@@ -1,9 +1,10 @@
 """Token authentication and namespace isolation, through the real apeserve binary on
 loopback: every RPC without a token or with a wrong one is UNAUTHENTICATED; a read
 token cannot write; a token for namespace A cannot read, list, score or generate with
-namespace B's documents (by id, by listing, by reference); server-wide stats need an
-admin token; health stays open; SIGHUP reloads the tokens file; a bad tokens file stops
-the server at start. apectl and the Python client send tokens.
+namespace B's documents (by id, by listing, by reference), and equal documents in A and
+B do not share KV unless the operator opts in; server-wide stats need an admin token;
+health stays open; SIGHUP reloads the tokens file; a bad tokens file stops the server at
+start. apectl and the Python client send tokens.
 
 Run by CTest, which sets APESERVE_BINARY, APECTL_BINARY and APESERVE_TEST_MODEL.
 """
@@ -99,6 +100,19 @@ WRITES = {"CreateContext", "UploadContext", "BatchCreateContexts", "UpdateContex
           "DeleteContext"}
 ADMIN = {"GetStats", "GetLoad"}
 SERVER_WIDE = {"GetServerInfo", "GetModelInfo", *ADMIN}
+
+
+def store_twins(api: Api, metadata: tuple) -> dict[str, str]:
+    """Stores one text three times (twice in namespace a, once in b); their content hashes,
+    the keys of their KV, by namespace/id."""
+    c = api.pb["context"]
+    hashes = {}
+    for namespace, context_id in (("a", "twin-1"), ("a", "twin-2"), ("b", "twin-1")):
+        stored = api.contexts.CreateContext(c.CreateContextRequest(
+            namespace=namespace, context_id=context_id, text="The same note, word for word."),
+            metadata=metadata, timeout=60)
+        hashes[f"{namespace}/{context_id}"] = stored.content_hash
+    return hashes
 
 
 class AuthServer(unittest.TestCase):
@@ -210,6 +224,11 @@ class AuthTest(AuthServer):
         request.inline_contexts[0].store = False
         call(self.bearer("reader-a"))
 
+    def test_equal_documents_share_kv_within_a_namespace_only(self):
+        hashes = store_twins(self.api, self.bearer("admin"))
+        self.assertEqual(hashes["a/twin-1"], hashes["a/twin-2"])
+        self.assertNotEqual(hashes["a/twin-1"], hashes["b/twin-1"])
+
     def test_apectl_sends_its_token(self):
         apectl = os.environ["APECTL_BINARY"]
         common = [apectl, f"--server={self.server.address}", "--namespace=a", "--json"]
@@ -231,6 +250,27 @@ class AuthTest(AuthServer):
             with self.assertRaises(self.ape.ApeserveError) as raised:
                 client.get_context("doc-b")
         self.assertEqual(raised.exception.code, "PERMISSION_DENIED")
+
+
+class SharedKvTest(unittest.TestCase):
+    """--share_kv_across_namespaces: the operator's opt-in to one KV per content."""
+
+    def test_equal_documents_share_kv_across_namespaces(self):
+        with tempfile.TemporaryDirectory(prefix="apeserve-shared-kv-") as tmp:
+            root = Path(tmp)
+            token = secrets.token_urlsafe(24)
+            tokens_file(root / "tokens.json", {"admin": token}, {"admin": ("admin", ["*"])})
+            (root / "server").mkdir()
+            server = ApeserveProcess(root / "server", flags=(
+                f"--auth_tokens_file={root / 'tokens.json'}", "--share_kv_across_namespaces"))
+            try:
+                import_client(root / "client")
+                with grpc.insecure_channel(server.address) as channel:
+                    hashes = store_twins(Api(None, channel),
+                                         (("authorization", f"Bearer {token}"),))
+            finally:
+                server.stop()
+        self.assertEqual(len(set(hashes.values())), 1, hashes)
 
 
 class ReloadTest(AuthServer):
