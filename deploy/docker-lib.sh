@@ -1,0 +1,70 @@
+# Docker helpers of the deploy/ scripts; sourced after lib.sh, never run.
+#
+# Our machines reach Debian's packages and PyPI but no image registry, so everything
+# Docker needs comes from Debian: the engine (docker.io), compose (docker-compose) and
+# the base image, made with debootstrap and `docker import`.
+
+# Debian's docker client: it has BuildKit built in. A newer client elsewhere on PATH
+# may need the separate buildx plugin for the same build.
+DOCKER="${DOCKER:-}"
+if [ -z "$DOCKER" ]; then
+  if [ -x /usr/bin/docker ]; then DOCKER=/usr/bin/docker; else DOCKER=docker; fi
+fi
+export DOCKER DOCKER_BUILDKIT=1
+
+# The base image of both stages of the Dockerfile when no registry is reachable.
+APESERVE_BASE_IMAGE="${APESERVE_BASE_IMAGE:-apeserve/debian:bookworm}"
+APESERVE_DEBIAN_MIRROR="${APESERVE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+# Installs the Debian packages named, those missing only.
+install_debian_tools() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    if [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null)" != "ii " ]; then
+      missing+=("$pkg")
+    fi
+  done
+  [ "${#missing[@]}" -eq 0 ] && return
+  log "Debian packages: installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+# Installs the engine when it is missing and starts it when it does not answer
+# (machines without systemd: dockerd in the background, its log in APESERVE_HOME).
+ensure_docker_engine() {
+  install_debian_tools docker.io
+  if "$DOCKER" info >/dev/null 2>&1; then return; fi
+  mkdir -p "$APESERVE_HOME"
+  log "starting dockerd (log: $APESERVE_HOME/dockerd.log)"
+  as_root sh -c "nohup dockerd >>'$APESERVE_HOME/dockerd.log' 2>&1 &"
+  local waited=0
+  until "$DOCKER" info >/dev/null 2>&1; do
+    [ "$waited" -lt 60 ] || die "dockerd did not answer within 60 s; see $APESERVE_HOME/dockerd.log"
+    sleep 1
+    waited=$((waited + 1))
+  done
+}
+
+# Makes APESERVE_BASE_IMAGE from Debian's packages when it is not there yet: a minimal
+# bookworm root file system (debootstrap --variant=minbase) imported as an image.
+ensure_base_image() {
+  if "$DOCKER" image inspect "$APESERVE_BASE_IMAGE" >/dev/null 2>&1; then
+    log "base image $APESERVE_BASE_IMAGE in place"
+    return
+  fi
+  install_debian_tools debootstrap
+  local rootfs
+  rootfs="$(mktemp -d "${TMPDIR:-/tmp}/apeserve-rootfs.XXXXXX")"
+  log "base image: debootstrap bookworm from $APESERVE_DEBIAN_MIRROR"
+  as_root debootstrap --variant=minbase bookworm "$rootfs" "$APESERVE_DEBIAN_MIRROR" >&2
+  # Smaller layers: no package lists, no documentation.
+  as_root rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin \
+    "$rootfs"/usr/share/doc "$rootfs"/usr/share/man "$rootfs"/usr/share/locale
+  as_root tar -C "$rootfs" -c . | "$DOCKER" import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'CMD ["bash"]' - "$APESERVE_BASE_IMAGE" >/dev/null
+  as_root rm -rf "$rootfs"
+  log "base image $APESERVE_BASE_IMAGE imported"
+}
