@@ -12,6 +12,18 @@ if(APESERVE_SANITIZE)
   add_link_options(-fsanitize=${APESERVE_SANITIZE})
 endif()
 
+# libFuzzer (tests/fuzz): coverage instrumentation for every object, so that the
+# fuzzers see the edges of the libraries they call; the fuzzers alone link libFuzzer's
+# runtime and main (-fsanitize=fuzzer). Clang only.
+option(APESERVE_FUZZ "Build the libFuzzer targets of tests/fuzz (clang)" OFF)
+if(APESERVE_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    message(FATAL_ERROR "APESERVE_FUZZ needs clang (the fuzz preset sets it), not "
+                        "${CMAKE_CXX_COMPILER_ID}")
+  endif()
+  add_compile_options(-fsanitize=fuzzer-no-link)
+endif()
+
 find_program(APESERVE_CCACHE ccache)
 if(APESERVE_CCACHE)
   set(CMAKE_C_COMPILER_LAUNCHER "${APESERVE_CCACHE}")

@@ -30,6 +30,8 @@ APT_PACKAGES=(
   python3 python3-venv
   # certificates for the TLS tests
   openssl
+  # the fuzzers (deploy/fuzz.sh): clang and its libFuzzer and sanitizer runtimes
+  clang libclang-rt-14-dev
   # libraries
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev libspdlog-dev libabsl-dev nlohmann-json3-dev libxxhash-dev libpcre2-dev

@@ -1,10 +1,12 @@
 #include "model/model_config.h"
 
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "model/gguf_file.h"
+#include "model/json_reading.h"
 
 namespace apeserve::model {
 namespace {
@@ -17,6 +19,25 @@ absl::Status Positive(absl::string_view field, int64_t value) {
   if (value > 0) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat("model config: ", field, " is ", value, "; it must be positive"));
+}
+
+// The integer `key` of the JSON object `object`, or `fallback` when the key is absent
+// (nullopt: required). INVALID_ARGUMENT naming the key when it is absent and required,
+// or holds anything but an integer that int64 holds.
+absl::StatusOr<int64_t> IntegerField(const nlohmann::json& object, const char* key,
+                                     std::optional<int64_t> fallback = std::nullopt) {
+  const auto it = object.find(key);
+  if (it == object.end()) {
+    if (fallback.has_value()) return *fallback;
+    return absl::InvalidArgumentError(absl::StrCat("config.json has no '", key, "'"));
+  }
+  const std::optional<int64_t> value = JsonInteger(*it);
+  if (!value.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: ", key,
+                                                   " must be an integer, not ",
+                                                   it->is_number() ? it->dump() : it->type_name()));
+  }
+  return *value;
 }
 
 }  // namespace
@@ -113,11 +134,7 @@ absl::StatusOr<ModelConfig> ConfigFromGguf(const GgufFile& file) {
 }
 
 absl::StatusOr<ModelConfig> ConfigFromHfJson(absl::string_view json_text) {
-  const nlohmann::json json = nlohmann::json::parse(json_text.begin(), json_text.end(), nullptr,
-                                                    /*allow_exceptions=*/false);
-  if (!json.is_object()) {
-    return absl::InvalidArgumentError("config.json is not a JSON object");
-  }
+  APE_ASSIGN_OR_RETURN(const nlohmann::json json, ParseJsonObject(json_text, "config.json"));
   ModelConfig config;
   try {
     config.architecture = json.value("model_type", "");
@@ -126,18 +143,20 @@ absl::StatusOr<ModelConfig> ConfigFromHfJson(absl::string_view json_text) {
           absl::StrCat("config.json: model_type '", config.architecture,
                        "' is not supported (llama, mistral and qwen2 are)"));
     }
-    config.vocab_size = json.at("vocab_size").get<int64_t>();
-    config.hidden_size = json.at("hidden_size").get<int64_t>();
-    config.intermediate_size = json.at("intermediate_size").get<int64_t>();
-    config.num_layers = json.at("num_hidden_layers").get<int64_t>();
-    config.num_heads = json.at("num_attention_heads").get<int64_t>();
-    config.num_kv_heads = json.value("num_key_value_heads", config.num_heads);
+    APE_ASSIGN_OR_RETURN(config.vocab_size, IntegerField(json, "vocab_size"));
+    APE_ASSIGN_OR_RETURN(config.hidden_size, IntegerField(json, "hidden_size"));
+    APE_ASSIGN_OR_RETURN(config.intermediate_size, IntegerField(json, "intermediate_size"));
+    APE_ASSIGN_OR_RETURN(config.num_layers, IntegerField(json, "num_hidden_layers"));
+    APE_ASSIGN_OR_RETURN(config.num_heads, IntegerField(json, "num_attention_heads"));
+    APE_ASSIGN_OR_RETURN(config.num_kv_heads,
+                         IntegerField(json, "num_key_value_heads", config.num_heads));
     if (json.contains("head_dim") && !json.at("head_dim").is_null()) {
-      config.head_dim = json.at("head_dim").get<int64_t>();
+      APE_ASSIGN_OR_RETURN(config.head_dim, IntegerField(json, "head_dim"));
     } else if (config.num_heads > 0) {
       config.head_dim = config.hidden_size / config.num_heads;
     }
-    config.max_position = json.value("max_position_embeddings", int64_t{2048});
+    APE_ASSIGN_OR_RETURN(config.max_position,
+                         IntegerField(json, "max_position_embeddings", int64_t{2048}));
     config.rms_norm_eps = json.value("rms_norm_eps", 1e-6);
     config.tie_word_embeddings = json.value("tie_word_embeddings", false);
     config.attention_bias = config.architecture == "qwen2" || json.value("attention_bias", false);
@@ -157,8 +176,8 @@ absl::StatusOr<ModelConfig> ConfigFromHfJson(absl::string_view json_text) {
       config.rope_scaling.factor = rope.at("factor").get<double>();
       config.rope_scaling.low_freq_factor = rope.value("low_freq_factor", 1.0);
       config.rope_scaling.high_freq_factor = rope.value("high_freq_factor", 4.0);
-      config.rope_scaling.original_max_position =
-          rope.value("original_max_position_embeddings", int64_t{8192});
+      APE_ASSIGN_OR_RETURN(config.rope_scaling.original_max_position,
+                           IntegerField(rope, "original_max_position_embeddings", int64_t{8192}));
     } else if (type == "linear") {
       config.rope_scaling.type = RopeScaling::Type::kLinear;
       config.rope_scaling.factor = rope.at("factor").get<double>();

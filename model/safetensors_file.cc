@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "model/byte_reader.h"
+#include "model/json_reading.h"
 
 namespace apeserve::model {
 namespace {
@@ -46,12 +47,8 @@ absl::Status SafetensorsFile::Parse() {
   }
   APE_ASSIGN_OR_RETURN(const absl::string_view header, reader.ReadBytes(header_size, "header"));
   const absl::string_view data = bytes.substr(reader.offset());
-  const nlohmann::json json =
-      nlohmann::json::parse(header.begin(), header.end(), nullptr, /*allow_exceptions=*/false);
-  if (!json.is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", source, "' has a header that is not a JSON object"));
-  }
+  APE_ASSIGN_OR_RETURN(const nlohmann::json json,
+                       ParseJsonObject(header, absl::StrCat("the header of '", source, "'")));
   for (const auto& [name, entry] : json.items()) {
     if (name == "__metadata__") continue;
     const std::string what = absl::StrCat("'", source, "': tensor '", name, "'");

@@ -13,6 +13,7 @@
 #include "common/status_macros.h"
 #include "model/byte_level.h"
 #include "model/gguf_file.h"
+#include "model/json_reading.h"
 #include "model/regex_splitter.h"
 #include "model/sentencepiece_merges.h"
 #include "model/utf8.h"
@@ -91,13 +92,20 @@ absl::Status ReadPreTokenizer(const nlohmann::json& pre, std::vector<std::string
       absl::StrCat("tokenizer.json: pre-tokenizer '", type, "' is not supported"));
 }
 
-// A token given in tokenizer_config.json as "text" or {"content": "text"}.
-std::string TokenText(const nlohmann::json& config, const char* key) {
-  if (!config.contains(key)) return "";
-  const auto& value = config.at(key);
-  if (value.is_string()) return value.get<std::string>();
-  if (value.is_object()) return value.value("content", "");
-  return "";
+// A token given in tokenizer_config.json as "text" or {"content": "text"}; "" when
+// absent or null. INVALID_ARGUMENT naming `key` for anything else.
+absl::StatusOr<std::string> TokenText(const nlohmann::json& config, const char* key) {
+  const auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return std::string();
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_object()) {
+    const auto content = it->find("content");
+    if (content != it->end() && content->is_string()) return content->get<std::string>();
+  }
+  return absl::InvalidArgumentError(absl::StrCat("tokenizer_config.json: ", key,
+                                                 " is neither a string nor an object with a "
+                                                 "string \"content\", but ",
+                                                 it->type_name()));
 }
 
 }  // namespace
@@ -183,15 +191,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& f
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromHfJson(
     absl::string_view tokenizer_json, absl::string_view config_json,
     absl::string_view generation_config_json) {
-  const nlohmann::json json = nlohmann::json::parse(tokenizer_json.begin(), tokenizer_json.end(),
-                                                    nullptr, /*allow_exceptions=*/false);
-  if (!json.is_object()) return absl::InvalidArgumentError("tokenizer.json is not a JSON object");
+  APE_ASSIGN_OR_RETURN(const nlohmann::json json,
+                       ParseJsonObject(tokenizer_json, "tokenizer.json"));
   nlohmann::json config = nlohmann::json::object();
   if (!config_json.empty()) {
-    config = nlohmann::json::parse(config_json.begin(), config_json.end(), nullptr, false);
-    if (!config.is_object()) {
-      return absl::InvalidArgumentError("tokenizer_config.json is not a JSON object");
-    }
+    APE_ASSIGN_OR_RETURN(config, ParseJsonObject(config_json, "tokenizer_config.json"));
   }
   Spec spec;
   try {
@@ -215,8 +219,20 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromHfJson(
       spec.tokens[static_cast<size_t>(id)] = token;
       return absl::OkStatus();
     };
+    // Ids through JsonInteger: get<int64_t>() of a float out of range is undefined.
+    const auto id_of_json = [](const nlohmann::json& id,
+                               absl::string_view token) -> absl::StatusOr<int64_t> {
+      const std::optional<int64_t> value = JsonInteger(id);
+      if (!value.has_value()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tokenizer.json: token '", token, "' has id ",
+                         id.is_number() ? id.dump() : id.type_name(), ", not an integer"));
+      }
+      return *value;
+    };
     for (const auto& [token, id] : model.at("vocab").items()) {
-      APE_RETURN_IF_ERROR(place(id.get<int64_t>(), token));
+      APE_ASSIGN_OR_RETURN(const int64_t value, id_of_json(id, token));
+      APE_RETURN_IF_ERROR(place(value, token));
     }
     for (const auto& merge : model.at("merges")) {
       if (merge.is_array() && merge.size() == 2) {
@@ -231,8 +247,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromHfJson(
       spec.merges.emplace_back(text.substr(0, space), text.substr(space + 1));
     }
     for (const auto& added : json.value("added_tokens", nlohmann::json::array())) {
-      const int64_t id = added.at("id").get<int64_t>();
       const std::string content = added.at("content").get<std::string>();
+      APE_ASSIGN_OR_RETURN(const int64_t id, id_of_json(added.at("id"), content));
       if (static_cast<size_t>(id) >= spec.tokens.size() ||
           spec.tokens[static_cast<size_t>(id)].empty()) {
         APE_RETURN_IF_ERROR(place(id, SpellBytes(content)));
@@ -251,14 +267,13 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromHfJson(
     }
     return -1;
   };
-  spec.bos_id = id_of(TokenText(config, "bos_token"));
-  spec.eos_id = id_of(TokenText(config, "eos_token"));
+  APE_ASSIGN_OR_RETURN(const std::string bos_text, TokenText(config, "bos_token"));
+  APE_ASSIGN_OR_RETURN(const std::string eos_text, TokenText(config, "eos_token"));
+  spec.bos_id = id_of(bos_text);
+  spec.eos_id = id_of(eos_text);
   if (!generation_config_json.empty()) {
-    const nlohmann::json generation = nlohmann::json::parse(
-        generation_config_json.begin(), generation_config_json.end(), nullptr, false);
-    if (!generation.is_object()) {
-      return absl::InvalidArgumentError("generation_config.json is not a JSON object");
-    }
+    APE_ASSIGN_OR_RETURN(const nlohmann::json generation,
+                         ParseJsonObject(generation_config_json, "generation_config.json"));
     // "eos_token_id" is one id or a list of them.
     nlohmann::json ids = generation.value("eos_token_id", nlohmann::json());
     if (ids.is_number_integer()) ids = nlohmann::json::array({ids});
@@ -272,7 +287,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromHfJson(
       spec.extra_eos_ids.push_back(id.get<int32_t>());
     }
   }
-  spec.add_bos = config.value("add_bos_token", false) && spec.bos_id >= 0;
+  bool add_bos = false;  // absent or null: no BOS
+  if (const auto it = config.find("add_bos_token"); it != config.end() && !it->is_null()) {
+    if (!it->is_boolean()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tokenizer_config.json: add_bos_token must be true or false, not ", it->type_name()));
+    }
+    add_bos = it->get<bool>();
+  }
+  spec.add_bos = add_bos && spec.bos_id >= 0;
   return FromSpec(std::move(spec));
 }
 

@@ -118,6 +118,22 @@ TEST_F(SafetensorsFileTest, CheckpointNeedsWeights) {
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("model.safetensors")));
 }
 
+// Found by review while fuzzing: nlohmann's parser is iterative, but dumping, copying
+// and comparing recurse once per level, so a header nesting arrays some 10^5 deep
+// overflowed the stack (in the error message's dump of "shape").
+TEST_F(SafetensorsFileTest, RefusesDeeplyNestedHeaders) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  EXPECT_THAT(
+      OpenBytes(Safetensors(
+          R"({"w": {"dtype": "F32", "shape": )" + deep + R"(, "data_offsets": [0, 0]}})", "")),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("deeper than 64 levels")));
+  const std::string nested = std::string(60, '[') + std::string(60, ']');
+  EXPECT_THAT(
+      OpenBytes(Safetensors(
+          R"({"w": {"dtype": "F32", "shape": )" + nested + R"(, "data_offsets": [0, 0]}})", "")),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("invalid shape")));
+}
+
 TEST(HfConfigTest, ReadsBothRopeSpellings) {
   const auto v5 = ConfigFromHfJson(R"({"model_type": "llama", "vocab_size": 10,
       "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
@@ -152,6 +168,43 @@ TEST(HfConfigTest, RefusesWhatItDoesNotRun) {
       "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 3,
       "num_key_value_heads": 2})"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not a multiple")));
+}
+
+// Found by tests/fuzz/hf_config_fuzzer.cc: an integer field holding a float that int64
+// cannot hold was converted with undefined behaviour (UBSan: float-cast-overflow).
+TEST(HfConfigTest, RefusesIntegersOutOfRange) {
+  const std::string tail = R"(, "hidden_size": 8, "intermediate_size": 16,
+      "num_hidden_layers": 1, "num_attention_heads": 2})";
+  EXPECT_THAT(ConfigFromHfJson(R"({"model_type": "llama", "vocab_size": 4.9152e29)" + tail),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("vocab_size must be an integer, not 4.9152e+29")));
+  EXPECT_THAT(ConfigFromHfJson(R"({"model_type": "llama", "vocab_size": 10.5)" + tail),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("vocab_size")));
+  EXPECT_THAT(ConfigFromHfJson(R"({"model_type": "llama", "vocab_size": "10")" + tail),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("vocab_size must be an integer, not string")));
+  EXPECT_THAT(ConfigFromHfJson(R"({"model_type": "llama", "vocab_size": 10,
+      "num_key_value_heads": -1e300)" +
+                               tail),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("num_key_value_heads")));
+  EXPECT_THAT(ConfigFromHfJson(R"({"model_type": "llama", "vocab_size": 10,
+      "max_position_embeddings": 18446744073709551615)" +
+                               tail),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_position_embeddings")));
+  EXPECT_THAT(
+      ConfigFromHfJson(R"({"model_type": "llama", "vocab_size": 10,
+      "rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+                       "original_max_position_embeddings": 1e19})" +
+                       tail),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("original_max_position_embeddings")));
+  EXPECT_THAT(ConfigFromHfJson(R"({"model_type": "llama", "rope_parameters": )" +
+                               std::string(100000, '[') + std::string(100000, ']') + "}"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("config.json nests arrays and objects deeper than 64")));
+  // An integer written as a float still reads.
+  const auto whole = ConfigFromHfJson(R"({"model_type": "llama", "vocab_size": 10.0)" + tail);
+  ASSERT_THAT(whole, IsOk());
+  EXPECT_EQ(whole->vocab_size, 10);
 }
 
 }  // namespace

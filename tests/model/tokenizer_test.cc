@@ -57,5 +57,56 @@ TEST(TokenizerTest, RefusesWhatItDoesNotRead) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'Whitespace'")));
 }
 
+// Found by tests/fuzz/tokenizer_json_fuzzer.cc: an id holding a float that int64 cannot
+// hold was converted with undefined behaviour (UBSan: float-cast-overflow).
+TEST(TokenizerTest, RefusesIdsThatAreNotIntegers) {
+  EXPECT_THAT(Tokenizer::FromHfJson(
+                  R"({"model": {"type": "BPE", "vocab": {"a": 8.88889e53}, "merges": []}})", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("token 'a' has id 8.88889e+53, not an integer")));
+  EXPECT_THAT(Tokenizer::FromHfJson(
+                  R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+                      "added_tokens": [{"id": -1e300, "content": "</s>"}]})",
+                  ""),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("token '</s>' has id")));
+  EXPECT_THAT(
+      Tokenizer::FromHfJson(R"({"model": {"type": "BPE", "vocab": {"a": "0"}, "merges": []}})", ""),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("has id string")));
+  // Found by review while fuzzing: a document nesting arrays some 10^5 deep overflowed
+  // the stack when its values were copied (json.value()) or dumped.
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  EXPECT_THAT(Tokenizer::FromHfJson(R"({"model": )" + deep + "}", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("tokenizer.json nests arrays and objects deeper than 64")));
+  EXPECT_THAT(Tokenizer::FromHfJson(kTokenizerJson, "", R"({"eos_token_id": )" + deep + "}"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("generation_config.json nests arrays and objects deeper")));
+  // An id written as a float still reads.
+  EXPECT_THAT(
+      Tokenizer::FromHfJson(R"({"model": {"type": "BPE", "vocab": {"a": 0.0}, "merges": []}})", ""),
+      IsOk());
+}
+
+// Found by tests/fuzz/tokenizer_json_fuzzer.cc: a tokenizer_config.json value of another
+// type than expected threw nlohmann::json::type_error out of FromHfJson (std::terminate).
+TEST(TokenizerTest, RefusesConfigValuesOfTheWrongType) {
+  EXPECT_THAT(Tokenizer::FromHfJson(kTokenizerJson, R"({"add_bos_token": "x"})"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("add_bos_token must be true or false, not string")));
+  EXPECT_THAT(Tokenizer::FromHfJson(kTokenizerJson, R"({"bos_token": {"content": 1}})"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("bos_token is neither a string nor an object")));
+  EXPECT_THAT(Tokenizer::FromHfJson(kTokenizerJson, R"({"eos_token": [1]})"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("eos_token")));
+  // Null stands for absent, as Hugging Face writes it.
+  const auto t = Tokenizer::FromHfJson(
+      kTokenizerJson,
+      R"({"bos_token": null, "eos_token": {"content": "</s>"}, "add_bos_token": null})");
+  ASSERT_THAT(t, IsOk());
+  EXPECT_EQ((*t)->bos_id(), -1);
+  EXPECT_EQ((*t)->eos_id(), 3);
+  EXPECT_FALSE((*t)->add_bos());
+}
+
 }  // namespace
 }  // namespace apeserve::model
