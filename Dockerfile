@@ -72,8 +72,9 @@ COPY --from=build /stage/ /
 RUN ! ldd /usr/local/bin/apeserve /usr/local/bin/apectl \
       /opt/apeserve/venv/lib/python3*/site-packages/torch/lib/*.so \
       | grep "not found" | grep -v "libcuda\.so\.1 " \
-    && useradd --system --uid 10001 --create-home apeserve \
-    && mkdir -p /data && chown apeserve /data
+    && useradd --uid 10001 --user-group --home-dir /data --no-create-home \
+       --shell /usr/sbin/nologin apeserve \
+    && mkdir -p /data && chown apeserve:apeserve /data
 USER apeserve
 VOLUME /data
 # gRPC, and the metrics endpoint (bound to loopback unless --metrics_listen says otherwise).

@@ -12,7 +12,8 @@ namespace apeserve::cache {
 
 // Maps `status` to the absl code a caller can act on, its message prefixed with
 // `context` (what we were doing, e.g. "open data directory /x"). OK stays OK.
-// Corruption becomes DATA_LOSS; I/O errors, busy and lock failures UNAVAILABLE.
+// Corruption becomes DATA_LOSS; out of space (NoSpace) RESOURCE_EXHAUSTED; other I/O
+// errors, busy and lock failures UNAVAILABLE.
 absl::Status FromRocksDb(const rocksdb::Status& status, absl::string_view context);
 
 inline absl::string_view View(const rocksdb::Slice& slice) { return {slice.data(), slice.size()}; }

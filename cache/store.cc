@@ -1,6 +1,9 @@
 #include "cache/store.h"
 
+#include <cstdarg>
+#include <cstdio>
 #include <filesystem>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -10,6 +13,7 @@
 #include "common/status_macros.h"
 #include "rocksdb/cache.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
 #include "rocksdb/filter_policy.h"
 #include "rocksdb/options.h"
 #include "rocksdb/table.h"
@@ -22,6 +26,65 @@ namespace {
 constexpr char kDocsFamily[] = "docs";
 constexpr char kKvFamily[] = "kv";
 constexpr char kSchemaVersionKey[] = "apeserve/schema_version";
+
+// RocksDB's info log, sent to the server's log instead of a LOG file in the data
+// directory. Not only tidier: on a full disk, Debian's RocksDB (built with assertions)
+// aborts the process when it logs again to a LOG file whose last write failed, and it
+// logs exactly then, while handling the out-of-space error. RocksDB's chatter (options,
+// flushes, compactions) is debug; its warnings and errors stay what they are.
+class SpdlogInfoLog : public rocksdb::Logger {
+ public:
+  SpdlogInfoLog() : rocksdb::Logger(LowestWanted()) {}
+
+  using rocksdb::Logger::Logv;
+  void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
+    const spdlog::level::level_enum ours = ToSpdlog(level);
+    if (!spdlog::should_log(ours)) return;
+    std::string message = Format(format, ap);
+    while (!message.empty() && message.back() == '\n') message.pop_back();
+    spdlog::log(ours, "rocksdb: {}", message);
+  }
+  void LogHeader(const char* format, va_list ap) override {
+    Logv(rocksdb::InfoLogLevel::HEADER_LEVEL, format, ap);
+  }
+
+ private:
+  static spdlog::level::level_enum ToSpdlog(rocksdb::InfoLogLevel level) {
+    switch (level) {
+      case rocksdb::InfoLogLevel::DEBUG_LEVEL:
+        return spdlog::level::trace;
+      case rocksdb::InfoLogLevel::INFO_LEVEL:
+      case rocksdb::InfoLogLevel::HEADER_LEVEL:
+        return spdlog::level::debug;
+      case rocksdb::InfoLogLevel::WARN_LEVEL:
+        return spdlog::level::warn;
+      case rocksdb::InfoLogLevel::ERROR_LEVEL:
+        return spdlog::level::err;
+      case rocksdb::InfoLogLevel::FATAL_LEVEL:
+      case rocksdb::InfoLogLevel::NUM_INFO_LOG_LEVELS:
+        break;
+    }
+    return spdlog::level::critical;
+  }
+  // The least severe RocksDB level spdlog shows now, so that RocksDB does not format
+  // messages that would be dropped.
+  static rocksdb::InfoLogLevel LowestWanted() {
+    if (spdlog::should_log(spdlog::level::trace)) return rocksdb::InfoLogLevel::DEBUG_LEVEL;
+    if (spdlog::should_log(spdlog::level::debug)) return rocksdb::InfoLogLevel::INFO_LEVEL;
+    return rocksdb::InfoLogLevel::WARN_LEVEL;
+  }
+  static std::string Format(const char* format, va_list ap) {
+    va_list measure;
+    va_copy(measure, ap);
+    const int length = std::vsnprintf(nullptr, 0, format, measure);
+    va_end(measure);
+    if (length <= 0) return {};
+    std::string message(static_cast<size_t>(length) + 1, '\0');
+    std::vsnprintf(message.data(), message.size(), format, ap);
+    message.resize(static_cast<size_t>(length));
+    return message;
+  }
+};
 
 // Whether no column family holds a key.
 bool IsEmpty(rocksdb::DB& db, const std::vector<rocksdb::ColumnFamilyHandle*>& families) {
@@ -158,9 +221,17 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
         absl::StrCat("no data directory at '", path, "' and create_if_missing is false"));
   }
 
+  if (!exists) {
+    // RocksDB creates the folder too, but logs an error for it first. A failure here is
+    // reported by the open below, naming the path: not checked twice.
+    std::filesystem::create_directories(path, error);
+  }
+
   rocksdb::Options db_options;
   db_options.create_if_missing = options.create_if_missing;
   db_options.create_missing_column_families = options.create_if_missing;
+  db_options.info_log = std::make_shared<SpdlogInfoLog>();
+  if (options.env != nullptr) db_options.env = options.env;
   const std::shared_ptr<rocksdb::Cache> block_cache =
       rocksdb::NewLRUCache(options.block_cache_bytes);
   const std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {

@@ -1,6 +1,9 @@
 // The durable store under apeserve: one RocksDB database holding the documents (the
 // ground truth) and the KV states derived from them, in separate column families.
 //
+// RocksDB's own log goes to spdlog (its warnings and errors as such, the rest at debug
+// level), not to a LOG file in the data directory.
+//
 // Thread-safety: a Store may be used from many threads at once. One process at a time
 // may open a data directory; RocksDB's lock file enforces it.
 #ifndef APESERVE_CACHE_STORE_H_
@@ -16,6 +19,7 @@
 namespace rocksdb {
 class ColumnFamilyHandle;
 class DB;
+class Env;
 }  // namespace rocksdb
 
 namespace apeserve::cache {
@@ -53,6 +57,9 @@ struct StoreOptions {
   size_t min_blob_bytes = 4096;
   // Compression of KV blob files. Default: none (see KvCompression).
   KvCompression kv_compression = KvCompression::kNone;
+  // The environment RocksDB reaches files through, for tests that inject failures
+  // (a full disk); not owned, it must outlive the store. Default: nullptr (RocksDB's).
+  rocksdb::Env* env = nullptr;
 };
 
 class Store {

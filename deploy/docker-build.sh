@@ -3,7 +3,7 @@
 # registry: installs and starts Docker from Debian's packages where it is missing, makes
 # the base image with debootstrap, and builds with BuildKit on the host network. The
 # BuildKit cache mounts keep pip's downloads, apt's packages and the compiler cache
-# between builds; the build cache is kept within APESERVE_DOCKER_CACHE_GB (default 24).
+# between builds; the build cache is kept within APESERVE_DOCKER_CACHE_GB (default 16).
 # Prints the build time and the image size.
 # Usage: deploy/docker-build.sh [TAG]   (default apeserve:latest)
 set -euo pipefail
@@ -35,6 +35,6 @@ size="$("$DOCKER" image inspect -f '{{.Size}}' "$tag")"
 # Each build of a changed tree leaves gigabytes of layers behind (the torch environment
 # alone is 6 GB): keep the most recently used within a budget, and drop the images
 # this tag replaced.
-"$DOCKER" builder prune -f --keep-storage "${APESERVE_DOCKER_CACHE_GB:-24}GB" >/dev/null
+"$DOCKER" builder prune -f --keep-storage "${APESERVE_DOCKER_CACHE_GB:-16}GB" >/dev/null
 "$DOCKER" image prune -f >/dev/null
 log "built $tag in $((SECONDS - start)) s; image size $((size / 1000000)) MB"
