@@ -4,8 +4,9 @@
   call (CreateContext, UploadContext, BatchCreateContexts); the server is killed mid-way
   and restarted on the same data directory, twice. Every document whose call was
   acknowledged is there with the same tokens; one whose call was not may be there or
-  not, but never torn; all of them answer exactly as the same texts sent inline, with
-  their KV loaded from the store (nothing recomputed: no KV was lost or damaged).
+  not, but never torn; all of them answer as the same texts sent inline (the same
+  tokens, log-probabilities within 2e-3), with their KV loaded from the store (nothing
+  recomputed: no KV was lost or damaged).
 * A full disk: the data directory is a small tmpfs. Ingestion until the disk is full is
   refused with RESOURCE_EXHAUSTED naming the cause; for longer than RocksDB waits
   between flushes of its log, the server stays healthy, serves what it holds and keeps
