@@ -16,25 +16,10 @@ export DOCKER DOCKER_BUILDKIT=1
 APESERVE_BASE_IMAGE="${APESERVE_BASE_IMAGE:-apeserve/debian:bookworm}"
 APESERVE_DEBIAN_MIRROR="${APESERVE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
-# Installs the Debian packages named, those missing only.
-install_debian_tools() {
-  local missing=() pkg
-  for pkg in "$@"; do
-    if [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null)" != "ii " ]; then
-      missing+=("$pkg")
-    fi
-  done
-  [ "${#missing[@]}" -eq 0 ] && return
-  log "Debian packages: installing ${missing[*]}"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-}
-
 # Installs the engine when it is missing and starts it when it does not answer
 # (machines without systemd: dockerd in the background, its log in APESERVE_HOME).
 ensure_docker_engine() {
-  install_debian_tools docker.io
+  install_debian_packages docker.io
   if "$DOCKER" info >/dev/null 2>&1; then return; fi
   mkdir -p "$APESERVE_HOME"
   log "starting dockerd (log: $APESERVE_HOME/dockerd.log)"
@@ -54,7 +39,7 @@ ensure_base_image() {
     log "base image $APESERVE_BASE_IMAGE in place"
     return
   fi
-  install_debian_tools debootstrap
+  install_debian_packages debootstrap
   local rootfs
   rootfs="$(mktemp -d "${TMPDIR:-/tmp}/apeserve-rootfs.XXXXXX")"
   log "base image: debootstrap bookworm from $APESERVE_DEBIAN_MIRROR"

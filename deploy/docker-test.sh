@@ -120,9 +120,9 @@ ask() {
 answer="$(ask)"
 [ -n "$answer" ] || die "empty answer"
 log "answer: $answer"
-curl_metrics="$("$DOCKER" run --rm --network host --entrypoint bash "$image" -c \
+metrics="$("$DOCKER" run --rm --network host --entrypoint bash "$image" -c \
   "exec 3<>/dev/tcp/127.0.0.1/$metrics_port && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3")"
-grep -q "apeserve_" <<<"$curl_metrics" || die "no apeserve_ metrics on 127.0.0.1:$metrics_port"
+grep -q "apeserve_" <<<"$metrics" || die "no apeserve_ metrics on 127.0.0.1:$metrics_port"
 
 stop_cleanly "$container"
 "$DOCKER" start "$container" >/dev/null
@@ -137,7 +137,7 @@ log "after the restart: the documents are served from the volume, same answer"
 stop_cleanly "$container"
 
 # compose: the same image, a volume, and the metrics port, from deploy/compose.yaml.
-install_debian_tools docker-compose
+install_debian_packages docker-compose
 log "compose: starting project $project"
 export APESERVE_IMAGE="$image" APESERVE_PORT="$target" APESERVE_METRICS_PORT="127.0.0.1:$metrics_port"
 docker-compose -f "$compose_file" -p "$project" up -d --no-build >&2

@@ -40,6 +40,24 @@ as_root() {
   fi
 }
 
+# Installs the Debian packages named that are missing, and nothing else.
+install_debian_packages() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    if [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null)" != "ii " ]; then
+      missing+=("$pkg")
+    fi
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    log "Debian packages: all $# in place"
+    return
+  fi
+  log "Debian packages: installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
 # Configures (once) and builds a CMake preset with two jobs, the size of our machines.
 build_preset() {
   local preset="$1"

@@ -39,23 +39,6 @@ APT_PACKAGES=(
   libgtest-dev libgmock-dev
 )
 
-install_apt_packages() {
-  local missing=()
-  local pkg
-  for pkg in "${APT_PACKAGES[@]}"; do
-    if [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null)" != "ii " ]; then
-      missing+=("$pkg")
-    fi
-  done
-  if [ "${#missing[@]}" -eq 0 ]; then
-    log "Debian packages: all ${#APT_PACKAGES[@]} in place"
-    return
-  fi
-  log "Debian packages: installing ${missing[*]}"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-}
 
 # The stamp records which requirements file the environment was built from; pip runs
 # only when it changed (or the environment is missing or broken).
@@ -159,7 +142,7 @@ main() {
   # One set-up at a time: run.sh and test.sh may start together.
   exec 9>"$APESERVE_HOME/.setup.lock"
   flock 9
-  if [ "$skip_apt" -eq 0 ]; then install_apt_packages; fi
+  if [ "$skip_apt" -eq 0 ]; then install_debian_packages "${APT_PACKAGES[@]}"; fi
   install_python_env
   install_models
   if [ "$bench_peers" -eq 1 ]; then install_llama_cpp_python; fi
