@@ -64,6 +64,7 @@ class ContextRegistry::Impl {
                  .pinned = PinnedPredicate(),
                  .never_evict_pinned = true}) {}
 
+  absl::Status CheckTokenizer();
   absl::Status IndexStoredKv();
   absl::StatusOr<StoredContext> Put(const ContextInput& input, absl::string_view prefix_hash,
                                     const model::KvSegment* kv);
@@ -170,6 +171,36 @@ class ContextRegistry::Impl {
   uint64_t store_bytes_loaded_ ABSL_GUARDED_BY(load_stats_mutex_) = 0;
   double store_load_seconds_ ABSL_GUARDED_BY(load_stats_mutex_) = 0;
 };
+
+absl::Status ContextRegistry::Impl::CheckTokenizer() {
+  const std::string& current = options_.tokenizer_fingerprint;
+  if (current.empty()) return absl::OkStatus();
+  std::string recorded;
+  const rocksdb::Status read =
+      db().Get(rocksdb::ReadOptions(), store_->docs(), kTokenizerKey, &recorded);
+  if (!read.IsNotFound()) {
+    APE_RETURN_IF_ERROR(FromRocksDb(read, "read the tokenizer fingerprint"));
+    if (recorded == current) return absl::OkStatus();
+    std::unique_ptr<rocksdb::Iterator> it(db().NewIterator(rocksdb::ReadOptions(), store_->docs()));
+    it->Seek(std::string(1, kContextTag));
+    const bool has_documents = it->Valid() && it->key()[0] == kContextTag;
+    APE_RETURN_IF_ERROR(FromRocksDb(it->status(), "look for stored documents"));
+    if (has_documents) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "data directory '", options_.store.path, "' holds documents tokenized by tokenizer ",
+          recorded, ", but this model's tokenizer is ", current,
+          ": their stored token ids would stand for other text. Serve this data directory "
+          "with the model its documents were stored with, or use another data directory"));
+    }
+    spdlog::info("registry: no documents are stored; tokenizer {} replaces {}", current, recorded);
+  }
+  // A new store, one without documents, or one written before tokenizers were recorded
+  // (whose documents came from this tokenizer: nothing else checked it then).
+  rocksdb::WriteOptions sync;
+  sync.sync = true;
+  return FromRocksDb(db().Put(sync, store_->docs(), kTokenizerKey, current),
+                     "record the tokenizer fingerprint");
+}
 
 absl::Status ContextRegistry::Impl::IndexStoredKv() {
   {
@@ -712,6 +743,9 @@ RegistryStats ContextRegistry::Impl::stats() const {
 absl::StatusOr<std::unique_ptr<ContextRegistry>> ContextRegistry::Open(
     ContextRegistryOptions options, KvEncoder encoder, DeviceUploader uploader) {
   APE_RETURN_IF_ERROR(ValidateHash("model fingerprint", options.model_fingerprint));
+  if (!options.tokenizer_fingerprint.empty()) {
+    APE_RETURN_IF_ERROR(ValidateHash("tokenizer fingerprint", options.tokenizer_fingerprint));
+  }
   if (!encoder) return absl::InvalidArgumentError("the context registry needs a KV encoder");
   if (!(options.kv_ttl > absl::ZeroDuration())) {
     return absl::InvalidArgumentError("the KV time-to-live must be positive");
@@ -719,6 +753,7 @@ absl::StatusOr<std::unique_ptr<ContextRegistry>> ContextRegistry::Open(
   APE_ASSIGN_OR_RETURN(std::unique_ptr<Store> store, Store::Open(options.store));
   auto impl =
       std::make_unique<Impl>(options, std::move(store), std::move(encoder), std::move(uploader));
+  APE_RETURN_IF_ERROR(impl->CheckTokenizer());
   APE_RETURN_IF_ERROR(impl->IndexStoredKv());
   const TierStats stored = impl->stats().store;
   spdlog::info("registry: {} KV entries ({} MiB) stored for model {}", stored.entries,

@@ -67,6 +67,10 @@ struct ContextRegistryOptions {
   // never served; with purge_other_models it is deleted at open.
   std::string model_fingerprint;
   bool purge_other_models = true;
+  // The tokenizer the documents' token ids come from (Tokenizer::fingerprint()),
+  // recorded in the store. Open refuses a store whose documents came from another
+  // tokenizer: their ids would mean other text under this one. Empty: not checked.
+  std::string tokenizer_fingerprint;
   // Sync the write-ahead log before a Put or Delete returns. true: an acknowledged
   // ingest survives power loss; false: it survives a crash of the process only, and
   // ingest is faster. Default: true.
@@ -153,7 +157,9 @@ struct RegistryStats {
 class ContextRegistry {
  public:
   // Opens (or creates) the store and indexes the KV it holds. INVALID_ARGUMENT for
-  // bad options; the errors of Store::Open otherwise.
+  // bad options; FAILED_PRECONDITION when the stored documents were tokenized by
+  // another tokenizer (a store without documents adopts this one); the errors of
+  // Store::Open otherwise.
   static absl::StatusOr<std::unique_ptr<ContextRegistry>> Open(ContextRegistryOptions options,
                                                                KvEncoder encoder,
                                                                DeviceUploader uploader = nullptr);

@@ -14,7 +14,6 @@
 namespace apeserve::cache {
 namespace {
 
-constexpr char kContextTag = 'd';
 constexpr char kLayerTag = 'l';
 constexpr size_t kMaxNamespaceBytes = 128;
 constexpr size_t kMaxIdBytes = 512;

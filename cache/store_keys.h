@@ -5,6 +5,8 @@
 //   r <content_hash> / <namespace> \0 <id>     -> "" or "p" (the document references that
 //                                                KV; "p": and pins it)
 //   x <expiry, 8 bytes> <namespace> \0 <id>     -> "" (the document expires then)
+//   t                                          -> the fingerprint of the tokenizer the
+//                                                documents' token ids come from
 // Column family "kv":
 //   m <content_hash> / <fingerprint> / <prefix_hash>           -> framed KvEntryRecord
 //   l <content_hash> / <fingerprint> / <prefix_hash> / <layer> -> KV blob (kv_blob.h)
@@ -51,6 +53,10 @@ absl::Status ValidateKvKey(const KvKey& key);
 std::string ContentHash(absl::Span<const int32_t> tokens, absl::string_view salt);
 
 std::string ContextKey(absl::string_view namespace_id, absl::string_view id);
+// The first byte of every document key (for a scan of all of them).
+inline constexpr char kContextTag = 'd';
+// The one key holding the tokenizer's fingerprint (Tokenizer::fingerprint()).
+inline constexpr char kTokenizerKey[] = "t";
 
 std::string ReferenceKey(absl::string_view content_hash, absl::string_view namespace_id,
                          absl::string_view id);

@@ -12,6 +12,7 @@
 #include "absl/strings/str_replace.h"
 #include "common/status_macros.h"
 #include "model/byte_level.h"
+#include "model/fingerprint.h"
 #include "model/gguf_file.h"
 #include "model/json_reading.h"
 #include "model/regex_splitter.h"
@@ -106,6 +107,31 @@ absl::StatusOr<std::string> TokenText(const nlohmann::json& config, const char* 
                                                  " is neither a string nor an object with a "
                                                  "string \"content\", but ",
                                                  it->type_name()));
+}
+
+// Every field of the spec, in a fixed order; numbers as decimal text, so that the
+// fingerprint does not depend on the machine's byte order.
+std::string FingerprintSpec(const Tokenizer::Spec& spec) {
+  FingerprintBuilder builder;
+  builder.AddField("tokens");
+  for (const std::string& token : spec.tokens) builder.AddField(token);
+  builder.AddField("merges");
+  for (const auto& [left, right] : spec.merges) {
+    builder.AddField(left);
+    builder.AddField(right);
+  }
+  builder.AddField("added");
+  for (const Tokenizer::Spec::Added& added : spec.added) {
+    builder.AddField(added.content);
+    builder.AddField(absl::StrCat(added.id, added.special ? "s" : ""));
+  }
+  builder.AddField("split");
+  for (const std::string& pattern : spec.split_patterns) builder.AddField(pattern);
+  builder.AddField(absl::StrCat(spec.ignore_merges, spec.sentencepiece, spec.add_prefix_space,
+                                spec.add_bos, " ", spec.unk_id, " ", spec.bos_id, " ",
+                                spec.eos_id));
+  for (const int32_t id : spec.extra_eos_ids) builder.AddField(absl::StrCat(id));
+  return builder.Finish();
 }
 
 }  // namespace
@@ -368,6 +394,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSpec(Spec spec) {
   t->eos_id_ = spec.eos_id;
   t->extra_eos_ids_ = spec.extra_eos_ids;
   t->add_bos_ = spec.add_bos;
+  t->fingerprint_ = FingerprintSpec(spec);
   return t;
 }
 

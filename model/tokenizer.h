@@ -90,6 +90,11 @@ class Tokenizer {
   // Whether decoding drops one leading space (SentencePiece's prefix space).
   bool strips_leading_space() const { return sentencepiece_ && add_prefix_space_; }
 
+  // 32 hex digits naming everything that decides which ids a text gets and what an id
+  // means: the vocabulary, added tokens, merges, pre-tokenizer and special ids. Token
+  // ids stored under one tokenizer are meaningful under another only if these agree.
+  const std::string& fingerprint() const { return fingerprint_; }
+
  private:
   Tokenizer();
   void EncodePiece(absl::string_view piece, std::vector<int32_t>& out) const;
@@ -113,6 +118,7 @@ class Tokenizer {
   int32_t eos_id_ = -1;
   std::vector<int32_t> extra_eos_ids_;
   bool add_bos_ = false;
+  std::string fingerprint_;
 };
 
 }  // namespace apeserve::model

@@ -198,6 +198,7 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
   cache::ContextRegistryOptions registry_options;
   registry_options.store.path = options.data_dir;
   registry_options.model_fingerprint = engine.fingerprint();
+  registry_options.tokenizer_fingerprint = engine.tokenizer().fingerprint();
   registry_options.sync_writes = options.storage.sync_writes;
   registry_options.kv_quantization = options.storage.kv_quantization;
   registry_options.host_cache_bytes = options.storage.host_cache_bytes;

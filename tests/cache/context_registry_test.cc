@@ -34,6 +34,7 @@ using ::apeserve::testing::SyntheticContext;
 using ::apeserve::testing::SyntheticKv;
 using ::apeserve::testing::SyntheticTokens;
 using ::apeserve::testing::TempDir;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 std::unique_ptr<ContextRegistry> OpenOrDie(const ContextRegistryOptions& options,
@@ -521,6 +522,40 @@ TEST(ContextRegistryTest, ReopeningWithAnotherModelNeverServesTheOldKv) {
   EXPECT_EQ(*encoder_b.calls, 6);
   EXPECT_EQ(registry->stats().rebuilds, 6U);
   EXPECT_EQ(registry->stats().store.entries, 6U);  // written back
+}
+
+TEST(ContextRegistryTest, RefusesDocumentsOfAnotherTokenizerAndAdoptsOneWhenEmpty) {
+  TempDir dir;
+  const auto options = [&dir](absl::string_view tokenizer) {
+    ContextRegistryOptions with_tokenizer = RegistryOptions(dir.Join("data"), kModelA);
+    with_tokenizer.tokenizer_fingerprint = std::string(tokenizer);
+    return with_tokenizer;
+  };
+  auto encoder = MakeSyntheticEncoder(kModelA);
+  {
+    auto registry = OpenOrDie(options("aa01"), encoder.encoder);
+    ASSERT_THAT(registry->Put(SyntheticContext(0, 0), kPrefix), IsOk());
+  }
+  EXPECT_THAT(ContextRegistry::Open(options("bb02"), encoder.encoder),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr("tokenizer aa01"), HasSubstr("tokenizer is bb02"))));
+  // Refusing changed nothing: the first tokenizer still opens it, the document whole.
+  {
+    auto registry = OpenOrDie(options("aa01"), encoder.encoder);
+    ASSERT_THAT(registry->Get("ns", "doc-0"), IsOk());
+    ASSERT_THAT(registry->Delete("ns", "doc-0"), IsOkAndHolds(true));
+  }
+  // Without documents, another tokenizer takes the store over, and is then the one held.
+  {
+    auto registry = OpenOrDie(options("bb02"), encoder.encoder);
+    ASSERT_THAT(registry->Put(SyntheticContext(1, 1), kPrefix), IsOk());
+  }
+  EXPECT_THAT(ContextRegistry::Open(options("aa01"), encoder.encoder),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("tokenizer bb02")));
+  // Not checked without a fingerprint; refused when the fingerprint is not a hash.
+  EXPECT_THAT(ContextRegistry::Open(options(""), encoder.encoder), IsOk());
+  EXPECT_THAT(ContextRegistry::Open(options("BB/02"), encoder.encoder),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tokenizer fingerprint")));
 }
 
 // Raw access to the store under a closed registry, as a disk fault would see it.

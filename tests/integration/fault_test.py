@@ -17,6 +17,10 @@
   model's KV is never served. Stored documents answer as the same texts inline on the
   new model, their KV rebuilt from the stored tokens on first use and stored again;
   swapping back rebuilds it again and gives the first model's answers.
+* A model file swapped for one with another tokenizer (two tokens of the vocabulary
+  exchanged): the stored token ids would stand for other text, so the server refuses
+  to start on that data directory, naming both tokenizers, and changes nothing there;
+  the first model still serves every document.
 
 Run by CTest (python.faults), which sets APESERVE_BINARY and APESERVE_TEST_MODEL. The
 full-disk test mounts a tmpfs, which needs root (CAP_SYS_ADMIN). Where mounting is
@@ -361,6 +365,68 @@ class ModelSwapTest(FaultTestCase):
             self.assertEqual(back.token_ids, first.token_ids)
             for a, b in zip(back.logprobs, first.logprobs):
                 self.assertAlmostEqual(a, b, delta=LOGPROB_TOLERANCE)
+        server.stop()
+
+
+def swap_tokens(source: Path, target: Path, first: str = "Ġthe", second: str = "Ġand") -> None:
+    """`target`: a copy of the GGUF `source` whose vocabulary has the tokens `first` and
+    `second` (spelled alike in length) exchanged: a text gets other ids, and a stored id
+    names another word."""
+    import gguf
+    import numpy as np
+
+    shutil.copyfile(source, target)
+    reader = gguf.GGUFReader(target, "r+")
+    field = reader.fields["tokenizer.ggml.tokens"]
+    spelled = {bytes(field.parts[i]).decode(): field.parts[i] for i in field.data}
+    a, b = spelled[first], spelled[second]
+    assert len(a) == len(b)
+    a_bytes = np.array(a)
+    a[:] = b
+    b[:] = a_bytes
+    reader.data.flush()
+    del reader
+
+
+class TokenizerSwapTest(FaultTestCase):
+    def test_documents_of_another_tokenizer_are_refused_not_misread(self):
+        original = Path(os.environ["APESERVE_TEST_MODEL"])
+        model = self.root / "model.gguf"
+        shutil.copyfile(original, model)
+        swap_tokens(original, self.root / "other.gguf")
+        flag = f"--model={model}"
+        ids = [f"doc-{n}" for n in range(3)]
+        texts = [document_text(i, n) for n, i in enumerate(ids)]
+
+        server = self.start(flag)
+        with self.ape.Client(server.address, timeout=120) as client:
+            stored = [client.create_context(t, context_id=i) for i, t in zip(ids, texts)]
+            first = self.assert_same_answer(client, ids, texts)
+        server.stop()
+
+        # The other tokenizer gives the same texts other tokens (in a data directory of
+        # its own, which it may use).
+        server = self.start(f"--model={self.root / 'other.gguf'}",
+                            f"--data_dir={self.root / 'other-data'}")
+        with self.ape.Client(server.address, timeout=120) as client:
+            for context, text in zip(stored, texts):
+                self.assertNotEqual(client.create_context(text).content_hash,
+                                    context.content_hash)
+        server.stop()
+
+        os.replace(self.root / "other.gguf", model)  # the same path, another tokenizer
+        with self.assertRaisesRegex(RuntimeError, "holds documents tokenized by tokenizer "
+                                    "[0-9a-f]{32}, but this model's tokenizer is [0-9a-f]{32}"):
+            self.start(flag)
+
+        shutil.copyfile(original, model)  # the refusal changed nothing
+        server = self.start(flag)
+        with self.ape.Client(server.address, timeout=120) as client:
+            listed = {c.context_id: c for c in client.list_contexts()}
+            self.assertEqual({i: (c.token_count, c.content_hash) for i, c in listed.items()},
+                             {c.context_id: (c.token_count, c.content_hash) for c in stored})
+            again = self.assert_same_answer(client, ids, texts)
+            self.assertEqual(again.token_ids, first.token_ids)
         server.stop()
 
 

@@ -3,6 +3,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "tests/util/status_matchers.h"
 
 namespace apeserve::model {
@@ -109,4 +114,43 @@ TEST(TokenizerTest, RefusesConfigValuesOfTheWrongType) {
 }
 
 }  // namespace
+// The fingerprint is what the store records: equal tokenizers must agree on it, and
+// any change to what ids a text gets or what an id means must change it.
+TEST(TokenizerTest, TheFingerprintFollowsEveryPartOfTheSpec) {
+  const auto base_spec = [] {
+    Tokenizer::Spec spec;
+    spec.tokens = {"a", "b", "ab", "</s>"};
+    spec.merges = {{"a", "b"}};
+    spec.added = {{.content = "</s>", .id = 3, .special = true}};
+    spec.split_patterns = {"\\s+"};
+    spec.eos_id = 3;
+    return spec;
+  };
+  const auto fingerprint = [](const Tokenizer::Spec& spec) {
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromSpec(spec);
+    EXPECT_THAT(tokenizer, IsOk());
+    return tokenizer.ok() ? (*tokenizer)->fingerprint() : std::string();
+  };
+  const std::string base = fingerprint(base_spec());
+  EXPECT_THAT(base, ::testing::MatchesRegex("[0-9a-f]{32}"));
+  EXPECT_EQ(fingerprint(base_spec()), base);
+  const std::vector<std::pair<const char*, std::function<void(Tokenizer::Spec&)>>> changes = {
+      {"two tokens swapped", [](auto& s) { std::swap(s.tokens[0], s.tokens[1]); }},
+      {"a token more", [](auto& s) { s.tokens.push_back("ba"); }},
+      {"no merge", [](auto& s) { s.merges.clear(); }},
+      {"not special", [](auto& s) { s.added[0].special = false; }},
+      {"another split", [](auto& s) { s.split_patterns = {"\\d"}; }},
+      {"ignore merges", [](auto& s) { s.ignore_merges = true; }},
+      {"another EOS", [](auto& s) { s.eos_id = 2; }},
+      {"a BOS", [](auto& s) { s.bos_id = 3; }},
+      {"adds BOS", [](auto& s) { s.add_bos = true; }},
+      {"another end id", [](auto& s) { s.extra_eos_ids = {2}; }},
+  };
+  for (const auto& [what, change] : changes) {
+    Tokenizer::Spec changed = base_spec();
+    change(changed);
+    EXPECT_NE(fingerprint(changed), base) << what;
+  }
+}
+
 }  // namespace apeserve::model
