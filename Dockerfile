@@ -63,7 +63,7 @@ RUN --mount=type=cache,target=/var/cache/apt,sharing=locked \
     --mount=type=cache,target=/var/lib/apt/lists,sharing=locked \
     apt-get update -qq && apt-get install -y -qq --no-install-recommends \
       libgrpc++1.51 libprotobuf32 librocksdb7.8 libspdlog1.10 libfmt9 libabsl20220623 \
-      libssl3 libcpp-httplib0.11 libxxhash0 libpcre2-8-0 \
+      libssl3 libcpp-httplib0.11 libxxhash0 libpcre2-8-0 libjemalloc2 \
     && rm -rf /usr/share/doc /usr/share/man /usr/share/locale
 COPY --from=build /stage/ /
 # Fails the build if a shared library is missing, rather than the first start (the

@@ -1,7 +1,7 @@
 # Finds every third-party dependency once, for all modules.
 #
 # Debian provides gRPC, Protobuf, RocksDB, spdlog, abseil, GoogleTest, nlohmann-json
-# xxhash and PCRE2; libtorch comes from the PyPI torch wheel in the Python environment that
+# xxhash, PCRE2 and jemalloc; libtorch comes from the PyPI torch wheel in the Python environment that
 # deploy/setup.sh creates (see ApeserveTorch.cmake).
 
 # Where deploy/setup.sh keeps the heavy things (deploy/lib.sh has the same default).
@@ -34,6 +34,10 @@ find_package(GTest CONFIG REQUIRED)
 pkg_check_modules(xxhash REQUIRED IMPORTED_TARGET libxxhash)
 pkg_check_modules(pcre2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(httplib REQUIRED IMPORTED_TARGET cpp-httplib)
+# The server's allocator (server/allocator.h); a sanitizer replaces malloc itself.
+if(NOT APESERVE_SANITIZE)
+  pkg_check_modules(jemalloc REQUIRED IMPORTED_TARGET jemalloc)
+endif()
 
 find_program(APESERVE_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
 

@@ -35,6 +35,7 @@ APT_PACKAGES=(
   # libraries
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev libspdlog-dev libabsl-dev nlohmann-json3-dev libxxhash-dev libpcre2-dev
+  libjemalloc-dev
   libcpp-httplib-dev libssl-dev
   libgtest-dev libgmock-dev
 )

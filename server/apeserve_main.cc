@@ -15,6 +15,7 @@
 #include "cache/kv_quantization.h"
 #include "common/logging.h"
 #include "model/ape_options.h"
+#include "server/allocator.h"
 #include "server/ape_server.h"
 #include "server/log_format.h"
 #include "server/server_options.h"
@@ -160,6 +161,7 @@ int main(int argc, char** argv) {
       !format.ok()) {
     return UsageError(absl::StrCat("--log_format: ", format.message()));
   }
+  spdlog::info("allocator: {}", apeserve::server::AllocatorDescription());
 
   apeserve::server::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);

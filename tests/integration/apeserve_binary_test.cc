@@ -72,6 +72,9 @@ TEST_F(ApeserveBinaryTest, ServesInfoAndHealthAndStopsCleanlyOnSigterm) {
   server.process().Signal(SIGTERM);
   EXPECT_EQ(server.process().Wait(absl::Seconds(30)), std::optional<int>(0)) << server.Stderr();
   EXPECT_THAT(server.Stderr(), HasSubstr("received SIGTERM; shutting down"));
+  // jemalloc serves malloc(), returning freed memory from its background thread
+  // (server/allocator.h); a sanitizer build has the sanitizer's allocator.
+  EXPECT_THAT(server.Stderr(), ::testing::ContainsRegex(APESERVE_EXPECTED_ALLOCATOR));
 }
 
 TEST_F(ApeserveBinaryTest, KeepsDocumentsDirectoryAcrossRestarts) {
