@@ -4,11 +4,12 @@
 // malloc. Under load, tensors of a few MiB come and go with every step. glibc raises
 // its mmap threshold each time such a block is freed, then carves the next ones from
 // its arenas (up to 8 per core), where freed memory stays: in a 10-minute soak of 64
-// clients, resident memory grew by 384 MiB while the live heap did not. Fixing the
-// threshold (M_MMAP_THRESHOLD) kept memory flatter but cost a quarter of the soak's
-// throughput, every large block then being a fresh mapping the kernel zeroes. jemalloc
-// keeps memory flat at full speed (README: Faults and soak). Builds with a sanitizer
-// use the sanitizer's allocator instead.
+// clients, resident memory grew by 384 MiB, most of it memory already freed. Fixing
+// the threshold (M_MMAP_THRESHOLD) kept memory flatter but served a fifth fewer
+// requests, every large block then being a fresh mapping the kernel zeroes. On
+// jemalloc memory levels off once the caches are full, and the same soak served 11%
+// more requests than on glibc (README: Faults and soak). Builds with a sanitizer use
+// the sanitizer's allocator instead.
 #ifndef APESERVE_SERVER_ALLOCATOR_H_
 #define APESERVE_SERVER_ALLOCATOR_H_
 

@@ -29,7 +29,7 @@ Resident memory: the server's VmRSS (/proc/PID/status) every --rss_interval seco
 (for --target, give --pid). Start is the sample at the end of --warmup, then peak, end
 (when the load stops) and growth = end - start, with the least-squares slope after the
 warm-up and the growth in the second half of that window (a leak grows there as much as
-in the first half; memory that glibc's allocator keeps after a peak does not). The
+in the first half; memory an allocator keeps after a peak does not). The
 started server's host KV tier is small (--host_cache_mib=64), so that a filling cache
 does not pass for a leak. Growth beyond --max_rss_growth_mib fails the run (default
 256 MiB; 512 with --quick, whose window is too short to tell a slow leak from the
