@@ -107,6 +107,10 @@ log "starting $container (volume $volume, gRPC published on $target)"
   -p "$target:50051" -p "127.0.0.1:$metrics_port:9464" \
   "$image" --metrics_listen=0.0.0.0:9464 >/dev/null
 wait_healthy "$container"
+# (Read whole first: grep -q would leave docker logs writing to a closed pipe.)
+server_log="$("$DOCKER" logs "$container" 2>&1)"
+grep -q "allocator: jemalloc" <<<"$server_log" ||
+  die "the image's server does not run on jemalloc (server/allocator.h)"
 
 apectl ingest /docs >&2
 listed="$(apectl list)"
