@@ -109,8 +109,10 @@ absl::StatusOr<std::string> TokenText(const nlohmann::json& config, const char* 
                                                  it->type_name()));
 }
 
-// Every field of the spec, in a fixed order; numbers as decimal text, so that the
-// fingerprint does not depend on the machine's byte order.
+// The fields of the spec that decide which ids a text gets and which text an id stands
+// for, in a fixed order; numbers as decimal text, so that the fingerprint does not
+// depend on the machine's byte order. Not BOS, EOS and the ids that end generation:
+// they change what is generated, not what stored ids mean.
 std::string FingerprintSpec(const Tokenizer::Spec& spec) {
   FingerprintBuilder builder;
   builder.AddField("tokens");
@@ -127,10 +129,8 @@ std::string FingerprintSpec(const Tokenizer::Spec& spec) {
   }
   builder.AddField("split");
   for (const std::string& pattern : spec.split_patterns) builder.AddField(pattern);
-  builder.AddField(absl::StrCat(spec.ignore_merges, spec.sentencepiece, spec.add_prefix_space,
-                                spec.add_bos, " ", spec.unk_id, " ", spec.bos_id, " ",
-                                spec.eos_id));
-  for (const int32_t id : spec.extra_eos_ids) builder.AddField(absl::StrCat(id));
+  builder.AddField(absl::StrCat(spec.ignore_merges, spec.sentencepiece, spec.add_prefix_space, " ",
+                                spec.unk_id));
   return builder.Finish();
 }
 

@@ -90,9 +90,10 @@ class Tokenizer {
   // Whether decoding drops one leading space (SentencePiece's prefix space).
   bool strips_leading_space() const { return sentencepiece_ && add_prefix_space_; }
 
-  // 32 hex digits naming everything that decides which ids a text gets and what an id
-  // means: the vocabulary, added tokens, merges, pre-tokenizer and special ids. Token
-  // ids stored under one tokenizer are meaningful under another only if these agree.
+  // 32 hex digits naming everything that decides which ids a text gets and which text
+  // an id stands for: the vocabulary, added tokens, merges, pre-tokenizer and unknown
+  // id (not BOS, EOS or the ids that end generation). Token ids stored under one
+  // tokenizer mean the same under another only if these agree.
   const std::string& fingerprint() const { return fingerprint_; }
 
  private:
