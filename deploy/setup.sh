@@ -40,7 +40,6 @@ APT_PACKAGES=(
   libgtest-dev libgmock-dev
 )
 
-
 # The stamp records which requirements file the environment was built from; pip runs
 # only when it changed (or the environment is missing or broken).
 install_python_env() {

@@ -133,15 +133,20 @@ def matmul_gflop_s(threads: int, size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """The peak resident memory (VmHWM) of process `pid` in MiB, None when unreadable."""
+def proc_status_mib(pid: int, field: str) -> float | None:
+    """A kB field of /proc/`pid`/status (VmRSS, VmHWM, ...) in MiB, None when unreadable."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The peak resident memory (VmHWM) of process `pid` in MiB, None when unreadable."""
+    return proc_status_mib(pid, "VmHWM")
 
 
 def percentile(values: list[float], p: float) -> float | None:

@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_common import (PROSE, REPOSITORY, import_client, machine, percentile,  # tools/
-                          start_server, stop_server)
+                          proc_status_mib, start_server, stop_server)
 
 RPCS = ("CreateContext", "UploadContext", "BatchCreateContexts", "GenerateStream", "Score",
         "DeleteContext", "GetContext", "ListContexts")
@@ -311,17 +311,8 @@ class RssSampler(threading.Thread):
         self.stopped = threading.Event()
         self.start_time = time.monotonic()
 
-    def read(self) -> float | None:
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return None
-
     def sample(self) -> None:
-        rss = self.read()
+        rss = proc_status_mib(self.pid, "VmRSS")
         if rss is not None:
             self.samples.append((time.monotonic() - self.start_time, rss))
 

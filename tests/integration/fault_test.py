@@ -153,6 +153,13 @@ class FaultTestCase(unittest.TestCase):
         self.servers.append(server)
         return server
 
+    def model_copy(self) -> tuple[Path, Path]:
+        """The test model, and a copy of it in the test's folder (for swapping)."""
+        original = Path(os.environ["APESERVE_TEST_MODEL"])
+        model = self.root / "model.gguf"
+        shutil.copyfile(original, model)
+        return original, model
+
     def check_store(self, client, ledger: Ledger, can_write: bool = True) -> None:
         """Every acknowledged document is listed with its tokens; every listed one was
         sent (nothing invented) and is whole: unacknowledged ones store the tokens their
@@ -315,10 +322,8 @@ def swap_weights(source: Path, target: Path) -> None:
 
 class ModelSwapTest(FaultTestCase):
     def test_a_swapped_model_never_serves_the_old_kv(self):
-        original = Path(os.environ["APESERVE_TEST_MODEL"])
-        model = self.root / "model.gguf"
+        original, model = self.model_copy()
         other = self.root / "other.gguf"
-        shutil.copyfile(original, model)
         swap_weights(original, other)
         flag = f"--model={model}"
         ids = [f"doc-{n}" for n in range(4)]
@@ -390,9 +395,7 @@ def swap_tokens(source: Path, target: Path, first: str = "Ġthe", second: str = 
 
 class TokenizerSwapTest(FaultTestCase):
     def test_documents_of_another_tokenizer_are_refused_not_misread(self):
-        original = Path(os.environ["APESERVE_TEST_MODEL"])
-        model = self.root / "model.gguf"
-        shutil.copyfile(original, model)
+        original, model = self.model_copy()
         swap_tokens(original, self.root / "other.gguf")
         flag = f"--model={model}"
         ids = [f"doc-{n}" for n in range(3)]
