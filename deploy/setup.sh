@@ -3,8 +3,8 @@
 #   1. Debian packages (compilers, gRPC, Protobuf, RocksDB, spdlog, abseil, GoogleTest...)
 #   2. a Python environment with libtorch and the test oracle (deploy/requirements.txt)
 #   3. the default model, taken out of its PyPI wheel and verified (deploy/models.lock)
-#   4. with --bench-peers: llama-cpp-python, the llama.cpp peer of tools/ttft_bench.py,
-#      compiled once per machine from its source and kept as a wheel (deploy/test.sh)
+#   4. with --bench-peers: llama.cpp's server (llama-server), the peer of
+#      tools/ttft_bench.py, compiled once per machine from source (deploy/test.sh)
 # Each step first checks whether its result is already in place; a second run only
 # checks. Usage: deploy/setup.sh [--skip-apt] [--bench-peers]
 set -euo pipefail
@@ -109,31 +109,40 @@ PY
   done <"$APESERVE_ROOT/deploy/models.lock"
 }
 
-# PyPI has no llama-cpp-python wheel for this platform: pip compiles llama.cpp from the
-# source distribution (a few minutes on 2 cores, for this CPU's instruction set). The
-# wheel is kept in $APESERVE_HOME/wheels, so a new environment or a fresh clone
-# installs it without compiling again.
-LLAMA_CPP_PYTHON_VERSION=0.3.36
-install_llama_cpp_python() {
-  local python="$APESERVE_VENV/bin/python"
-  if "$python" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_PYTHON_VERSION')" \
-    >/dev/null 2>&1; then
-    log "llama-cpp-python: $LLAMA_CPP_PYTHON_VERSION in place"
+# llama.cpp's own server, the peer of tools/ttft_bench.py, built once per machine from
+# the llama.cpp tree that the pinned llama-cpp-python source package vendors (PyPI is
+# the only place this machine reaches). A static binary with this CPU's instruction
+# set (GGML_NATIVE, what a user who compiles it gets), without the web UI (which would
+# be downloaded) or TLS. It lands in $APESERVE_HOME/llama.cpp, so a fresh clone on the
+# same machine does not compile it again; a version stamp says what is there.
+LLAMA_CPP_SOURCE_PACKAGE=llama-cpp-python==0.3.36
+install_llama_server() {
+  local dest="$APESERVE_HOME/llama.cpp"
+  if [ -x "$dest/bin/llama-server" ] && [ "$(cat "$dest/.version" 2>/dev/null)" = "$LLAMA_CPP_SOURCE_PACKAGE" ]; then
+    log "llama-server: built from $LLAMA_CPP_SOURCE_PACKAGE, in place"
     return
   fi
-  local wheels="$APESERVE_HOME/wheels"
-  mkdir -p "$wheels"
-  if ! compgen -G "$wheels/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION-*.whl" >/dev/null; then
-    log "llama-cpp-python: compiling $LLAMA_CPP_PYTHON_VERSION from source (once per machine)"
-    CMAKE_BUILD_PARALLEL_LEVEL="${APESERVE_JOBS:-2}" "$python" -m pip wheel --quiet \
-      --disable-pip-version-check --no-deps --no-binary llama-cpp-python -w "$wheels" \
-      "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" >&2
-  fi
-  # Its dependencies (numpy, jinja2, diskcache, typing-extensions) are pinned in
-  # deploy/requirements.txt.
-  "$python" -m pip install --quiet --disable-pip-version-check --no-deps \
-    "$wheels"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*.whl >&2
-  log "llama-cpp-python: $LLAMA_CPP_PYTHON_VERSION installed from $wheels"
+  log "llama-server: compiling the llama.cpp tree of $LLAMA_CPP_SOURCE_PACKAGE (once per machine, minutes)"
+  local tmp
+  tmp="$(mktemp -d "$APESERVE_HOME/tmp.XXXXXX")"
+  "$APESERVE_VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+    --no-binary :all: -d "$tmp" "$LLAMA_CPP_SOURCE_PACKAGE" >&2
+  tar -xzf "$tmp"/*.tar.gz -C "$tmp"
+  local source
+  source="$(echo "$tmp"/*/vendor/llama.cpp)"
+  [ -f "$source/tools/server/server.cpp" ] || die "no llama.cpp server in $LLAMA_CPP_SOURCE_PACKAGE"
+  cmake -S "$source" -B "$tmp/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON -DLLAMA_OPENSSL=OFF \
+    -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF >&2
+  cmake --build "$tmp/build" --target llama-server -j "${APESERVE_JOBS:-2}" >&2
+  rm -rf "$dest"
+  mkdir -p "$dest/bin"
+  cp "$tmp/build/bin/llama-server" "$dest/bin/"
+  cp "$source/LICENSE" "$dest/"
+  echo "$LLAMA_CPP_SOURCE_PACKAGE" >"$dest/.version"
+  rm -rf "$tmp"
+  log "llama-server: installed at $dest/bin/llama-server"
 }
 
 main() {
@@ -145,7 +154,7 @@ main() {
   if [ "$skip_apt" -eq 0 ]; then install_debian_packages "${APT_PACKAGES[@]}"; fi
   install_python_env
   install_models
-  if [ "$bench_peers" -eq 1 ]; then install_llama_cpp_python; fi
+  if [ "$bench_peers" -eq 1 ]; then install_llama_server; fi
   log "set-up complete in $((SECONDS - start)) s (APESERVE_HOME=$APESERVE_HOME)"
 }
 

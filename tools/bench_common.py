@@ -37,9 +37,11 @@ def import_client(scratch: Path):
 
 
 def start_server(binary: str, model: str | None, scratch: Path,
-                 flags: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+                 flags: tuple[str, ...] = (), env: dict[str, str] | None = None
+                 ) -> tuple[subprocess.Popen, str]:
     """apeserve with `flags` on a free loopback port, its data and log under `scratch`
-    (data kept: a server started again on the same `scratch` finds what was stored)."""
+    (data kept: a server started again on the same `scratch` finds what was stored);
+    `env` is added to this process's environment."""
     scratch.mkdir(parents=True, exist_ok=True)
     port_file = scratch / "port"
     port_file.unlink(missing_ok=True)
@@ -47,7 +49,8 @@ def start_server(binary: str, model: str | None, scratch: Path,
                "--metrics_listen=", "--sync_writes=false", f"--port_file={port_file}", *flags]
     if model:
         command.append(f"--model={model}")
-    server = subprocess.Popen(command, stderr=open(scratch / "server.log", "a"))
+    server = subprocess.Popen(command, stderr=open(scratch / "server.log", "a"),
+                              env={**os.environ, **env} if env else None)
     for _ in range(1200):
         if port_file.exists() and port_file.read_text().strip():
             return server, f"127.0.0.1:{port_file.read_text().strip()}"
@@ -131,6 +134,41 @@ def matmul_gflop_s(threads: int, size: int = 2048, repeats: int = 5) -> float:
     finally:
         torch.set_num_threads(previous)
     return 2 * size**3 / best / 1e9
+
+
+def disk_read_gb_s(folder: Path, megabytes: int = 1024, repeats: int = 3) -> float | None:
+    """Sequential read bandwidth of the file system holding `folder`, in GB/s, past the
+    page cache: a file of `megabytes` is written and synced, then read with O_DIRECT in
+    8 MiB blocks, the best of `repeats`. None where O_DIRECT is refused (e.g. tmpfs)."""
+    import mmap
+
+    block = 8 << 20
+    path = folder / "disk-read-probe"
+    folder.mkdir(parents=True, exist_ok=True)
+    chunk = os.urandom(1 << 20) * 8
+    try:
+        with open(path, "wb") as out:
+            for _ in range(megabytes // 8):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        buffer = mmap.mmap(-1, block)  # page-aligned, as O_DIRECT wants
+        best = math.inf
+        for _ in range(repeats):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+            except OSError:
+                return None
+            try:
+                start = time.perf_counter()
+                while os.readv(fd, [buffer]) == block:
+                    pass
+                best = min(best, time.perf_counter() - start)
+            finally:
+                os.close(fd)
+        return (megabytes << 20) / best / 1e9
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def proc_status_mib(pid: int, field: str) -> float | None:

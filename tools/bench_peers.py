@@ -1,26 +1,26 @@
-"""What a user would run instead of apeserve, timed on the same token ids, the same model
-file and the same number of threads:
+"""What a user would run instead of apeserve, in this process, on the same token ids,
+the same model file and the same number of threads (llama.cpp's server, the third peer,
+is in bench_llama_server.py):
 
-  transformers  Hugging Face transformers, fp32 on the CPU: the whole prompt prefilled
-                at once, then greedy decoding with its KV cache (what a researcher runs).
-  llama.cpp     llama-cpp-python on the same GGUF file (its own quantized kernels), with
-                its prompt cache on: the shared prefix's state is kept and restored
-                before each query, so only what follows the prefix is evaluated (what a
-                practitioner runs).
-  ape-python    APE the way its authors run it: transformers, each document's KV
-                computed once after the prefix and kept in memory, and at query time
-                the caches concatenated and attended by APE's merge of segments
-                (DESIGN.md §3) in Python, fp32. No store: the KV lives as long as the
-                process.
+  transformers  Hugging Face transformers, fp32 on the CPU, SDPA attention: the whole
+                prompt prefilled at once with logits for the last position only
+                (logits_to_keep=1, as its own generate() asks), then greedy decoding
+                with its KV cache (what a researcher runs).
+  ape-python    our reimplementation of APE in transformers (not the authors' code):
+                each document's KV computed once after the prefix and kept in memory,
+                and at query time the caches concatenated and attended by APE's merge
+                of segments (DESIGN.md §3) in Python, fp32, grouped-query attention
+                without repeating the KV. No store: the KV lives as long as the process.
 
-Each measure() returns (time to first token, end to end) in milliseconds for
-`new_tokens` greedy tokens (end-of-sequence ignored).
+Each peer's tokens() yields the time each of `new_tokens` greedy tokens is ready
+(end-of-sequence ignored); PeerSystem makes a peer a bench_workloads.System.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from typing import Iterator
 
 import torch
 
@@ -47,52 +47,18 @@ class TransformersPeer:
     def __init__(self, model) -> None:
         self.model = model
 
-    def measure(self, pieces: PromptPieces, new_tokens: int) -> tuple[float, float]:
+    def tokens(self, pieces: PromptPieces, new_tokens: int) -> Iterator[float]:
         ids = torch.tensor([pieces.sequential()])
         with torch.inference_mode():
-            start = time.perf_counter()
-            out = self.model(ids, use_cache=True)
+            out = self.model(ids, use_cache=True, logits_to_keep=1)
             token = out.logits[0, -1].argmax()
-            first = time.perf_counter()
+            yield time.perf_counter()
             cache = out.past_key_values
             for _ in range(new_tokens - 1):
                 out = self.model(token.view(1, 1), past_key_values=cache, use_cache=True)
                 cache = out.past_key_values
                 token = out.logits[0, -1].argmax()
-            end = time.perf_counter()
-        return (first - start) * 1000, (end - start) * 1000
-
-
-class LlamaCppPeer:
-    name = "llama.cpp"
-
-    def __init__(self, model_path: str, threads: int, context_window: int) -> None:
-        from llama_cpp import Llama
-
-        self.llm = Llama(model_path=model_path, n_ctx=context_window, n_threads=threads,
-                         n_threads_batch=threads, n_batch=512, verbose=False)
-        self.prefix: list[int] | None = None
-        self.prefix_state = None
-
-    def measure(self, pieces: PromptPieces, new_tokens: int) -> tuple[float, float]:
-        if self.prefix != pieces.prefix:
-            self.llm.reset()
-            self.llm.eval(pieces.prefix)
-            self.prefix, self.prefix_state = pieces.prefix, self.llm.save_state()
-        # The cache holds the shared prefix and nothing else, as after another query.
-        self.llm.load_state(self.prefix_state)
-        start = time.perf_counter()
-        first, generated = None, 0
-        # generate() re-evaluates only what follows the longest prefix it already holds.
-        for _token in self.llm.generate(pieces.sequential(), top_k=1, top_p=1.0, min_p=0.0,
-                                        temp=0.0, repeat_penalty=1.0):
-            generated += 1
-            if first is None:
-                first = time.perf_counter()
-            if generated >= new_tokens:
-                break
-        end = time.perf_counter()
-        return (first - start) * 1000, (end - start) * 1000
+                yield time.perf_counter()
 
 
 # The segment layout of the query being run, read by ape_attention: transformers calls
@@ -131,7 +97,7 @@ def ape_attention(module, query, key, value, attention_mask, scaling, dropout=0.
 
 
 class ApePythonPeer:
-    name = "ape-python"
+    name = "ape-python"  # our reimplementation in transformers, not the authors' code
 
     def __init__(self, model, temperature: float, scale: float, multiplicative: bool) -> None:
         from transformers import AttentionInterface
@@ -170,31 +136,48 @@ class ApePythonPeer:
         self.documents = {key: kv for key, kv in self.documents.items()
                           if abs(len(key) - tokens) <= 16}
 
-    def measure(self, pieces: PromptPieces, new_tokens: int) -> tuple[float, float]:
+    def tokens(self, pieces: PromptPieces, new_tokens: int) -> Iterator[float]:
         from transformers import DynamicCache
 
-        self.store(pieces)
-        documents = [self.documents[tuple(c)] for c in pieces.contexts]
+        documents = [self.documents[tuple(c)] for c in pieces.contexts]  # store()d before
         _LAYOUT.update(self.settings, prefix=len(pieces.prefix),
                        contexts=sum(len(c) for c in pieces.contexts))
         position = len(pieces.prefix) + max(len(c) for c in pieces.contexts)
         self.model.set_attn_implementation("ape_bench")
         try:
             with torch.inference_mode():
-                start = time.perf_counter()
                 cache = DynamicCache()
                 for layer, (keys, values) in enumerate(self.prefix_kv):
                     cache.update(torch.cat([keys] + [d[layer][0] for d in documents], 2),
                                  torch.cat([values] + [d[layer][1] for d in documents], 2), layer)
                 fed = torch.tensor([pieces.query])
-                for step in range(new_tokens):
+                for _ in range(new_tokens):
                     out = self.model(fed, past_key_values=cache, use_cache=True,
-                                     position_ids=torch.arange(position, position + fed.shape[1])[None])
+                                     position_ids=torch.arange(position, position + fed.shape[1])[None],
+                                     logits_to_keep=1)
                     position += fed.shape[1]
                     fed = out.logits[0, -1].argmax().view(1, 1)
-                    if step == 0:
-                        first = time.perf_counter()
-                end = time.perf_counter()
+                    yield time.perf_counter()
         finally:
             self.model.set_attn_implementation("sdpa")
-        return (first - start) * 1000, (end - start) * 1000
+
+
+class PeerSystem:
+    """A peer of this module as a bench_workloads.System: `pieces_of(draw)` gives the
+    prompt's token pieces. prepare() stores the documents of the Python APE before the
+    clock starts (apeserve's ingestion is not timed either)."""
+
+    def __init__(self, peer, pieces_of, label: str | None = None) -> None:
+        self.peer, self.pieces_of = peer, pieces_of
+        self.name = label or peer.name
+
+    def prepare(self, draw) -> None:
+        if hasattr(self.peer, "store"):
+            self.peer.store(self.pieces_of(draw))
+
+    def stream(self, draw, new_tokens: int, timeout_s: float | None = None
+               ) -> Iterator[tuple[float, int, dict]]:
+        del timeout_s  # in this process, one request at a time: never given a deadline
+        for at in self.peer.tokens(self.pieces_of(draw), new_tokens):
+            yield at, 1, {}
+        yield time.perf_counter(), 0, {}

@@ -1,50 +1,53 @@
 #!/usr/bin/env python3
-"""Time to first token with stored contexts: apeserve's APE against its own recompute
-(SEQUENTIAL), against what users would run instead, and against the physical limit, in
-one run (issue 13).
+"""The race a skeptical engineer would accept (issue 23): apeserve against llama.cpp's
+server at its best, transformers and our Python reimplementation of APE, on the same
+token ids, the same model file and thread count, end to end, against floors that owe
+nothing to apeserve's own timings.
 
-What it does, in order:
- 1. Measures the machine: CPU, cores, memory, and memcpy bandwidth (the best of five
-    copies of 512 MiB).
- 2. Cuts documents from real prose (bench_corpus.py: Python's docstrings and Debian's
-    licence texts) to each size of the grid, by the model's own tokenizer.
- 3. Starts apeserve on a free loopback port with a fresh data directory and a host tier
-    large enough for every document (or attaches to --server), stores the documents,
-    and times each row of the grid, warm (KV from the host tier): APE and PARALLEL
-    everywhere, SEQUENTIAL where the whole prompt fits the model's window.
- 4. A concurrency sweep: 1, 4 and 16 streaming clients, APE, 16 x 448.
- 5. Restarts the server on the same data with no host tier and times APE and PARALLEL
-    again, cold: KV from the store, the OS page cache dropped before each request where
-    this process may (root); the rows say whether it was.
- 6. The peers, on the same token ids, model file and thread count (bench_peers.py):
-    transformers and llama.cpp where the prompt fits, the authors' in-memory APE in
-    Python everywhere below the paper-scale row.
- 7. Writes the JSON report (--json), prints the table and the targets, draws the plot
-    (--plot, matplotlib).
+Workloads (bench_workloads.py), every system given the same requests:
+  RAG            D documents of about T tokens of real prose (bench_corpus.py); each
+                 request names K of them at random, in random order, and asks a new
+                 question. K = 4 and 16 for everyone; K = 64 for apeserve only (the
+                 sequential prompt exceeds the model's window). The headline.
+  same documents the same K = 16 documents each time, a new question: a prompt cache's
+                 best case.
+  concurrent     8 clients on RAG K = 16, 32 new tokens each (llama.cpp's server with 8
+                 slots), for a 120-s window; a request still running when it closes is
+                 cancelled and counted as late.
+  live traffic   C clients on RAG K = 16 while a producer stores new documents at a
+                 steady rate (apeserve; llama.cpp's server has no store and is given the
+                 same clients without the producer).
+  grid           contexts x tokens per context, up to the paper's 128 x 1024, each
+                 request the same documents with a new question: APE and PARALLEL warm
+                 (host tier) and cold (from the store, the OS page cache dropped before
+                 each request where this process may), cold again with int8 storage;
+                 SEQUENTIAL and the peers where the prompt fits the window.
 
-Grid: contexts in {1, 4, 16, 64} x tokens per context in {128, 448, 1024}, plus the
-paper's scale, 128 x 1024 = 131,072 context tokens (APE only). The query is about 32
-tokens; each request generates 64 tokens greedily (end of sequence ignored). Times are
-taken at the client: time to first token (TTFT) from sending to the first token, end to
-end (e2e) to the last; medians and nearest-rank p90 over --runs requests after one
-warm-up. Where APE's time goes comes from the server's own timings: KV load, the
-query's prefill, and a decode step (1000 / decode tokens per second).
+Every row: time to first token (TTFT), time to the last of --new_tokens tokens (e2e)
+and the decode rate after the first token, medians and nearest-rank p90 over --runs
+requests after one warm-up, all timed at the client; apeserve's rows add its server's
+timings (KV load, prefill). The floor of an APE row is the larger of (a) the query's
+prefill arithmetic (projections, MLP, LM head, each query token's attention over every
+context key) at the float32 matmul rate measured in this run and (b) its contexts' KV
+bytes at the memcpy speed measured in this run (warm) or at the data disk's sequential
+read rate measured in this run with O_DIRECT (cold). Targets are printed, never asserted.
 
-The physical floor of an APE row: the bytes of its contexts' KV / the memcpy bandwidth,
-plus the query's own prefill (the server's prefill time of that row: the forward pass of
-the query's tokens, the contexts' KV already in place; putting it there counts as KV
-load). A stricter compute floor puts the arithmetic of that prefill (the projections and
-the query's attention over every context key) at the machine's float32 matmul rate,
-measured in the same run, instead of the measured prefill.
+Peers (their settings are printed and stored in the report):
+  llama-server  llama.cpp's own HTTP server, flash attention on, prompt cache on,
+                --cache-reuse, one slot per client (bench_llama_server.py)
+  transformers  fp32, SDPA, logits for the last position only (bench_peers.py)
+  ape-python    our reimplementation of APE in transformers (bench_peers.py), not the
+                authors' code
 
-  $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --json ttft.json --plot docs/ttft_bench.png \
-      --markdown ttft.md
-  $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --quick --check   # CI, ~2 min
+  $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --json docs/ttft_bench.json \\
+      --plot docs/ttft_bench.png --markdown ttft.md
+  $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --quick --check   # CI, a few minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import importlib
 import json
 import os
@@ -52,35 +55,43 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import (REPOSITORY, cell, import_client, machine, memcpy_gb_s,  # tools/
-                          matmul_gflop_s, peak_rss_mb, percentile, start_server, stop_server)
-from bench_corpus import PromptBuilder, cut_documents, prose_words
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_apeserve import ApeserveSystem, client_modules, store_corpus  # noqa: E402
+from bench_common import (REPOSITORY, cell, disk_read_gb_s, machine, matmul_gflop_s,  # noqa: E402
+                          memcpy_gb_s, peak_rss_mb, start_server, stop_server)
+from bench_corpus import PromptBuilder, cut_documents, prose_words  # noqa: E402
+from bench_workloads import (QUESTIONS, Draw, Producer, concurrent, rag_draws,  # noqa: E402
+                             same_documents_draws, summary, time_one)
 
 NAMESPACE = "ttft-bench"
-QUESTION = ("Using only the documents above, explain in two or three sentences what they "
-            "say about copies, conditions and the rights of the people who receive them.")
-MODES = ("ape", "parallel", "sequential")
-HEADLINE = (16, 448)
-FULL = {"contexts": [1, 4, 16, 64], "tokens": [128, 448, 1024], "paper": (128, 1024),
-        "runs": 5, "new_tokens": 64, "sweep": HEADLINE, "sweep_clients": [1, 4, 16],
-        "sweep_seconds": 30.0}
-QUICK = {"contexts": [1, 4], "tokens": [128], "paper": None, "runs": 2, "new_tokens": 8,
-         "sweep": (4, 128), "sweep_clients": [1, 2], "sweep_seconds": 3.0}
-# Targets of the issue, printed (never asserted).
-TARGETS = {"ape_vs_sequential": 30.0, "ape_vs_transformers": 30.0, "ape_vs_llama_cpp": 10.0,
-           "floor": 2.0}
+FULL = {"grid_contexts": [1, 4, 16, 64], "grid_tokens": [128, 448, 1024], "paper": (128, 1024),
+        "rag_documents": 64, "rag_tokens": 448, "rag_k": [4, 16, 64], "headline_k": 16,
+        "runs": 10, "new_tokens": 128, "concurrent_clients": 8, "concurrent_tokens": 32,
+        "live_clients": [1, 4, 16], "live_seconds": 120.0, "stagger_s": 0.5,
+        "ingest_per_s": 0.5}
+QUICK = {"grid_contexts": [1, 4], "grid_tokens": [128], "paper": None,
+         "rag_documents": 8, "rag_tokens": 128, "rag_k": [2, 4], "headline_k": 4,
+         "runs": 2, "new_tokens": 8, "concurrent_clients": 2, "concurrent_tokens": 4,
+         "live_clients": [1, 2], "live_seconds": 12.0, "stagger_s": 0.2, "ingest_per_s": 1.0}
+INT8 = "int8_per_channel"
+# The issue's targets, printed (never asserted).
+TARGETS = {
+    "rag_ttft_vs_llama_server": (">=", 30.0, "RAG, headline K: llama-server TTFT / APE TTFT (warm)"),
+    "same_documents_ttft_vs_llama_server": (">=", 1.0,
+                                            "same documents: llama-server TTFT / APE TTFT"),
+    "floor_up_to_16k": ("<=", 1.5, "APE TTFT / strict floor, warm, up to 16K context tokens"),
+    "floor_at_131k": ("<=", 2.0, "APE TTFT / strict floor, warm, at 131K context tokens"),
+    "rag_e2e_vs_llama_server": (">=", 3.0,
+                                "RAG, headline K, end to end: llama-server / APE (first token + all new tokens)"),
+}
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def summary(values: list[float]) -> dict[str, float | None]:
-    return {"median": statistics.median(values) if values else None, "p90": percentile(values, 90)}
 
 
 def drop_page_cache() -> bool:
@@ -93,245 +104,346 @@ def drop_page_cache() -> bool:
         return False
 
 
-def reset_peak_rss(pid: int) -> None:
+def reset_peak_rss(pid: int | None) -> None:
     """Restarts VmHWM of `pid` from its current RSS (Linux: clear_refs 5), where allowed."""
+    if pid is None:
+        return
     try:
         Path(f"/proc/{pid}/clear_refs").write_text("5\n")
     except OSError:
         pass
 
 
-class Apeserve:
-    """The server under test: its documents, and rows timed through gRPC."""
+class ColdSystem:
+    """A system whose every request starts with the OS page cache dropped."""
 
-    def __init__(self, grpc, pb, stubs, target: str, pid: int | None) -> None:
-        self.grpc, self.pb, self.pid = grpc, pb, pid
-        self.channel = grpc.insecure_channel(target)
-        self.stub = stubs.GenerationServiceStub(self.channel)
+    def __init__(self, system) -> None:
+        self.system, self.name, self.dropped = system, system.name, []
 
-    def close(self) -> None:
-        self.channel.close()
+    def prepare(self, draw: Draw) -> None:
+        self.dropped.append(drop_page_cache())
 
-    def request(self, ids: list[str], mode: str, new_tokens: int) -> Any:
-        pb = self.pb
-        return pb.GenerateRequest(
-            namespace=NAMESPACE, context_ids=ids, query=QUESTION,
-            mode=pb.EncodingMode.Value(f"ENCODING_MODE_{mode.upper()}"),
-            sampling=pb.SamplingParameters(max_tokens=new_tokens, temperature=0.0,
-                                           ignore_eos=True))
+    def stream(self, draw: Draw, new_tokens: int, timeout_s: float | None = None):
+        return self.system.stream(draw, new_tokens, timeout_s)
 
-    def once(self, request: Any) -> tuple[float, float, Any]:
-        """One streamed request: client TTFT and e2e in ms, and the server's StreamEnd."""
-        sent = time.perf_counter()
-        first, end = None, None
-        for message in self.stub.GenerateStream(request, timeout=3600):
-            if message.token_ids and first is None:
-                first = time.perf_counter()
-            if message.HasField("end"):
-                end = message.end
-        done = time.perf_counter()
-        if first is None or end is None:
-            raise RuntimeError("the stream ended without a token or without its end")
-        return (first - sent) * 1000, (done - sent) * 1000, end
 
-    def row(self, ids: list[str], mode: str, tier: str, runs: int, new_tokens: int,
-            cold: bool) -> dict[str, Any]:
-        request = self.request(ids, mode, new_tokens)
-        if not cold:
-            self.once(request)  # warm-up: the host tier holds the KV from here on
-        if self.pid is not None:
-            reset_peak_rss(self.pid)
-        ttft, e2e, ends, dropped = [], [], [], []
-        for _ in range(runs):
-            if cold:
-                dropped.append(drop_page_cache())
-            t, e, end = self.once(request)
-            ttft.append(t)
-            e2e.append(e)
-            ends.append(end)
-        usage = ends[-1].usage
-        rates = [end.timings.decode_tokens_per_second for end in ends
-                 if end.timings.decode_tokens_per_second > 0]
-        row = {
-            "system": "apeserve", "mode": mode, "contexts": len(ids),
-            "context_tokens": usage.context_tokens, "query_tokens": usage.query_tokens,
-            "prompt_tokens": usage.prompt_tokens, "new_tokens": new_tokens, "tier": tier,
-            "ttft_ms": summary(ttft), "e2e_ms": summary(e2e),
-            "server_ttft_ms": statistics.median(end.timings.time_to_first_token_ms for end in ends),
-            "kv_load_ms": statistics.median(end.timings.kv_load_ms for end in ends),
-            "prefill_ms": statistics.median(end.timings.prefill_ms for end in ends),
-            "decode_tok_s": statistics.median(rates) if rates else None,
-            "decode_step_ms": 1000 / statistics.median(rates) if rates else None,
-            "kv_tokens_by_tier": {"host": usage.context_tokens_host,
-                                  "store": usage.context_tokens_store,
-                                  "recomputed": usage.context_tokens_recomputed},
-            "peak_rss_mb": peak_rss_mb(self.pid) if self.pid is not None else None,
-        }
-        if cold:
-            row["page_cache_dropped"] = all(dropped)
+class Bench:
+    """The run's settings, corpora, prompt builder and rows."""
+
+    def __init__(self, args, settings: dict[str, Any], tokenizer, model) -> None:
+        self.args, self.settings = args, settings
+        self.builder = PromptBuilder(tokenizer)
+        self.window = model.config.max_position_embeddings
+        config = model.config
+        self.shape = {"layers": config.num_hidden_layers, "hidden": config.hidden_size,
+                      "heads": config.num_attention_heads, "kv_heads": config.num_key_value_heads,
+                      "head_dim": config.hidden_size // config.num_attention_heads,
+                      "intermediate": config.intermediate_size, "vocab": config.vocab_size}
+        self.kv_bytes_per_token = (2 * self.shape["layers"] * self.shape["kv_heads"]
+                                   * self.shape["head_dim"] * 4)
+        self.query_tokens = max(len(self.builder.pieces([], q).query) for q in QUESTIONS)
+        words = prose_words()
+        self.grid: dict[int, Any] = {}
+        for index, tokens in enumerate(settings["grid_tokens"]):
+            count = max(settings["grid_contexts"])
+            if settings["paper"] and settings["paper"][1] == tokens:
+                count = max(count, settings["paper"][0])
+            self.grid[tokens] = cut_documents(tokenizer, words, count, tokens, start=index * 7919)
+        self.rag = cut_documents(tokenizer, words, settings["rag_documents"], settings["rag_tokens"],
+                                 start=len(words) // 2)
+        # Distinct texts for every document the producer stores (a repeated text would be
+        # deduplicated by its content hash, not encoded).
+        live_documents = int(len(settings["live_clients"]) * settings["live_seconds"]
+                             * settings["ingest_per_s"] * 1.3) + 4
+        self.fresh = cut_documents(tokenizer, words, live_documents, settings["rag_tokens"],
+                                   start=len(words) * 3 // 4)
+        log(f"documents cut: grid {', '.join(f'{len(d.texts)} x {t}' for t, d in self.grid.items())}; "
+            f"RAG {len(self.rag.texts)} x {settings['rag_tokens']}; {len(self.fresh.texts)} to ingest live")
+        self.rows: list[dict[str, Any]] = []
+        self.concurrent_rows: list[dict[str, Any]] = []
+        self.live_rows: list[dict[str, Any]] = []
+        self.peers: dict[str, Any] = {}
+        # What a failed request raises, counted (never hidden) in the concurrent rows.
+        self.error_types: tuple[type[BaseException], ...] = (RuntimeError, OSError,
+                                                             http.client.HTTPException)
+
+    # What each workload is ---------------------------------------------------------
+
+    def fits(self, context_tokens: int) -> bool:
+        """Whether a SEQUENTIAL prompt of `context_tokens` and its answer fit the window."""
+        return (len(self.builder.prefix) + context_tokens + self.query_tokens
+                + self.settings["new_tokens"] <= self.window)
+
+    def grid_points(self) -> list[tuple[int, int]]:
+        points = [(c, t) for t in self.settings["grid_tokens"] for c in self.settings["grid_contexts"]]
+        if self.settings["paper"]:
+            points.append(tuple(self.settings["paper"]))
+        return points
+
+    def workloads(self, apeserve_only: bool) -> list[dict[str, Any]]:
+        """Each (workload, K or grid point) with its corpus texts and draws: the warm-up
+        first, then --runs timed requests."""
+        runs, out = self.settings["runs"], []
+        rag = self.rag.texts
+        for k in self.settings["rag_k"]:
+            context_tokens = sum(sorted(self.rag.token_counts)[-k:])
+            if apeserve_only or self.fits(context_tokens):
+                out.append({"workload": "rag", "contexts": k, "tokens_per_context": self.settings["rag_tokens"],
+                            "texts": rag, "corpus": "rag", "fits": self.fits(context_tokens),
+                            "draws": rag_draws(runs + 1, len(rag), k, seed=k)})
+        k = self.settings["headline_k"]
+        out.append({"workload": "same documents", "contexts": k,
+                    "tokens_per_context": self.settings["rag_tokens"], "texts": rag, "corpus": "rag",
+                    "fits": self.fits(sum(self.rag.token_counts[:k])),
+                    "draws": same_documents_draws(runs + 1, k, seed=101)})
+        for contexts, tokens in self.grid_points():
+            documents = self.grid[tokens]
+            context_tokens = sum(documents.token_counts[:contexts])
+            paper = self.settings["paper"] and (contexts, tokens) == tuple(self.settings["paper"])
+            if apeserve_only or (self.fits(context_tokens) or not paper):
+                out.append({"workload": "grid", "contexts": contexts, "tokens_per_context": tokens,
+                            "texts": documents.texts, "corpus": f"grid-{tokens}", "paper": bool(paper),
+                            "fits": self.fits(context_tokens),
+                            "draws": same_documents_draws(runs + 1, contexts, seed=contexts * tokens)})
+        return out
+
+    def pieces_of(self, texts: list[str]):
+        return lambda draw: self.builder.pieces([texts[i] for i in draw.documents],
+                                                QUESTIONS[draw.question])
+
+    # Measuring ----------------------------------------------------------------------
+
+    def measure(self, system, work: dict[str, Any], mode: str, tier: str, pid: int | None,
+                storage: str = "none") -> dict[str, Any]:
+        """One row: the warm-up request (not for cold rows), then the timed ones."""
+        draws = work["draws"]
+        runs = self.settings["runs"]
+        new_tokens = self.settings["new_tokens"]
+        if tier != "cold":
+            time_one(system, draws[0], new_tokens)
+        reset_peak_rss(pid)
+        timed = [time_one(system, draw, new_tokens) for draw in draws[1:runs + 1]]
+        server = {}
+        for key in ("kv_load_ms", "prefill_ms", "ttft_ms", "queue_ms", "prompt_ms",
+                    "prompt_evaluated", "prompt_cached", "context_tokens", "query_tokens"):
+            values = [t.server[key] for t in timed if t.server.get(key) is not None]
+            if values:
+                server[key] = statistics.median(values)
+        context_tokens = server.get("context_tokens") or statistics.median(
+            sum(len(self.builder.context(work["texts"][i])) for i in draw.documents)
+            for draw in draws[1:runs + 1])
+        row = {"system": system.name.split(" ")[0], "mode": mode, "workload": work["workload"],
+               "contexts": work["contexts"], "tokens_per_context": work["tokens_per_context"],
+               "context_tokens": context_tokens, "tier": tier, "storage": storage,
+               "new_tokens": new_tokens, "runs": len(timed),
+               "ttft_ms": summary([t.ttft_ms for t in timed]),
+               "e2e_ms": summary([t.e2e_ms for t in timed]),
+               "decode_tok_s": summary([t.decode_tok_s for t in timed]),
+               "server": server, "peak_rss_mb": peak_rss_mb(pid) if pid else None}
+        if timed[0].server.get("kv_tokens_by_tier"):
+            row["kv_tokens_by_tier"] = timed[-1].server["kv_tokens_by_tier"]
+        if isinstance(system, ColdSystem):
+            row["page_cache_dropped"] = bool(system.dropped) and all(system.dropped)
+        self.rows.append(row)
+        log(f"{system.name:<22} {tier:<6} {work['workload']:<14} {work['contexts']:>3} x "
+            f"{work['tokens_per_context']:<4}: TTFT {row['ttft_ms']['median']:9.1f} ms, "
+            f"e2e {row['e2e_ms']['median']:9.1f} ms, decode {cell(row['decode_tok_s']['median'], 6)} tok/s")
+        return row
+
+    def run_concurrent(self, name: str, system_for_client, draws_for_client, clients: int,
+                       producer_store=None) -> dict[str, Any]:
+        settings = self.settings
+        if producer_store is None:
+            row = concurrent(system_for_client, draws_for_client, clients, settings["live_seconds"],
+                             settings["concurrent_tokens"], settings["stagger_s"], self.error_types)
+            ingest = None
+        else:
+            with Producer(producer_store, settings["ingest_per_s"]) as producer:
+                row = concurrent(system_for_client, draws_for_client, clients, settings["live_seconds"],
+                                 settings["concurrent_tokens"], settings["stagger_s"], self.error_types)
+            ingest = producer.report()
+        row.update(system=name, k=settings["headline_k"], ingest=ingest)
+        log(f"{name:<22} {clients:>2} clients{' + ingest' if ingest else ''}: "
+            f"{row['tokens_per_s']:.1f} tok/s, TTFT p50 {cell(row['ttft_ms']['median'], 0)} ms, "
+            f"ITL p50 {cell(row['itl_ms']['median'], 0)} ms, errors {row['errors']}")
         return row
 
 
-def fits(prefix: int, contexts: int, tokens: int, query: int, new_tokens: int, window: int) -> bool:
-    """Whether a SEQUENTIAL prompt and its answer fit the model's window."""
-    return prefix + contexts * tokens + query + new_tokens <= window
-
-
-def grid_points(settings: dict[str, Any]) -> list[tuple[int, int]]:
-    points = [(c, t) for t in settings["tokens"] for c in settings["contexts"]]
-    if settings["paper"]:
-        points.append(tuple(settings["paper"]))
-    return points
-
-
-def store_documents(client, documents: dict[int, Any]) -> dict[int, list[str]]:
-    """Stores every document set; returns the context ids of each size."""
-    ids: dict[int, list[str]] = {}
-    for tokens, docs in documents.items():
-        specs = [{"text": text, "context_id": f"t{tokens}-{i}"} for i, text in enumerate(docs.texts)]
-        ids[tokens] = []
-        started = time.perf_counter()
-        for start in range(0, len(specs), 16):
-            for progress in client.batch_create_contexts(specs[start:start + 16]):
-                if progress.error is not None:
-                    raise SystemExit(f"storing {specs[start + progress.index]['context_id']}: "
-                                     f"{progress.error}")
-                ids[tokens].append(progress.context.context_id)
-        stored = sum(docs.token_counts)
-        log(f"stored {len(specs)} documents of {tokens} tokens ({stored} tokens, "
-            f"{stored / (time.perf_counter() - started):.0f} tokens/s)")
-    return ids
-
-
-def run_apeserve(args, settings, documents, phase_rows, sweep_rows) -> dict[str, Any]:
-    """Phases 3 to 5: warm rows, the sweep, cold rows. Returns what the server reported."""
-    import grpc
-
-    ape = import_client(args.scratch / "lib")
-    pb = importlib.import_module("apeserve_client.ape.v1.generation_pb2")
-    stubs = importlib.import_module("apeserve_client.ape.v1.generation_pb2_grpc")
-    decode_bench = importlib.import_module("decode_bench")
-    total_tokens = sum(sum(d.token_counts) for d in documents.values())
-    largest = max(c * t for c, t in grid_points(settings))
-    # Every document in the host tier, and the largest request's KV admitted.
-    host_mib = total_tokens * args.kv_bytes_per_token // 2**20 + 256
-    running_mib = (largest + 4096) * args.kv_bytes_per_token // 2**20 + 256
-    flags = [f"--host_cache_mib={host_mib}", f"--max_running_kv_mib={running_mib}"]
+def run_apeserve(bench: Bench) -> dict[str, Any]:
+    """apeserve: warm rows, concurrency and live traffic; then cold rows (float32 and int8
+    storage). Returns what the server says of itself."""
+    args, settings = bench.args, bench.settings
+    grpc, ape, pb, stubs = client_modules(args.scratch / "lib")
+    all_texts = sum((len(d.texts) for d in bench.grid.values()), 0) + len(bench.rag.texts) + len(bench.fresh.texts)
+    largest = max(c * t for c, t in bench.grid_points())
+    all_tokens = sum(sum(d.token_counts) for d in bench.grid.values()) + sum(bench.rag.token_counts) \
+        + sum(bench.fresh.token_counts)
+    host_mib = all_tokens * bench.kv_bytes_per_token // 2**20 + 512
+    running_mib = (largest + 8192) * bench.kv_bytes_per_token * 2 // 2**20 + 512
+    flags = (f"--host_cache_mib={host_mib}", f"--max_running_kv_mib={running_mib}")
+    log(f"apeserve: {all_texts} documents, host tier {host_mib} MiB")
+    ids: dict[str, list[str]] = {}
     info: dict[str, Any] = {}
-    for phase in ("warm", "cold"):
-        if phase == "cold" and (args.server or args.no_cold):
-            break
-        server, target = None, args.server
-        if target is None:
-            phase_flags = flags if phase == "warm" else [*flags[1:], "--host_cache_mib=0"]
-            server, target = start_server(args.binary, args.model, args.scratch / "server",
-                                          tuple(phase_flags))
-        bench = Apeserve(grpc, pb, stubs, target, server.pid if server else None)
-        try:
-            with ape.Client(target, namespace=NAMESPACE, timeout=3600) as client:
-                if phase == "warm":
-                    server_info, model_info = client.server_info(), client.model_info()
-                    info = {"version": server_info.version, "device": server_info.device,
-                            "model": server_info.model.path,
-                            "ape_defaults": {
-                                "temperature": server_info.ape_defaults.temperature,
-                                "scale": server_info.ape_defaults.scale,
-                                "form": "additive" if server_info.ape_defaults.form == 2
-                                        else "multiplicative"},
-                            "window": model_info.context_length,
-                            "kv_bytes_per_token": model_info.kv_bytes_per_token}
-                    ids = store_documents(client, documents)
-                    args.context_ids = ids
-            if phase == "cold":
-                # The restarted server encodes the shared prefix on first use: not a cost
-                # of cold KV, so one small request pays it before the rows.
-                smallest = min(args.context_ids)
-                bench.once(bench.request(args.context_ids[smallest][:1], "ape", 1))
-            for contexts, tokens in grid_points(settings):
-                chosen = args.context_ids[tokens][:contexts]
-                paper = settings["paper"] and (contexts, tokens) == tuple(settings["paper"])
-                for mode in MODES:
-                    if paper and mode != "ape":
-                        continue
-                    if mode == "sequential" and (phase == "cold" or not fits(
-                            args.prefix_tokens, contexts, tokens, args.query_tokens,
-                            settings["new_tokens"], args.window)):
-                        continue
-                    runs = settings["runs"] if contexts * tokens < 4096 or mode != "sequential" else 3
-                    tier = "none" if mode == "sequential" else phase
-                    row = bench.row(chosen, mode, tier, runs, settings["new_tokens"],
-                                    cold=phase == "cold")
-                    row["tokens_per_context"] = tokens  # the grid's size (documents are cut to it)
-                    phase_rows.append(row)
-                    log(f"apeserve {mode:<10} {phase:<4} {contexts:>3} x {tokens:<4}: TTFT "
-                        f"{row['ttft_ms']['median']:9.1f} ms, e2e {row['e2e_ms']['median']:9.1f} ms")
-            if phase == "warm" and settings["sweep"]:
-                contexts, tokens = settings["sweep"]
-                request = bench.request(args.context_ids[tokens][:contexts], "ape", settings["new_tokens"])
-                for clients in settings["sweep_clients"]:
-                    row = decode_bench.measure(grpc, stubs, target, request, clients,
-                                               settings["sweep_seconds"])
-                    row.update(contexts=contexts, tokens=tokens, mode="ape")
-                    sweep_rows.append(row)
-                    log(f"sweep {clients:>2} clients: {row['requests_per_s']:.2f} requests/s, "
-                        f"{row['tokens_per_s']:.1f} tokens/s, TTFT p50 {row['ttft_ms']['p50']}")
+
+    def system(target: str, corpus: str, mode: str, label: str | None = None):
+        return ApeserveSystem(grpc, pb, stubs, target, NAMESPACE, ids[corpus], mode, label)
+
+    # Warm: every document in the host tier.
+    server, target = start_server(args.binary, args.model, args.scratch / "server", flags)
+    try:
+        with ape.Client(target, namespace=NAMESPACE, timeout=3600) as client:
+            server_info, model_info = client.server_info(), client.model_info()
+            defaults = server_info.ape_defaults
+            info = {"version": server_info.version, "device": server_info.device,
+                    "model": server_info.model.path, "flags": list(flags),
+                    "ape_defaults": {"temperature": defaults.temperature, "scale": defaults.scale,
+                                     "form": "additive" if defaults.form == 2 else "multiplicative"},
+                    "window": model_info.context_length,
+                    "kv_bytes_per_token": model_info.kv_bytes_per_token}
+            ids["rag"], info["ingest_rag"] = store_corpus(client, bench.rag.texts, "rag-")
+            for tokens, documents in bench.grid.items():
+                ids[f"grid-{tokens}"], rate = store_corpus(client, documents.texts, f"g{tokens}-")
+                info[f"ingest_grid_{tokens}"] = rate
+            log(f"stored; ingestion of the RAG corpus: {info['ingest_rag']['tokens_per_s']:.0f} tok/s")
+        warm = system(target, "rag", "ape")
+        try:  # the RAG corpus into the host tier
+            k = settings["headline_k"]
+            for first in range(0, len(ids["rag"]), k):
+                time_one(warm, Draw(tuple(range(first, min(first + k, len(ids["rag"])))), 0), 1)
         finally:
-            bench.close()
-            if server is not None:
-                stop_server(server)
+            warm.close()
+        for work in bench.workloads(apeserve_only=True):
+            modes = ["ape"]
+            if work["workload"] == "grid" and not work.get("paper"):
+                modes.append("parallel")
+            if work["fits"]:
+                modes.append("sequential")
+            for mode in modes:
+                ape_system = system(target, work["corpus"], mode)
+                try:
+                    bench.measure(ape_system, work, mode, "none" if mode == "sequential" else "warm",
+                                  server.pid)
+                finally:
+                    ape_system.close()
+        k = settings["headline_k"]
+        clients = settings["concurrent_clients"]
+        systems = [system(target, "rag", "ape") for _ in range(max(clients, *settings["live_clients"]))]
+        try:
+            draws = lambda i: rag_draws(64, len(ids["rag"]), k, seed=500 + i)  # noqa: E731
+            row = bench.run_concurrent("apeserve", lambda i: systems[i], draws, clients)
+            bench.concurrent_rows.append(row)
+            with ape.Client(target, namespace=NAMESPACE, timeout=3600) as producer_client:
+                at = {"next": 0}
+
+                def store_one(_: int) -> int:
+                    index = at["next"] % len(bench.fresh.texts)
+                    at["next"] += 1
+                    context = producer_client.create_context(bench.fresh.texts[index],
+                                                             context_id=f"live-{at['next']}")
+                    return context.token_count
+
+                for c in settings["live_clients"]:
+                    bench.live_rows.append(bench.run_concurrent("apeserve", lambda i: systems[i],
+                                                                draws, c, store_one))
+        finally:
+            for s in systems:
+                s.close()
+    finally:
+        stop_server(server)
+
+    # Cold: KV from the store. float32 on the data just used; int8 on a store of its own.
+    if args.no_cold:
+        return info
+    int8_flags = (*flags, f"--kv_storage={INT8}")
+    server, target = start_server(args.binary, args.model, args.scratch / "int8", int8_flags)
+    try:
+        with ape.Client(target, namespace=NAMESPACE, timeout=3600) as client:
+            int8_ids = {f"grid-{t}": store_corpus(client, d.texts, f"g{t}-")[0]
+                        for t, d in bench.grid.items()}
+    finally:
+        stop_server(server)
+    cold_flags = (flags[1], "--host_cache_mib=0")
+    for storage, scratch in (("none", "server"), (INT8, "int8")):
+        server, target = start_server(args.binary, args.model, args.scratch / scratch,
+                                      (*cold_flags, f"--kv_storage={storage}"))
+        try:
+            if storage == INT8:
+                ids.update(int8_ids)
+            first = system(target, f"grid-{bench.settings['grid_tokens'][0]}", "ape")
+            try:  # the restarted server encodes the shared prefix on first use: not KV's cost
+                time_one(first, Draw((0,), 0), 1)
+            finally:
+                first.close()
+            for work in bench.workloads(apeserve_only=True):
+                if work["workload"] != "grid":
+                    continue
+                modes = ["ape"] if work.get("paper") or storage == INT8 else ["ape", "parallel"]
+                for mode in modes:
+                    cold = ColdSystem(system(target, work["corpus"], mode))
+                    try:
+                        bench.measure(cold, work, mode, "cold", server.pid, storage=storage)
+                    finally:
+                        cold.system.close()
+        finally:
+            stop_server(server)
     return info
 
 
-def run_peers(args, settings, documents, builder, model, rows) -> None:
-    """Phase 6: the peers on the same token ids."""
+def run_llama_server(bench: Bench) -> None:
+    """llama.cpp's server: one slot for the rows, as many as clients for the rest."""
+    from bench_llama_server import LlamaServer, LlamaServerSystem
+
+    args, settings = bench.args, bench.settings
+    binary = Path(args.llama_server)
+    def make(server, texts):
+        pieces = bench.pieces_of(texts)
+        return LlamaServerSystem(server, lambda draw: pieces(draw).sequential())
+
+    log_path = args.scratch / "llama-server.log"
+    with LlamaServer(binary, args.model, args.threads, bench.window, 1, log_path) as server:
+        bench.peers["llama-server"] = server.settings()
+        for work in bench.workloads(apeserve_only=False):
+            if work["fits"]:
+                bench.measure(make(server, work["texts"]), work, "sequential", "prompt cache",
+                              server.pid())
+    k = settings["headline_k"]
+    draws = lambda i: rag_draws(64, len(bench.rag.texts), k, seed=500 + i)  # noqa: E731
+    for clients, rows in ([(settings["concurrent_clients"], bench.concurrent_rows)]
+                          + [(c, bench.live_rows) for c in settings["live_clients"]]):
+        with LlamaServer(binary, args.model, args.threads, bench.window, clients, log_path) as server:
+            systems = [make(server, bench.rag.texts) for _ in range(clients)]
+            rows.append(bench.run_concurrent("llama-server", lambda i: systems[i], draws, clients))
+            rows[-1]["slots"] = clients
+
+
+def run_in_process_peers(bench: Bench, model) -> None:
+    """transformers and our Python APE, in this process."""
     peers_module = importlib.import_module("bench_peers")
+    wanted = bench.args.systems.split(",")
     peers = []
-    wanted = args.systems.split(",")
     if "transformers" in wanted:
         peers.append(peers_module.TransformersPeer(model))
-    if "llama.cpp" in wanted:
-        try:
-            peers.append(peers_module.LlamaCppPeer(args.model, args.threads, args.window))
-        except ImportError as error:
-            raise SystemExit(f"llama.cpp: {error}; deploy/setup.sh installs llama-cpp-python") from None
-    ape_python = None
+        bench.peers["transformers"] = {"dtype": "float32", "attention": "sdpa",
+                                       "logits_to_keep": 1, "threads": bench.args.threads}
     if "ape-python" in wanted:
-        defaults = args.server_info["ape_defaults"]
-        ape_python = peers_module.ApePythonPeer(model, defaults["temperature"], defaults["scale"],
-                                                multiplicative=defaults["form"] == "multiplicative")
-    for contexts, tokens in grid_points(settings):
-        if settings["paper"] and (contexts, tokens) == tuple(settings["paper"]):
-            continue  # the paper's scale: apeserve only
-        if ape_python is not None:
-            ape_python.forget_other_sizes(tokens)
-        pieces = builder.pieces(documents[tokens].texts[:contexts], QUESTION)
-        candidates = [p for p in peers if fits(args.prefix_tokens, contexts, tokens,
-                                               args.query_tokens, settings["new_tokens"],
-                                               args.window)]
-        if ape_python is not None:
-            candidates.append(ape_python)
-        for peer in candidates:
-            if peer is ape_python:
-                ape_python.store(pieces)
-            peer.measure(pieces, settings["new_tokens"])  # warm-up
-            reset_peak_rss(os.getpid())
-            ttft, e2e = [], []
-            runs = settings["runs"] if contexts * tokens < 4096 else 3
-            for _ in range(runs):
-                t, e = peer.measure(pieces, settings["new_tokens"])
-                ttft.append(t)
-                e2e.append(e)
-            row = {"system": peer.name, "mode": "ape" if peer is ape_python else "sequential",
-                   "contexts": contexts, "tokens_per_context": tokens,
-                   "context_tokens": sum(len(c) for c in pieces.contexts),
-                   "query_tokens": len(pieces.query), "new_tokens": settings["new_tokens"],
-                   "tier": "memory" if peer is ape_python else "none",
-                   "ttft_ms": summary(ttft), "e2e_ms": summary(e2e), "kv_load_ms": None,
-                   "prefill_ms": None, "decode_tok_s": None,
-                   "peak_rss_mb": peak_rss_mb(os.getpid())}
-            rows.append(row)
-            log(f"{peer.name:<12} {row['mode']:<10} {contexts:>3} x {tokens:<4}: TTFT "
-                f"{row['ttft_ms']['median']:9.1f} ms, e2e {row['e2e_ms']['median']:9.1f} ms")
+        defaults = bench.args.server_info["ape_defaults"]
+        peers.append(peers_module.ApePythonPeer(model, defaults["temperature"], defaults["scale"],
+                                                multiplicative=defaults["form"] == "multiplicative"))
+        bench.peers["ape-python"] = {"what": "our reimplementation of APE in transformers, not the "
+                                             "authors' code", "dtype": "float32", **defaults}
+    for peer in peers:
+        ape = peer.name == "ape-python"
+        for work in bench.workloads(apeserve_only=False):
+            if work.get("paper") or (not ape and not work["fits"]):
+                continue
+            if ape:
+                peer.forget_other_sizes(work["tokens_per_context"])
+            system = peers_module.PeerSystem(peer, bench.pieces_of(work["texts"]))
+            bench.measure(system, work, "ape" if ape else "sequential", "memory" if ape else "none",
+                          os.getpid())
+
+
+# The report ------------------------------------------------------------------------------
 
 
 def prefill_flops(shape: dict[str, int], prefix: int, context_tokens: int, query: int) -> float:
@@ -346,217 +458,294 @@ def prefill_flops(shape: dict[str, int], prefix: int, context_tokens: int, query
     return per_token * query + attention + 2 * hidden * shape["vocab"]
 
 
-def add_floors(rows: list[dict[str, Any]], bandwidth_gb_s: float, gflop_s: float,
-               kv_bytes_per_token: int, shape: dict[str, int], prefix: int) -> None:
-    """The physical floor of each APE row of apeserve and TTFT / floor: the contexts' KV
-    read once at memcpy speed, plus the query's own prefill as the server timed it (the
-    KV already in place), or (the compute floor) as its arithmetic at the matmul rate."""
-    for row in rows:
+def add_floors(bench: Bench, machine_info: dict[str, Any]) -> None:
+    """The strict floor of each APE row of apeserve: the larger of the query's prefill
+    arithmetic at the matmul rate and the contexts' KV bytes at memcpy speed (warm) or at
+    the disk's direct read rate (cold; int8 storage: a quarter of the bytes)."""
+    gflop_s, memcpy, disk = (machine_info["matmul_gflop_s"], machine_info["memcpy_gb_s"],
+                             machine_info.get("disk_read_gb_s"))
+    for row in bench.rows:
         if (row["system"], row["mode"]) != ("apeserve", "ape"):
             continue
-        kv_bytes = row["context_tokens"] * kv_bytes_per_token
-        copy_ms = kv_bytes / (bandwidth_gb_s * 1e9) * 1000
-        flops = prefill_flops(shape, prefix, row["context_tokens"], row["query_tokens"])
-        floor = copy_ms + row["prefill_ms"]
-        compute_floor = copy_ms + flops / (gflop_s * 1e9) * 1000
-        row.update(kv_bytes=kv_bytes, kv_copy_floor_ms=copy_ms, query_prefill_ms=row["prefill_ms"],
-                   query_prefill_gflop=flops / 1e9, floor_ms=floor,
-                   ttft_over_floor=row["ttft_ms"]["median"] / floor,
-                   compute_floor_ms=compute_floor,
-                   ttft_over_compute_floor=row["ttft_ms"]["median"] / compute_floor)
+        query = round(row["server"].get("query_tokens") or bench.query_tokens)
+        flops = prefill_flops(bench.shape, len(bench.builder.prefix), row["context_tokens"], query)
+        compute_ms = flops / (gflop_s * 1e9) * 1000
+        kv_bytes = row["context_tokens"] * bench.kv_bytes_per_token
+        if row["storage"] == INT8:
+            kv_bytes //= 4
+        rate = memcpy if row["tier"] == "warm" else disk
+        bytes_ms = kv_bytes / (rate * 1e9) * 1000 if rate else 0.0
+        floor = max(compute_ms, bytes_ms)
+        row["floor"] = {"compute_ms": compute_ms, "gflop": flops / 1e9, "kv_bytes": kv_bytes,
+                        "kv_bytes_ms": bytes_ms, "bound": "compute" if compute_ms >= bytes_ms else "bytes",
+                        "ms": floor, "ttft_over_floor": row["ttft_ms"]["median"] / floor}
 
 
-def find(rows, system, mode, contexts, tokens, tier=None):
-    """The row of `system` in `mode` at `contexts` x `tokens` (and `tier`), or None."""
+def find(rows, system, workload, contexts, tier=None, mode=None, tokens=None, storage="none"):
     for row in rows:
-        if (row["system"], row["mode"], row["contexts"], row["tokens_per_context"]) == \
-                (system, mode, contexts, tokens) and (tier is None or row["tier"] == tier):
+        if (row["system"], row["workload"], row["contexts"]) == (system, workload, contexts) \
+                and (tier is None or row["tier"] == tier) and (mode is None or row["mode"] == mode) \
+                and (tokens is None or row["tokens_per_context"] == tokens) and row["storage"] == storage:
             return row
     return None
 
 
-def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's ratios at the headline point and the largest gap, printed and stored."""
-    contexts, tokens = HEADLINE
-    out: dict[str, Any] = {"headline": {"contexts": contexts, "tokens": tokens}}
-    ape = find(rows, "apeserve", "ape", contexts, tokens, "warm")
-    if ape is None:
-        return out
-    ape_ttft = ape["ttft_ms"]["median"]
-    for name, (system, mode) in {"ape_vs_sequential": ("apeserve", "sequential"),
-                                 "ape_vs_transformers": ("transformers", "sequential"),
-                                 "ape_vs_llama_cpp": ("llama.cpp", "sequential"),
-                                 "ape_vs_ape_python": ("ape-python", "ape")}.items():
-        other = find(rows, system, mode, contexts, tokens)
-        if other is not None:
-            out[name] = other["ttft_ms"]["median"] / ape_ttft
-    sequential = find(rows, "apeserve", "sequential", contexts, tokens)
-    transformers = find(rows, "transformers", "sequential", contexts, tokens)
-    if sequential and transformers:
-        out["sequential_prefill_vs_transformers"] = (transformers["ttft_ms"]["median"]
-                                                     / sequential["ttft_ms"]["median"])
-    floors = [r["ttft_over_floor"] for r in rows if "ttft_over_floor" in r and r["tier"] == "warm"]
-    if floors:
-        out["warm_ape_ttft_over_floor_max"] = max(floors)
-        out["ape_ttft_over_floor"] = ape.get("ttft_over_floor")
-        out["ape_ttft_over_compute_floor"] = ape.get("ttft_over_compute_floor")
+def targets(bench: Bench) -> dict[str, Any]:
+    rows, k = bench.rows, bench.settings["headline_k"]
+    out: dict[str, Any] = {}
+    ape = find(rows, "apeserve", "rag", k, "warm", "ape")
+    llama = find(rows, "llama-server", "rag", k)
+    if ape and llama:
+        out["rag_ttft_vs_llama_server"] = llama["ttft_ms"]["median"] / ape["ttft_ms"]["median"]
+        out["rag_e2e_vs_llama_server"] = llama["e2e_ms"]["median"] / ape["e2e_ms"]["median"]
+        out["rag_decode_vs_llama_server"] = (ape["decode_tok_s"]["median"]
+                                             / llama["decode_tok_s"]["median"])
+    ape = find(rows, "apeserve", "same documents", k, "warm", "ape")
+    llama = find(rows, "llama-server", "same documents", k)
+    if ape and llama:
+        out["same_documents_ttft_vs_llama_server"] = llama["ttft_ms"]["median"] / ape["ttft_ms"]["median"]
+    warm = [r for r in rows if "floor" in r and r["tier"] == "warm"]
+    small = [r["floor"]["ttft_over_floor"] for r in warm if r["context_tokens"] <= 16_384]
+    large = [r["floor"]["ttft_over_floor"] for r in warm if r["context_tokens"] > 100_000]
+    if small:
+        out["floor_up_to_16k"] = max(small)
+    if large:
+        out["floor_at_131k"] = max(large)
     return out
 
 
-def print_report(rows, sweep_rows, goals) -> None:
-    print(f"{'system':<13}{'mode':<11}{'tier':<7}{'ctx':>4}{'ctx tokens':>11}{'TTFT ms':>10}"
-          f"{'p90':>9}{'e2e ms':>10}{'KV load':>9}{'prefill':>9}{'floor':>8}{'/floor':>7}"
-          f"{'/compute':>9}"
-          f"{'RSS MB':>8}")
-    for row in sorted(rows, key=lambda r: (r["context_tokens"], r["system"], r["mode"], r["tier"])):
-        print(f"{row['system']:<13}{row['mode']:<11}{row['tier']:<7}{row['contexts']:>4}"
-              f"{row['context_tokens']:>11}{cell(row['ttft_ms']['median'], 10)}"
-              f"{cell(row['ttft_ms']['p90'], 9)}{cell(row['e2e_ms']['median'], 10)}"
-              f"{cell(row.get('kv_load_ms'), 9)}{cell(row.get('prefill_ms'), 9)}"
-              f"{cell(row.get('floor_ms'), 8)}{cell(row.get('ttft_over_floor'), 7, 2)}"
-              f"{cell(row.get('ttft_over_compute_floor'), 9, 2)}"
-              f"{cell(row.get('peak_rss_mb'), 8, 0)}")
-    if sweep_rows:
-        print(f"\n{'clients':>8}{'requests/s':>12}{'tokens/s':>10}{'TTFT p50':>10}{'TTFT p90':>10}"
-              f"{'errors':>8}")
-        for row in sweep_rows:
-            print(f"{row['clients']:>8}{row['requests_per_s']:>12.2f}{row['tokens_per_s']:>10.1f}"
-                  f"{cell(row['ttft_ms']['p50'], 10)}{cell(row['ttft_ms']['p90'], 10)}"
-                  f"{row['errors']:>8}")
-    print()
-    for name, goal in TARGETS.items():
-        value = goals.get(name if name != "floor" else "warm_ape_ttft_over_floor_max")
+def target_lines(goals: dict[str, Any]) -> list[tuple[str, str, str]]:
+    lines = []
+    for name, (relation, goal, what) in TARGETS.items():
+        value = goals.get(name)
         if value is None:
             continue
-        met = value <= goal if name == "floor" else value >= goal
-        relation = "<=" if name == "floor" else ">="
-        print(f"{name}: {value:.2f} (target {relation} {goal}: {'MET' if met else 'NOT MET'})")
-    if goals.get("ape_ttft_over_compute_floor") is not None:
-        print(f"at the headline, TTFT / compute floor: {goals['ape_ttft_over_compute_floor']:.2f}"
-              " (the prefill's arithmetic at the matmul rate; not a target)")
-    for name in ("ape_vs_ape_python", "sequential_prefill_vs_transformers"):
-        if name in goals:
-            print(f"{name}: {goals[name]:.2f} (target > 1: {'MET' if goals[name] > 1 else 'NOT MET'})")
+        met = value >= goal if relation == ">=" else value <= goal
+        lines.append((what, f"{value:.2f} (target {relation} {goal:g})", "met" if met else "not met"))
+    return lines
 
 
-def markdown(rows, sweep_rows, machine_info) -> str:
-    """The README's table: TTFT medians (ms) per grid point, one column per system and mode."""
-    columns = [("apeserve", "ape", "warm"), ("apeserve", "ape", "cold"),
-               ("apeserve", "parallel", "warm"), ("apeserve", "sequential", "none"),
-               ("transformers", "sequential", "none"), ("llama.cpp", "sequential", "none"),
-               ("ape-python", "ape", "memory")]
-    names = ["APE warm", "APE cold", "PARALLEL warm", "SEQUENTIAL", "transformers",
-             "llama.cpp", "APE in Python"]
-    points = sorted({(r["contexts"], r["tokens_per_context"]) for r in rows},
+def print_report(bench: Bench, goals: dict[str, Any]) -> None:
+    print(f"{'system':<14}{'mode':<11}{'tier':<13}{'workload':<15}{'K':>4}{'x':>6}{'ctx tok':>9}"
+          f"{'TTFT':>9}{'p90':>9}{'e2e':>9}{'dec t/s':>8}{'KV load':>9}{'prefill':>9}{'/floor':>8}")
+    for row in bench.rows:
+        tier = row["tier"] + ("/int8" if row["storage"] == INT8 else "")
+        print(f"{row['system']:<14}{row['mode']:<11}{tier:<13}{row['workload']:<15}{row['contexts']:>4}"
+              f"{row['tokens_per_context']:>6}{row['context_tokens']:>9}"
+              f"{cell(row['ttft_ms']['median'], 9)}{cell(row['ttft_ms']['p90'], 9)}"
+              f"{cell(row['e2e_ms']['median'], 9)}{cell(row['decode_tok_s']['median'], 8)}"
+              f"{cell(row['server'].get('kv_load_ms'), 9)}{cell(row['server'].get('prefill_ms'), 9)}"
+              f"{cell(row.get('floor', {}).get('ttft_over_floor'), 8, 2)}")
+    for title, rows in (("concurrent", bench.concurrent_rows), ("live traffic", bench.live_rows)):
+        print(f"\n{title}: {'system':<14}{'clients':>8}{'tok/s':>8}{'TTFT p50':>10}{'p99':>9}"
+              f"{'ITL p50':>9}{'p99':>8}{'ingest doc/s':>14}{'errors':>8}")
+        for row in rows:
+            ingest = row["ingest"]["documents_per_s"] if row.get("ingest") else None
+            print(f"{'':<{len(title) + 2}}{row['system']:<14}{row['clients']:>8}{row['tokens_per_s']:>8.1f}"
+                  f"{cell(row['ttft_ms']['median'], 10, 0)}{cell(row['ttft_ms']['p99'], 9, 0)}"
+                  f"{cell(row['itl_ms']['median'], 9)}{cell(row['itl_ms']['p99'], 8)}"
+                  f"{cell(ingest, 14, 2)}{row['errors']:>8}")
+    print()
+    for what, value, verdict in target_lines(goals):
+        print(f"{what}: {value}: {verdict.upper()}")
+
+
+def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) -> str:
+    """The README's tables."""
+    rows, k = bench.rows, bench.settings["headline_k"]
+    systems = [("apeserve", "ape", "warm", "apeserve APE"), ("apeserve", "sequential", "none", "apeserve SEQUENTIAL"),
+               ("llama-server", None, None, "llama-server"), ("transformers", None, None, "transformers"),
+               ("ape-python", None, None, "APE in Python (ours)")]
+    lines = ["| workload | system | TTFT ms (p50 / p90) | first token + "
+             f"{bench.settings['new_tokens']} tokens, ms | decode tok/s |", "| --- | --- | --- | --- | --- |"]
+    for workload in ("rag", "same documents"):
+        for contexts in sorted({r["contexts"] for r in rows if r["workload"] == workload}):
+            for system, mode, tier, label in systems:
+                row = find(rows, system, workload, contexts, tier, mode)
+                if row is None:
+                    continue
+                name = "RAG" if workload == "rag" else "same documents"
+                lines.append(f"| {name}, K = {contexts} | {label} | {row['ttft_ms']['median']:,.0f} / "
+                             f"{row['ttft_ms']['p90']:,.0f} | {row['e2e_ms']['median']:,.0f} | "
+                             f"{row['decode_tok_s']['median']:.1f} |")
+    for title, group in (("Concurrent clients on RAG, K = %d" % k, bench.concurrent_rows),
+                         ("Live traffic on RAG, K = %d (apeserve ingesting meanwhile)" % k, bench.live_rows)):
+        lines += ["", f"{title}:", "", "| system | clients | tokens/s | TTFT p50 / p99 ms | "
+                  "inter-token p50 / p99 ms | documents ingested/s | requests (late) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for row in group:
+            ingest = f"{row['ingest']['documents_per_s']:.2f}" if row.get("ingest") else "-"
+            lines.append(f"| {row['system']} | {row['clients']} | {row['tokens_per_s']:.1f} | "
+                         f"{cell(row['ttft_ms']['median'], 0, 0).strip()} / {cell(row['ttft_ms']['p99'], 0, 0).strip()} | "
+                         f"{cell(row['itl_ms']['median'], 0).strip()} / {cell(row['itl_ms']['p99'], 0).strip()} | "
+                         f"{ingest} | {row['requests']} ({row['late_requests']}) |")
+    columns = [("apeserve", "ape", "warm", "none", "APE warm"), ("apeserve", "ape", "cold", "none", "APE cold"),
+               ("apeserve", "ape", "cold", INT8, "APE cold int8"),
+               ("apeserve", "parallel", "warm", "none", "PARALLEL warm"),
+               ("apeserve", "sequential", "none", "none", "SEQUENTIAL"),
+               ("llama-server", None, None, "none", "llama-server"),
+               ("transformers", None, None, "none", "transformers"),
+               ("ape-python", None, None, "none", "APE in Python")]
+    points = sorted({(r["contexts"], r["tokens_per_context"]) for r in rows if r["workload"] == "grid"},
                     key=lambda p: (p[0] * p[1], p[0]))
-    lines = ["| contexts x tokens | context tokens | " + " | ".join(names)
-             + " | APE floor | APE / floor | APE / compute floor |",
-             "| --- " * (len(names) + 5) + "|"]
+    lines += ["", "Grid (same documents, a new question each time), median TTFT in ms:", "",
+              "| contexts x tokens | context tokens | " + " | ".join(c[-1] for c in columns)
+              + " | APE warm floor | APE / floor | floor bound |", "| --- " * (len(columns) + 5) + "|"]
     for contexts, per in points:
-        cells, tokens, ape = [], None, None
-        for system, mode, tier in columns:
-            row = find(rows, system, mode, contexts, per, tier)
+        cells, tokens = [], "-"
+        for system, mode, tier, storage, _ in columns:
+            row = find(rows, system, "grid", contexts, tier, mode, per, storage)
             cells.append(f"{row['ttft_ms']['median']:,.0f}" if row else "-")
-            if row:
-                tokens = row["context_tokens"]
-            if row and (system, tier) == ("apeserve", "warm") and mode == "ape":
-                ape = row
-        floor = f"{ape['floor_ms']:,.0f}" if ape else "-"
-        ratio = f"{ape['ttft_over_floor']:.2f}x" if ape else "-"
-        compute = f"{ape['ttft_over_compute_floor']:.2f}x" if ape else "-"
-        lines.append(f"| {contexts} x {per} | {tokens:,} | " + " | ".join(cells)
-                     + f" | {floor} | {ratio} | {compute} |")
-    lines += ["", "Where APE's time goes (server timings, medians in ms; the floors' parts beside them):",
-              "", "| contexts x tokens | tier | KV load | KV at memcpy speed | query prefill "
-              "| prefill arithmetic at matmul rate | decode step | TTFT |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            tokens = f"{row['context_tokens']:,}" if row and tokens == "-" else tokens
+        ape = find(rows, "apeserve", "grid", contexts, "warm", "ape", per)
+        floor = ape["floor"] if ape and "floor" in ape else None
+        lines.append(f"| {contexts} x {per} | {tokens} | " + " | ".join(cells) + " | "
+                     + (f"{floor['ms']:,.0f} | {floor['ttft_over_floor']:.2f}x | {floor['bound']} |"
+                        if floor else "- | - | - |"))
+    lines += ["", "Where APE's time goes (server timings, medians, ms) beside the floor's parts:", "",
+              "| contexts x tokens | tier | KV load | KV bytes at memcpy / disk speed | query prefill | "
+              "prefill arithmetic at matmul rate | TTFT | TTFT / floor |", "| --- " * 8 + "|"]
     for contexts, per in points:
-        for tier in ("warm", "cold"):
-            row = find(rows, "apeserve", "ape", contexts, per, tier)
-            if row is None or "floor_ms" not in row:
+        for tier, storage in (("warm", "none"), ("cold", "none"), ("cold", INT8)):
+            row = find(rows, "apeserve", "grid", contexts, tier, "ape", per, storage)
+            if row is None or "floor" not in row:
                 continue
-            arithmetic = row["compute_floor_ms"] - row["kv_copy_floor_ms"]
-            lines.append(f"| {contexts} x {per} | {tier} | {row['kv_load_ms']:,.1f} | "
-                         f"{row['kv_copy_floor_ms']:,.1f} | {row['prefill_ms']:,.1f} | "
-                         f"{arithmetic:,.1f} | {cell(row.get('decode_step_ms'), 0).strip()} | "
-                         f"{row['ttft_ms']['median']:,.0f} |")
-    lines.append("")
-    lines.append(f"Machine: {machine_info['cpu']}, {machine_info['cores']} cores, "
-                 f"{machine_info['memory_gib']} GiB, memcpy {machine_info['memcpy_gb_s']:.1f} GB/s, "
-                 f"float32 matmul {machine_info['matmul_gflop_s']:.0f} GFLOP/s.")
-    if sweep_rows:
-        lines += ["", "| clients | requests/s | generated tokens/s | TTFT p50 ms | TTFT p90 ms |",
-                  "| --- | --- | --- | --- | --- |"]
-        for row in sweep_rows:
-            lines.append(f"| {row['clients']} | {row['requests_per_s']:.2f} | "
-                         f"{row['tokens_per_s']:.1f} | {row['ttft_ms']['p50']:,.0f} | "
-                         f"{row['ttft_ms']['p90']:,.0f} |")
+            label = tier + (" int8" if storage == INT8 else "")
+            lines.append(f"| {contexts} x {per} | {label} | {cell(row['server'].get('kv_load_ms'), 0).strip()} | "
+                         f"{row['floor']['kv_bytes_ms']:,.1f} | {cell(row['server'].get('prefill_ms'), 0).strip()} | "
+                         f"{row['floor']['compute_ms']:,.1f} | {row['ttft_ms']['median']:,.0f} | "
+                         f"{row['floor']['ttft_over_floor']:.2f}x |")
+    lines += ["", "| target | measured | |", "| --- | --- | --- |"]
+    lines += [f"| {what} | {value} | {verdict} |" for what, value, verdict in target_lines(goals)]
+    disk = machine_info.get("disk_read_gb_s")
+    lines += ["", f"Machine: {machine_info['cpu']}, {machine_info['cores']} cores, "
+              f"{machine_info['memory_gib']} GiB, memcpy {machine_info['memcpy_gb_s']:.1f} GB/s, float32 "
+              f"matmul {machine_info['matmul_gflop_s']:.0f} GFLOP/s, disk read (O_DIRECT) "
+              + (f"{disk:.2f} GB/s." if disk else "not measured.")]
     return "\n".join(lines) + "\n"
 
 
-def plot(path: str, rows, sweep_rows) -> None:
-    """TTFT against context tokens per system and mode; the concurrency sweep beside it."""
+def plot(path: str, bench: Bench) -> None:
+    """One panel per workload: RAG, same documents, live traffic, the grid."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2))
-    lines: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    rows = bench.rows
+    figure, axes = plt.subplots(2, 2, figsize=(14, 10))
+    labels = [("apeserve", "ape", "warm", "apeserve APE"), ("apeserve", "sequential", "none", "apeserve SEQUENTIAL"),
+              ("llama-server", None, None, "llama-server"), ("transformers", None, None, "transformers"),
+              ("ape-python", None, None, "APE in Python (ours)")]
+    for axis, workload, title in ((axes[0][0], "rag", "RAG: K random documents, a new question"),
+                                  (axes[0][1], "same documents", "Same documents, a new question")):
+        groups = sorted({r["contexts"] for r in rows if r["workload"] == workload})
+        width = 0.8 / len(labels)
+        for index, (system, mode, tier, label) in enumerate(labels):
+            xs, ttft, e2e = [], [], []
+            for g, contexts in enumerate(groups):
+                row = find(rows, system, workload, contexts, tier, mode)
+                if row:
+                    xs.append(g + index * width)
+                    ttft.append(row["ttft_ms"]["median"])
+                    e2e.append(row["e2e_ms"]["median"])
+            if xs:
+                bars = axis.bar(xs, e2e, width, alpha=0.35)
+                axis.bar(xs, ttft, width, color=bars[0].get_facecolor()[:3], label=label)
+        axis.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], [f"K = {c}" for c in groups])
+        axis.set_yscale("log")
+        axis.set_ylabel("ms (solid: first token; light: + %d tokens)" % bench.settings["new_tokens"])
+        axis.set_title(title)
+        axis.grid(True, axis="y", which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    axis = axes[1][0]
+    for system, marker in (("apeserve", "o"), ("llama-server", "s")):
+        live = [r for r in bench.live_rows if r["system"] == system]
+        if live:
+            clients = [r["clients"] for r in live]
+            axis.plot(clients, [r["ttft_ms"]["median"] for r in live], marker=marker, label=f"{system} TTFT p50")
+            axis.plot(clients, [r["ttft_ms"]["p99"] for r in live], marker=marker, linestyle="--",
+                      label=f"{system} TTFT p99")
+    axis.set_xscale("log", base=2)
+    axis.set_yscale("log")
+    axis.set_xlabel("concurrent clients (apeserve ingesting meanwhile)")
+    axis.set_ylabel("time to first token (ms)")
+    axis.set_title(f"Live traffic, RAG K = {bench.settings['headline_k']}")
+    axis.grid(True, which="both", alpha=0.3)
+    twin = axis.twinx()
+    for system in ("apeserve", "llama-server"):
+        live = [r for r in bench.live_rows if r["system"] == system]
+        if live:
+            twin.plot([r["clients"] for r in live], [r["tokens_per_s"] for r in live], color="gray",
+                      marker="^" if system == "apeserve" else "v", label=f"{system} tokens/s")
+    twin.set_ylabel("generated tokens/s")
+    axis.legend(fontsize=7, loc="upper left")
+    twin.legend(fontsize=7, loc="lower right")
+    axis = axes[1][1]
+    series: dict[str, dict[int, float]] = {}
     for row in rows:
-        tier = row["tier"] if row["system"] == "apeserve" and row["tier"] in ("warm", "cold") else ""
-        key = (row["system"], row["mode"], tier)
-        lines.setdefault(key, []).append((row["context_tokens"], row["ttft_ms"]["median"]))
-    for (system, mode, tier), points in sorted(lines.items()):
-        # Several rows share a token count (e.g. 4 x 128 and 1 x 512): their best.
-        best: dict[int, float] = {}
-        for tokens, ttft in points:
-            best[tokens] = min(ttft, best.get(tokens, ttft))
-        xs = sorted(best)
-        label = f"{system} {mode}" + (f" ({tier})" if tier else "")
-        left.plot(xs, [best[x] for x in xs], marker="o", markersize=3,
-                  linestyle="--" if tier == "cold" else "-", label=label)
-    left.set_xscale("log")
-    left.set_yscale("log")
-    left.set_xlabel("context tokens")
-    left.set_ylabel("time to first token (ms, median)")
-    left.set_title("Time to first token")
-    left.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=7)
-    if sweep_rows:
-        clients = [r["clients"] for r in sweep_rows]
-        right.plot(clients, [r["ttft_ms"]["p50"] for r in sweep_rows], marker="o", label="TTFT p50")
-        right.plot(clients, [r["ttft_ms"]["p90"] for r in sweep_rows], marker="o", label="TTFT p90")
-        right.set_xscale("log", base=2)
-        right.set_xticks(clients, [str(c) for c in clients])
-        right.set_xlabel("concurrent streaming clients")
-        right.set_ylabel("time to first token (ms)")
-        twin = right.twinx()
-        twin.plot(clients, [r["tokens_per_s"] for r in sweep_rows], marker="s", color="gray",
-                  label="generated tokens/s")
-        twin.set_ylabel("generated tokens/s")
-        right.set_title(f"apeserve APE, {sweep_rows[0]['contexts']} x {sweep_rows[0]['tokens']} tokens")
-        right.legend(loc="upper left", fontsize=8)
-        twin.legend(loc="lower right", fontsize=8)
-        right.grid(True, alpha=0.3)
+        if row["workload"] != "grid":
+            continue
+        label = f"{row['system']} {row['mode']}" + (f" ({row['tier']}{' int8' if row['storage'] == INT8 else ''})"
+                                                    if row["system"] == "apeserve" and row["mode"] != "sequential" else "")
+        best = series.setdefault(label, {})
+        best[row["context_tokens"]] = min(row["ttft_ms"]["median"], best.get(row["context_tokens"], float("inf")))
+    for label, points in sorted(series.items()):
+        xs = sorted(points)
+        axis.plot(xs, [points[x] for x in xs], marker="o", markersize=3,
+                  linestyle="--" if "cold" in label else "-", label=label)
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("context tokens")
+    axis.set_ylabel("time to first token (ms, median)")
+    axis.set_title("Grid: contexts x tokens, warm and cold")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=6)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
+
+
+def check(bench: Bench, wanted: list[str], plot_path: str | None) -> list[str]:
+    """What a --check run refuses: a system without rows in a workload, an empty row, a
+    failed request in the concurrent or live rows, an empty plot."""
+    problems = []
+    for system in wanted:
+        workloads = {r["workload"] for r in bench.rows if r["system"] == system}
+        for workload in ("rag", "same documents", "grid"):
+            if workload not in workloads:
+                problems.append(f"{system}: no {workload} row")
+    for row in bench.rows:
+        if not row["ttft_ms"]["median"] or not row["e2e_ms"]["median"] or not row["runs"]:
+            problems.append(f"{row['system']} {row['workload']} {row['contexts']}: empty row")
+    for row in bench.concurrent_rows + bench.live_rows:
+        if row["errors"] or not row["requests"]:
+            problems.append(f"{row['system']} at {row['clients']} clients: {row['errors']} errors, "
+                            f"{row['requests']} requests ({row['first_error']})")
+        if row.get("ingest") and (row["ingest"]["errors"] or not row["ingest"]["documents"]):
+            problems.append(f"ingestion during live traffic: {row['ingest']}")
+    if "apeserve" in wanted and not bench.args.no_cold:
+        if not any(r["storage"] == INT8 for r in bench.rows):
+            problems.append("no int8 cold row")
+    if plot_path and not Path(plot_path).stat().st_size:
+        problems.append("empty plot")
+    return problems
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--binary", default=str(REPOSITORY / "build/default/server/apeserve"))
     parser.add_argument("--model", default=None,
-                        help="GGUF file of the peers (default: the embedded model, as the server)")
-    parser.add_argument("--server", default=None, help="attach to this host:port instead")
-    parser.add_argument("--systems", default="apeserve,transformers,llama.cpp,ape-python")
+                        help="GGUF file of every system (default: the embedded model)")
+    parser.add_argument("--llama_server", default=None,
+                        help="llama-server binary (default: the one deploy/setup.sh --bench-peers builds)")
+    parser.add_argument("--systems", default="apeserve,llama-server,transformers,ape-python")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="CPU threads of the peers (the server prefills on every core)")
     parser.add_argument("--runs", type=int, default=None, help="timed requests per row")
     parser.add_argument("--no_cold", action="store_true", help="skip the cold (store) rows")
-    parser.add_argument("--quick", action="store_true", help="CI: a small grid, a minute or two")
+    parser.add_argument("--quick", action="store_true", help="CI: every workload and peer, small")
     parser.add_argument("--check", action="store_true",
-                        help="exit 1 when a row is missing or empty (never on speed)")
+                        help="exit 1 when a row is missing, empty or failed (never on speed)")
     parser.add_argument("--json", default=None, help="write the report here")
     parser.add_argument("--plot", default=None, help="draw the plot here (PNG)")
     parser.add_argument("--markdown", default=None, help="write the README's tables here")
@@ -565,71 +754,52 @@ def main() -> None:
     if args.runs:
         settings["runs"] = args.runs
     wanted = args.systems.split(",")
-    args.scratch = Path(tempfile.mkdtemp(prefix="apeserve-ttft-"))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-
     home = Path(os.environ.get("APESERVE_HOME", Path.home() / ".cache/apeserve"))
     args.model = args.model or str(home / "models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    if args.llama_server is None:
+        from bench_llama_server import default_binary
+
+        args.llama_server = str(default_binary())
+    args.scratch = Path(tempfile.mkdtemp(prefix="apeserve-ttft-", dir=os.environ.get("APESERVE_BENCH_DIR")))
     report: dict[str, Any] = {"machine": machine(), "settings": dict(settings)}
-    log("measuring memcpy bandwidth")
+    log("measuring memcpy, matmul and the data disk's direct read rate")
     report["machine"]["memcpy_gb_s"] = memcpy_gb_s()
     report["machine"]["matmul_gflop_s"] = matmul_gflop_s(args.threads)
+    report["machine"]["disk_read_gb_s"] = disk_read_gb_s(args.scratch, 256 if args.quick else 2048)
     log(f"loading {args.model} into transformers (tokenizer, peers)")
-    bench_peers = importlib.import_module("bench_peers")
-    tokenizer, model = bench_peers.load_transformers(args.model, args.threads)
-    builder = PromptBuilder(tokenizer)
-    args.prefix_tokens = len(builder.prefix)
-    args.query_tokens = len(builder.pieces([], QUESTION).query)
-    args.window = model.config.max_position_embeddings
-    words = prose_words()
-    documents = {}
-    for index, tokens in enumerate(settings["tokens"]):
-        count = max(settings["contexts"])
-        if settings["paper"] and settings["paper"][1] == tokens:
-            count = max(count, settings["paper"][0])
-        documents[tokens] = cut_documents(tokenizer, words, count, tokens, start=index * 7919)
-    log(f"documents cut: {', '.join(f'{len(d.texts)} x {t}' for t, d in documents.items())}")
-
-    rows: list[dict[str, Any]] = []
-    sweep_rows: list[dict[str, Any]] = []
-    args.kv_bytes_per_token = (2 * model.config.num_hidden_layers * model.config.num_key_value_heads
-                               * (model.config.hidden_size // model.config.num_attention_heads) * 4)
+    tokenizer, model = importlib.import_module("bench_peers").load_transformers(args.model, args.threads)
+    bench = Bench(args, settings, tokenizer, model)
     # Without the server (--systems without apeserve): the published defaults.
     args.server_info = {"ape_defaults": {"temperature": 0.9, "scale": 0.9, "form": "multiplicative"}}
     try:
         if "apeserve" in wanted:
-            args.server_info = run_apeserve(args, settings, documents, rows, sweep_rows)
-            args.kv_bytes_per_token = args.server_info["kv_bytes_per_token"]
-        run_peers(args, settings, documents, builder, model, rows)
+            import grpc
+
+            bench.error_types += (grpc.RpcError,)
+            args.server_info = run_apeserve(bench)
+        if "llama-server" in wanted:
+            run_llama_server(bench)
+        run_in_process_peers(bench, model)
     finally:
         shutil.rmtree(args.scratch, ignore_errors=True)
-    config = model.config
-    shape = {"layers": config.num_hidden_layers, "hidden": config.hidden_size,
-             "heads": config.num_attention_heads, "kv_heads": config.num_key_value_heads,
-             "head_dim": config.hidden_size // config.num_attention_heads,
-             "intermediate": config.intermediate_size, "vocab": config.vocab_size}
-    add_floors(rows, report["machine"]["memcpy_gb_s"], report["machine"]["matmul_gflop_s"],
-               args.kv_bytes_per_token, shape, args.prefix_tokens)
-    goals = targets(rows)
-    report.update(model={"path": args.model, "window": args.window,
-                         "kv_bytes_per_token": args.kv_bytes_per_token,
-                         "prefix_tokens": args.prefix_tokens, "query_tokens": args.query_tokens},
-                  server=args.server_info, rows=rows, concurrency=sweep_rows, targets=goals)
-    print_report(rows, sweep_rows, goals)
+    add_floors(bench, report["machine"])
+    goals = targets(bench)
+    report.update(model={"path": args.model, "window": bench.window,
+                         "kv_bytes_per_token": bench.kv_bytes_per_token,
+                         "prefix_tokens": len(bench.builder.prefix), "query_tokens_max": bench.query_tokens},
+                  server=args.server_info, peers=bench.peers, rows=bench.rows,
+                  concurrent=bench.concurrent_rows, live=bench.live_rows, targets=goals)
+    print_report(bench, goals)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     if args.plot:
-        plot(args.plot, rows, sweep_rows)
+        plot(args.plot, bench)
     if args.markdown:
-        Path(args.markdown).write_text(markdown(rows, sweep_rows, report["machine"]))
+        Path(args.markdown).write_text(markdown(bench, goals, report["machine"]))
     if args.check:
-        problems = [r for r in rows if not r["ttft_ms"]["median"] or not r["e2e_ms"]["median"]]
-        systems = {r["system"] for r in rows}
-        missing = [s for s in wanted if s not in systems]
-        failed_sweep = [r for r in sweep_rows if r["errors"] or not r["tokens_per_s"]]
-        if problems or missing or failed_sweep or (args.plot and not Path(args.plot).stat().st_size):
-            log(f"check failed: empty rows {len(problems)}, systems without rows {missing}, "
-                f"sweep rows with errors {len(failed_sweep)}")
+        problems = check(bench, wanted, args.plot)
+        if problems:
+            log("check failed:\n  " + "\n  ".join(problems))
             sys.exit(1)
 
 
