@@ -7,21 +7,13 @@
 #include "absl/strings/str_cat.h"
 
 // jemalloc reads its options from this symbol when it starts (MALLOC_CONF in the
-// environment is applied after it, so an operator's setting wins). Ignored when
-// jemalloc is not linked.
-//
-// background_thread:true  a thread returns freed pages to the system as they age
-//     (dirty_decay_ms, 10 s by default), so resident memory follows what is in use even
-//     while the server is idle; jemalloc starts it with every signal blocked, so SIGTERM
-//     still reaches main().
-// oversize_threshold:0  no separate arena for blocks over 8 MiB. That arena returns
-//     freed pages at once (its decay is 0), and a request's KV cache is such a block
-//     (330 MB at 16 x 448 tokens): every request then faulted its cache in again, page
-//     by page, which doubled the warm time to first token (issue 23). In the ordinary
-//     arenas a freed cache ages like any other memory and the next request reuses it.
+// environment is applied after it, so an operator's setting wins). A background thread
+// returns freed pages to the system as they age (dirty_decay_ms, 10 s by default), so
+// resident memory follows what is in use even while the server is idle; jemalloc
+// starts that thread with every signal blocked, so SIGTERM still reaches main().
+// Ignored when jemalloc is not linked.
 extern "C" {
-__attribute__((used, visibility("default"))) const char* malloc_conf =
-    "background_thread:true,oversize_threshold:0";
+__attribute__((used, visibility("default"))) const char* malloc_conf = "background_thread:true";
 }
 
 namespace apeserve::server {
@@ -48,15 +40,9 @@ std::string AllocatorDescription() {
   }
   bool background = false;
   Read(mallctl, "background_thread", background);
-  size_t oversize_threshold = 0;
-  Read(mallctl, "opt.oversize_threshold", oversize_threshold);
-  return absl::StrCat(
-      "jemalloc ", version,
-      background ? ", freed memory returned by a background thread"
-                 : ", freed memory returned as it allocates",
-      oversize_threshold == 0
-          ? ", large blocks reused as they age"
-          : absl::StrCat(", blocks over ", oversize_threshold >> 20, " MiB returned at once"));
+  return absl::StrCat("jemalloc ", version,
+                      background ? ", freed memory returned by a background thread"
+                                 : ", freed memory returned as it allocates");
 }
 
 }  // namespace apeserve::server
