@@ -18,6 +18,7 @@ case "$tag" in -h | --help)
 esac
 
 ensure_docker_engine
+check_buildkit_client
 ensure_base_image
 
 # pip inside the build trusts the same certificate authorities as this machine (which

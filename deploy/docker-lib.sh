@@ -4,13 +4,27 @@
 # Docker needs comes from Debian: the engine (docker.io), compose (docker-compose) and
 # the base image, made with debootstrap and `docker import`.
 
-# Debian's docker client: it has BuildKit built in. A newer client elsewhere on PATH
-# may need the separate buildx plugin for the same build.
+# The docker client: DOCKER when the caller sets it, else Debian's /usr/bin/docker, which
+# has BuildKit built in. It is chosen by ensure_docker_engine, after docker.io is
+# installed: on a fresh machine a newer client (docker-ce 23 or later, in /usr/local/bin)
+# may come first on PATH, and it builds with BuildKit only through the separate buildx
+# plugin, which Debian does not package.
 DOCKER="${DOCKER:-}"
-if [ -z "$DOCKER" ]; then
-  if [ -x /usr/bin/docker ]; then DOCKER=/usr/bin/docker; else DOCKER=docker; fi
-fi
-export DOCKER DOCKER_BUILDKIT=1
+export DOCKER_BUILDKIT=1
+
+# Fails with the remedy when the client cannot build with BuildKit: clients from 23 on
+# need the buildx plugin for it.
+check_buildkit_client() {
+  local version major
+  # (`docker version` fails when the engine does not answer, after the client's line.)
+  version="$("$DOCKER" version --format '{{.Client.Version}}' 2>/dev/null | head -n 1 || true)"
+  major="${version%%.*}"
+  [[ "$major" =~ ^[0-9]+$ ]] || major=0
+  if [ "$major" -ge 23 ] && ! "$DOCKER" buildx version >/dev/null 2>&1; then
+    die "the docker client $DOCKER ($version) builds with BuildKit only through the buildx" \
+      "plugin, which is missing; use Debian's client (DOCKER=/usr/bin/docker) or install buildx"
+  fi
+}
 
 # The base image of both stages of the Dockerfile when no registry is reachable.
 APESERVE_BASE_IMAGE="${APESERVE_BASE_IMAGE:-apeserve/debian:bookworm}"
@@ -20,6 +34,8 @@ APESERVE_DEBIAN_MIRROR="${APESERVE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # (machines without systemd: dockerd in the background, its log in APESERVE_HOME).
 ensure_docker_engine() {
   install_debian_packages docker.io
+  if [ -z "$DOCKER" ]; then DOCKER=/usr/bin/docker; fi
+  export DOCKER
   if "$DOCKER" info >/dev/null 2>&1; then return; fi
   mkdir -p "$APESERVE_HOME"
   log "starting dockerd (log: $APESERVE_HOME/dockerd.log)"

@@ -28,11 +28,8 @@ done
 
 start=$SECONDS
 image="${APESERVE_IMAGE:-apeserve:latest}"
-if [ "$build" -eq 1 ]; then
-  "$APESERVE_ROOT/deploy/docker-build.sh" "$image"
-else
-  ensure_docker_engine
-fi
+ensure_docker_engine
+if [ "$build" -eq 1 ]; then "$APESERVE_ROOT/deploy/docker-build.sh" "$image"; fi
 built=$SECONDS
 
 suffix="$$"
