@@ -237,6 +237,8 @@ std::string Engine::device() const { return impl_->model->device().str(); }
 
 std::string Engine::dtype() const { return DtypeName(impl_->model->dtype()); }
 
+void Engine::ReleaseIdleBuffers() const { impl_->model->ReleaseIdleKvBuffers(); }
+
 void UseThreads(int threads) {
   if (at::get_num_threads() != threads) at::set_num_threads(threads);
 }

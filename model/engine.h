@@ -86,6 +86,10 @@ class Engine {
   size_t kv_bytes_per_token() const;
 
   std::unique_ptr<Sequence> NewSequence() const;
+  // Frees the host KV buffers that ended sequences left and none took again within the
+  // pool's idle time (kv_buffer_pool.h), so that an idle server returns them; the
+  // engine also does it as sequences come and go. Thread-safe.
+  void ReleaseIdleBuffers() const;
 
   // --- Pre-encoded contexts (DESIGN.md §3) ---
 

@@ -6,18 +6,47 @@
 
 #include <torch/torch.h>
 
+#include <memory>
+#include <utility>
 #include <vector>
+
+#include "model/kv_buffer_pool.h"
 
 namespace apeserve::model {
 
 class KvCache {
  public:
-  KvCache(int64_t num_layers, int64_t kv_heads, int64_t head_dim, torch::TensorOptions options)
+  // `pool`, when given, supplies the storage and takes it back when it is outgrown or
+  // the cache is destroyed (kv_buffer_pool.h says why); else each growth allocates.
+  KvCache(int64_t num_layers, int64_t kv_heads, int64_t head_dim, torch::TensorOptions options,
+          std::shared_ptr<KvBufferPool> pool = nullptr)
       : kv_heads_(kv_heads),
         head_dim_(head_dim),
         options_(options),
+        pool_(std::move(pool)),
         keys_(static_cast<size_t>(num_layers)),
         values_(static_cast<size_t>(num_layers)) {}
+
+  // One owner: the storage goes back to the pool once. A moved-from cache is empty.
+  KvCache(const KvCache&) = delete;
+  KvCache& operator=(const KvCache&) = delete;
+  KvCache(KvCache&& other) noexcept
+      : kv_heads_(other.kv_heads_),
+        head_dim_(other.head_dim_),
+        options_(other.options_),
+        pool_(std::move(other.pool_)),
+        keys_(std::exchange(other.keys_, {})),
+        values_(std::exchange(other.values_, {})),
+        length_(std::exchange(other.length_, 0)) {}
+  KvCache& operator=(KvCache&&) = delete;
+
+  ~KvCache() {
+    if (pool_ == nullptr) return;
+    for (size_t layer = 0; layer < keys_.size(); ++layer) {
+      pool_->Give(std::move(keys_[layer]));
+      pool_->Give(std::move(values_[layer]));
+    }
+  }
 
   // Tokens cached so far (the same in every layer once a forward pass completes).
   int64_t length() const { return length_; }
@@ -67,19 +96,36 @@ class KvCache {
   void Grow(size_t layer, int64_t capacity) {
     torch::Tensor& keys = keys_[layer];
     torch::Tensor& values = values_[layer];
-    torch::Tensor grown_k = torch::empty({kv_heads_, capacity, head_dim_}, options_);
-    torch::Tensor grown_v = torch::empty({kv_heads_, capacity, head_dim_}, options_);
+    torch::Tensor grown_k = NewStorage(capacity);
+    torch::Tensor grown_v = NewStorage(capacity);
     if (length_ > 0) {
       grown_k.narrow(1, 0, length_).copy_(keys.narrow(1, 0, length_));
       grown_v.narrow(1, 0, length_).copy_(values.narrow(1, 0, length_));
     }
-    keys = grown_k;
-    values = grown_v;
+    if (pool_ != nullptr) {
+      pool_->Give(std::exchange(keys, grown_k));
+      pool_->Give(std::exchange(values, grown_v));
+    } else {
+      keys = grown_k;
+      values = grown_v;
+    }
+  }
+
+  // [kv_heads, at least `capacity`, head_dim]: a pooled buffer may hold a few tokens more.
+  torch::Tensor NewStorage(int64_t capacity) const {
+    if (pool_ == nullptr) return torch::empty({kv_heads_, capacity, head_dim_}, options_);
+    const int64_t per_token = kv_heads_ * head_dim_;
+    const torch::Tensor flat = pool_->Take(per_token * capacity);
+    // A tensor of its own over the buffer's storage, not a view: a view would keep
+    // `flat` alive as its base, and the pool keeps only storage nothing else holds.
+    return torch::empty({0}, options_)
+        .set_(flat.storage(), 0, {kv_heads_, flat.numel() / per_token, head_dim_});
   }
 
   int64_t kv_heads_;
   int64_t head_dim_;
   torch::TensorOptions options_;
+  std::shared_ptr<KvBufferPool> pool_;
   std::vector<torch::Tensor> keys_;    // per layer [kv_heads, capacity, head_dim]
   std::vector<torch::Tensor> values_;  // per layer
   int64_t length_ = 0;

@@ -51,6 +51,9 @@ torch::Tensor InverseFrequencies(const ModelConfig& config, const torch::Tensor&
 LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights, torch::Device device,
                        torch::ScalarType dtype)
     : config_(std::move(config)), weights_(std::move(weights)), device_(device), dtype_(dtype) {
+  if (device_.is_cpu()) {
+    kv_pool_ = std::make_shared<KvBufferPool>(torch::TensorOptions().device(device_).dtype(dtype_));
+  }
   inverse_frequencies_ = InverseFrequencies(config_, weights_.rope_freq_factors).to(device_);
   // Moved out of weights_, so that a packed weight does not keep its plain copy too.
   const auto take = [](torch::Tensor& weight, torch::Tensor& bias) {
@@ -72,7 +75,7 @@ LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights, torch::Device d
 
 KvCache LlamaModel::NewCache() const {
   return KvCache(config_.num_layers, config_.num_kv_heads, config_.head_dim,
-                 torch::TensorOptions().device(device_).dtype(dtype_));
+                 torch::TensorOptions().device(device_).dtype(dtype_), kv_pool_);
 }
 
 torch::Tensor LlamaModel::RmsNorm(const torch::Tensor& x, const torch::Tensor& weight) const {

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/types/span.h"
@@ -32,7 +33,12 @@ class LlamaModel {
   torch::Device device() const { return device_; }
   torch::ScalarType dtype() const { return dtype_; }
 
+  // An empty cache for one sequence, its storage from the model's buffer pool.
   KvCache NewCache() const;
+  // Frees the pooled cache storage idle past the pool's time (none on a GPU).
+  void ReleaseIdleKvBuffers() const {
+    if (kv_pool_ != nullptr) kv_pool_->Trim();
+  }
 
   // One sequence's part of a forward pass: its new tokens at consecutive positions
   // from `first_position`, the cache they attend to and extend, and how they attend.
@@ -71,6 +77,9 @@ class LlamaModel {
   PackedLinear output_;
   torch::Device device_;
   torch::ScalarType dtype_;
+  // Host KV caches' storage, reused from request to request (kv_buffer_pool.h); none
+  // on a GPU, where torch's caching allocator already keeps freed blocks.
+  std::shared_ptr<KvBufferPool> kv_pool_;
   torch::Tensor inverse_frequencies_;  // [head_dim / 2], fp32
 };
 

@@ -231,8 +231,11 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
       server->registry_,
       cache::ContextRegistry::Open(registry_options, std::move(encoder), std::move(uploader)));
   cache::ContextRegistry& registry = *server->registry_;
-  server->sweeper_ =
-      std::make_unique<PeriodicTask>(absl::Seconds(1), [&registry] { registry.Sweep(); });
+  // Every second: expired leases, and the KV buffers ended requests left unused.
+  server->sweeper_ = std::make_unique<PeriodicTask>(absl::Seconds(1), [&registry, &engine] {
+    registry.Sweep();
+    engine.ReleaseIdleBuffers();
+  });
   server->scheduler_ = std::make_unique<Scheduler>(
       engine,
       SchedulerOptions{.max_queued = static_cast<size_t>(options.limits.max_queued_requests),

@@ -77,7 +77,7 @@ class ApeServer {
   std::unique_ptr<model::PromptPieces> pieces_;
   std::unique_ptr<PrefixCache> prefixes_;
   std::unique_ptr<cache::ContextRegistry> registry_;
-  std::unique_ptr<PeriodicTask> sweeper_;  // the registry's Sweep, every second
+  std::unique_ptr<PeriodicTask> sweeper_;  // the registry's Sweep and idle KV buffers, each second
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ServerCounters> counters_;
   std::unique_ptr<ServerOptions> options_;

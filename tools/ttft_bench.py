@@ -23,9 +23,10 @@ Workloads (bench_workloads.py), every system given the same requests:
                  each request where this process may), cold again with int8 storage;
                  SEQUENTIAL and the peers where the prompt fits the window.
 
-Every row: time to first token (TTFT), time to the last of --new_tokens tokens (e2e)
-and the decode rate after the first token, medians and nearest-rank p90 over --runs
-requests after one warm-up, all timed at the client; apeserve's rows add its server's
+Every row: time to first token (TTFT), time to the last of 128 new tokens (e2e) and
+the decode rate after the first token, medians and nearest-rank p90 over --runs
+requests after one warm-up, all timed at the client (the cold and PARALLEL rows stop
+at the first token: after it they decode as the warm APE row of their point does); apeserve's rows add its server's
 timings (KV load, prefill). The floor of an APE row is the larger of (a) the query's
 prefill arithmetic (projections, MLP, LM head, each query token's attention over every
 context key) at the float32 matmul rate measured in this run and (b) its contexts' KV
@@ -39,8 +40,11 @@ Peers (their settings are printed and stored in the report):
   ape-python    our reimplementation of APE in transformers (bench_peers.py), not the
                 authors' code
 
-  $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --json docs/ttft_bench.json \\
-      --plot docs/ttft_bench.png --markdown ttft.md
+  # The full run, in two parts that each fit a working session on two cores:
+  $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --part rag \\
+      --json docs/ttft_bench_rag.json --plot docs/ttft_bench_rag.png --markdown rag.md
+  $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --part grid \\
+      --json docs/ttft_bench_grid.json --plot docs/ttft_bench_grid.png --markdown grid.md
   $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --quick --check   # CI, a few minutes
 """
 
@@ -55,6 +59,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +95,15 @@ TARGETS = {
 }
 
 
+STARTED = time.monotonic()
+
+
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """A progress line, prefixed with the time since the run started (the full run takes
+    hours)."""
+    elapsed = int(time.monotonic() - STARTED)
+    print(f"[{elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}] {message}",
+          file=sys.stderr, flush=True)
 
 
 def drop_page_cache() -> bool:
@@ -169,6 +181,11 @@ class Bench:
 
     # What each workload is ---------------------------------------------------------
 
+    def has(self, part: str) -> bool:
+        """Whether this run measures `part`: "rag" (RAG, same documents, concurrent and
+        live traffic) or "grid" (the grid, warm, cold and int8)."""
+        return self.args.part in ("all", part)
+
     def fits(self, context_tokens: int) -> bool:
         """Whether a SEQUENTIAL prompt of `context_tokens` and its answer fit the window."""
         return (len(self.builder.prefix) + context_tokens + self.query_tokens
@@ -185,18 +202,19 @@ class Bench:
         first, then --runs timed requests."""
         runs, out = self.settings["runs"], []
         rag = self.rag.texts
-        for k in self.settings["rag_k"]:
+        for k in self.settings["rag_k"] if self.has("rag") else []:
             context_tokens = sum(sorted(self.rag.token_counts)[-k:])
             if apeserve_only or self.fits(context_tokens):
                 out.append({"workload": "rag", "contexts": k, "tokens_per_context": self.settings["rag_tokens"],
                             "texts": rag, "corpus": "rag", "fits": self.fits(context_tokens),
                             "draws": rag_draws(runs + 1, len(rag), k, seed=k)})
         k = self.settings["headline_k"]
-        out.append({"workload": "same documents", "contexts": k,
-                    "tokens_per_context": self.settings["rag_tokens"], "texts": rag, "corpus": "rag",
-                    "fits": self.fits(sum(self.rag.token_counts[:k])),
-                    "draws": same_documents_draws(runs + 1, k, seed=101)})
-        for contexts, tokens in self.grid_points():
+        if self.has("rag"):
+            out.append({"workload": "same documents", "contexts": k,
+                        "tokens_per_context": self.settings["rag_tokens"], "texts": rag, "corpus": "rag",
+                        "fits": self.fits(sum(self.rag.token_counts[:k])),
+                        "draws": same_documents_draws(runs + 1, k, seed=101)})
+        for contexts, tokens in self.grid_points() if self.has("grid") else []:
             documents = self.grid[tokens]
             context_tokens = sum(documents.token_counts[:contexts])
             paper = self.settings["paper"] and (contexts, tokens) == tuple(self.settings["paper"])
@@ -219,6 +237,12 @@ class Bench:
         draws = work["draws"]
         runs = self.settings["runs"]
         new_tokens = self.settings["new_tokens"]
+        if tier == "cold" or mode == "parallel":
+            # To the first token only. After it, a cold request decodes from the same
+            # cache as a warm one, and PARALLEL as APE (the same keys, merged otherwise):
+            # the warm APE row of the same point gives that decode. 128 tokens on each
+            # of these rows would add two hours to the full run on two cores.
+            new_tokens = 1
         if tier != "cold":
             time_one(system, draws[0], new_tokens)
         reset_peak_rss(pid)
@@ -300,18 +324,21 @@ def run_apeserve(bench: Bench) -> dict[str, Any]:
                                      "form": "additive" if defaults.form == 2 else "multiplicative"},
                     "window": model_info.context_length,
                     "kv_bytes_per_token": model_info.kv_bytes_per_token}
-            ids["rag"], info["ingest_rag"] = store_corpus(client, bench.rag.texts, "rag-")
-            for tokens, documents in bench.grid.items():
+            if bench.has("rag"):
+                ids["rag"], info["ingest_rag"] = store_corpus(client, bench.rag.texts, "rag-")
+                log(f"stored the RAG corpus: {info['ingest_rag']['tokens_per_s']:.0f} tok/s")
+            for tokens, documents in bench.grid.items() if bench.has("grid") else ():
                 ids[f"grid-{tokens}"], rate = store_corpus(client, documents.texts, f"g{tokens}-")
                 info[f"ingest_grid_{tokens}"] = rate
-            log(f"stored; ingestion of the RAG corpus: {info['ingest_rag']['tokens_per_s']:.0f} tok/s")
-        warm = system(target, "rag", "ape")
-        try:  # the RAG corpus into the host tier
-            k = settings["headline_k"]
-            for first in range(0, len(ids["rag"]), k):
-                time_one(warm, Draw(tuple(range(first, min(first + k, len(ids["rag"])))), 0), 1)
-        finally:
-            warm.close()
+                log(f"stored the grid's {tokens}-token documents: {rate['tokens_per_s']:.0f} tok/s")
+        if bench.has("rag"):
+            warm = system(target, "rag", "ape")
+            try:  # the RAG corpus into the host tier
+                k = settings["headline_k"]
+                for first in range(0, len(ids["rag"]), k):
+                    time_one(warm, Draw(tuple(range(first, min(first + k, len(ids["rag"])))), 0), 1)
+            finally:
+                warm.close()
         for work in bench.workloads(apeserve_only=True):
             modes = ["ape"]
             if work["workload"] == "grid" and not work.get("paper"):
@@ -325,34 +352,13 @@ def run_apeserve(bench: Bench) -> dict[str, Any]:
                                   server.pid)
                 finally:
                     ape_system.close()
-        k = settings["headline_k"]
-        clients = settings["concurrent_clients"]
-        systems = [system(target, "rag", "ape") for _ in range(max(clients, *settings["live_clients"]))]
-        try:
-            draws = lambda i: rag_draws(64, len(ids["rag"]), k, seed=500 + i)  # noqa: E731
-            row = bench.run_concurrent("apeserve", lambda i: systems[i], draws, clients)
-            bench.concurrent_rows.append(row)
-            with ape.Client(target, namespace=NAMESPACE, timeout=3600) as producer_client:
-                at = {"next": 0}
-
-                def store_one(_: int) -> int:
-                    index = at["next"] % len(bench.fresh.texts)
-                    at["next"] += 1
-                    context = producer_client.create_context(bench.fresh.texts[index],
-                                                             context_id=f"live-{at['next']}")
-                    return context.token_count
-
-                for c in settings["live_clients"]:
-                    bench.live_rows.append(bench.run_concurrent("apeserve", lambda i: systems[i],
-                                                                draws, c, store_one))
-        finally:
-            for s in systems:
-                s.close()
+        if bench.has("rag"):
+            run_apeserve_traffic(bench, system, target, ape)
     finally:
         stop_server(server)
 
     # Cold: KV from the store. float32 on the data just used; int8 on a store of its own.
-    if args.no_cold:
+    if args.no_cold or not bench.has("grid"):
         return info
     int8_flags = (*flags, f"--kv_storage={INT8}")
     server, target = start_server(args.binary, args.model, args.scratch / "int8", int8_flags)
@@ -387,6 +393,34 @@ def run_apeserve(bench: Bench) -> dict[str, Any]:
     return info
 
 
+def run_apeserve_traffic(bench: Bench, system, target: str, ape) -> None:
+    """apeserve's concurrent row, then its live rows with a producer storing documents."""
+    settings = bench.settings
+    k = settings["headline_k"]
+    clients = settings["concurrent_clients"]
+    systems = [system(target, "rag", "ape") for _ in range(max(clients, *settings["live_clients"]))]
+    try:
+        draws = lambda i: rag_draws(64, len(bench.rag.texts), k, seed=500 + i)  # noqa: E731
+        row = bench.run_concurrent("apeserve", lambda i: systems[i], draws, clients)
+        bench.concurrent_rows.append(row)
+        with ape.Client(target, namespace=NAMESPACE, timeout=3600) as producer_client:
+            at = {"next": 0}
+
+            def store_one(_: int) -> int:
+                index = at["next"] % len(bench.fresh.texts)
+                at["next"] += 1
+                context = producer_client.create_context(bench.fresh.texts[index],
+                                                         context_id=f"live-{at['next']}")
+                return context.token_count
+
+            for c in settings["live_clients"]:
+                bench.live_rows.append(bench.run_concurrent("apeserve", lambda i: systems[i],
+                                                            draws, c, store_one))
+    finally:
+        for s in systems:
+            s.close()
+
+
 def run_llama_server(bench: Bench) -> None:
     """llama.cpp's server: one slot for the rows, as many as clients for the rest."""
     from bench_llama_server import LlamaServer, LlamaServerSystem
@@ -404,6 +438,8 @@ def run_llama_server(bench: Bench) -> None:
             if work["fits"]:
                 bench.measure(make(server, work["texts"]), work, "sequential", "prompt cache",
                               server.pid())
+    if not bench.has("rag"):
+        return
     k = settings["headline_k"]
     draws = lambda i: rag_draws(64, len(bench.rag.texts), k, seed=500 + i)  # noqa: E731
     for clients, rows in ([(settings["concurrent_clients"], bench.concurrent_rows)]
@@ -554,8 +590,10 @@ def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) 
     systems = [("apeserve", "ape", "warm", "apeserve APE"), ("apeserve", "sequential", "none", "apeserve SEQUENTIAL"),
                ("llama-server", None, None, "llama-server"), ("transformers", None, None, "transformers"),
                ("ape-python", None, None, "APE in Python (ours)")]
-    lines = ["| workload | system | TTFT ms (p50 / p90) | first token + "
-             f"{bench.settings['new_tokens']} tokens, ms | decode tok/s |", "| --- | --- | --- | --- | --- |"]
+    lines = []
+    if any(r["workload"] in ("rag", "same documents") for r in rows):
+        lines += ["| workload | system | TTFT ms (p50 / p90) | first token + "
+                  f"{bench.settings['new_tokens']} tokens, ms | decode tok/s |", "| --- | --- | --- | --- | --- |"]
     for workload in ("rag", "same documents"):
         for contexts in sorted({r["contexts"] for r in rows if r["workload"] == workload}):
             for system, mode, tier, label in systems:
@@ -568,6 +606,8 @@ def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) 
                              f"{row['decode_tok_s']['median']:.1f} |")
     for title, group in (("Concurrent clients on RAG, K = %d" % k, bench.concurrent_rows),
                          ("Live traffic on RAG, K = %d (apeserve ingesting meanwhile)" % k, bench.live_rows)):
+        if not group:
+            continue
         lines += ["", f"{title}:", "", "| system | clients | tokens/s | TTFT p50 / p99 ms | "
                   "inter-token p50 / p99 ms | documents ingested/s | requests (late) |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -586,6 +626,10 @@ def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) 
                ("ape-python", None, None, "none", "APE in Python")]
     points = sorted({(r["contexts"], r["tokens_per_context"]) for r in rows if r["workload"] == "grid"},
                     key=lambda p: (p[0] * p[1], p[0]))
+    if not points:
+        lines += ["", "| target | measured | |", "| --- | --- | --- |"]
+        lines += [f"| {what} | {value} | {verdict} |" for what, value, verdict in target_lines(goals)]
+        return "\n".join(lines) + "\n" + machine_line(machine_info)
     lines += ["", "Grid (same documents, a new question each time), median TTFT in ms:", "",
               "| contexts x tokens | context tokens | " + " | ".join(c[-1] for c in columns)
               + " | APE warm floor | APE / floor | floor bound |", "| --- " * (len(columns) + 5) + "|"]
@@ -600,6 +644,18 @@ def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) 
         lines.append(f"| {contexts} x {per} | {tokens} | " + " | ".join(cells) + " | "
                      + (f"{floor['ms']:,.0f} | {floor['ttft_over_floor']:.2f}x | {floor['bound']} |"
                         if floor else "- | - | - |"))
+    decoding = [c for c in columns if c[2] != "cold" and c[1] != "parallel"]
+    lines += ["", f"Grid, first token + {bench.settings['new_tokens']} tokens, median ms (decode tokens/s); "
+              "the cold and PARALLEL rows stop at the first token:", "",
+              "| contexts x tokens | " + " | ".join(c[-1] for c in decoding) + " |",
+              "| --- " * (len(decoding) + 1) + "|"]
+    for contexts, per in points:
+        cells = []
+        for system, mode, tier, storage, _ in decoding:
+            row = find(rows, system, "grid", contexts, tier, mode, per, storage)
+            cells.append(f"{row['e2e_ms']['median']:,.0f} ({cell(row['decode_tok_s']['median'], 0).strip()})"
+                         if row else "-")
+        lines.append(f"| {contexts} x {per} | " + " | ".join(cells) + " |")
     lines += ["", "Where APE's time goes (server timings, medians, ms) beside the floor's parts:", "",
               "| contexts x tokens | tier | KV load | KV bytes at memcpy / disk speed | query prefill | "
               "prefill arithmetic at matmul rate | TTFT | TTFT / floor |", "| --- " * 8 + "|"]
@@ -615,12 +671,15 @@ def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) 
                          f"{row['floor']['ttft_over_floor']:.2f}x |")
     lines += ["", "| target | measured | |", "| --- | --- | --- |"]
     lines += [f"| {what} | {value} | {verdict} |" for what, value, verdict in target_lines(goals)]
+    return "\n".join(lines) + "\n" + machine_line(machine_info)
+
+
+def machine_line(machine_info: dict[str, Any]) -> str:
     disk = machine_info.get("disk_read_gb_s")
-    lines += ["", f"Machine: {machine_info['cpu']}, {machine_info['cores']} cores, "
-              f"{machine_info['memory_gib']} GiB, memcpy {machine_info['memcpy_gb_s']:.1f} GB/s, float32 "
-              f"matmul {machine_info['matmul_gflop_s']:.0f} GFLOP/s, disk read (O_DIRECT) "
-              + (f"{disk:.2f} GB/s." if disk else "not measured.")]
-    return "\n".join(lines) + "\n"
+    return (f"\nMachine: {machine_info['cpu']}, {machine_info['cores']} cores, "
+            f"{machine_info['memory_gib']} GiB, memcpy {machine_info['memcpy_gb_s']:.1f} GB/s, float32 "
+            f"matmul {machine_info['matmul_gflop_s']:.0f} GFLOP/s, disk read (O_DIRECT) "
+            + (f"{disk:.2f} GB/s.\n" if disk else "not measured.\n"))
 
 
 def plot(path: str, bench: Bench) -> None:
@@ -707,9 +766,11 @@ def check(bench: Bench, wanted: list[str], plot_path: str | None) -> list[str]:
     """What a --check run refuses: a system without rows in a workload, an empty row, a
     failed request in the concurrent or live rows, an empty plot."""
     problems = []
+    expected = [w for part, w in (("rag", "rag"), ("rag", "same documents"), ("grid", "grid"))
+                if bench.has(part)]
     for system in wanted:
         workloads = {r["workload"] for r in bench.rows if r["system"] == system}
-        for workload in ("rag", "same documents", "grid"):
+        for workload in expected:
             if workload not in workloads:
                 problems.append(f"{system}: no {workload} row")
     for row in bench.rows:
@@ -721,7 +782,9 @@ def check(bench: Bench, wanted: list[str], plot_path: str | None) -> list[str]:
                             f"{row['requests']} requests ({row['first_error']})")
         if row.get("ingest") and (row["ingest"]["errors"] or not row["ingest"]["documents"]):
             problems.append(f"ingestion during live traffic: {row['ingest']}")
-    if "apeserve" in wanted and not bench.args.no_cold:
+    if "apeserve" in wanted and bench.has("rag") and not bench.live_rows:
+        problems.append("apeserve: no live-traffic row")
+    if "apeserve" in wanted and bench.has("grid") and not bench.args.no_cold:
         if not any(r["storage"] == INT8 for r in bench.rows):
             problems.append("no int8 cold row")
     if plot_path and not Path(plot_path).stat().st_size:
@@ -740,6 +803,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="CPU threads of the peers (the server prefills on every core)")
     parser.add_argument("--runs", type=int, default=None, help="timed requests per row")
+    parser.add_argument("--part", choices=("all", "rag", "grid"), default="all",
+                        help="rag: RAG, same documents, concurrent and live traffic; grid: the "
+                             "grid, warm, cold and int8 (the full run, in two runs that each fit "
+                             "a working session)")
     parser.add_argument("--no_cold", action="store_true", help="skip the cold (store) rows")
     parser.add_argument("--quick", action="store_true", help="CI: every workload and peer, small")
     parser.add_argument("--check", action="store_true",
@@ -759,7 +826,7 @@ def main() -> None:
 
         args.llama_server = str(default_binary())
     args.scratch = Path(tempfile.mkdtemp(prefix="apeserve-ttft-", dir=os.environ.get("APESERVE_BENCH_DIR")))
-    report: dict[str, Any] = {"machine": machine(), "settings": dict(settings)}
+    report: dict[str, Any] = {"machine": machine(), "part": args.part, "settings": dict(settings)}
     log("measuring memcpy, matmul and the data disk's direct read rate")
     report["machine"]["memcpy_gb_s"] = memcpy_gb_s()
     report["machine"]["matmul_gflop_s"] = matmul_gflop_s(args.threads)
