@@ -1,5 +1,6 @@
 #include "model/kv_buffer_pool.h"
 
+#include <algorithm>
 #include <exception>
 #include <utility>
 #include <vector>
@@ -10,9 +11,9 @@ namespace {
 // `elements` rounded up to one of eight sizes per doubling (at most 12.5% more).
 int64_t RoundUpToSizeClass(int64_t elements) {
   if (elements <= 8) return elements;
-  int64_t power = 1;
-  while (power <= elements / 2) power *= 2;  // the largest power of two <= elements
-  const int64_t step = power / 8;
+  int64_t power = 1;  // becomes the largest power of two <= elements, so at least 8
+  while (power <= elements / 2) power *= 2;
+  const int64_t step = std::max<int64_t>(power / 8, 1);
   return (elements + step - 1) / step * step;
 }
 

@@ -64,7 +64,7 @@ TEST(KvBufferPoolTest, ABufferMuchLargerThanTheRequestStaysForALargerOne) {
 
 TEST(KvBufferPoolTest, ATensorOverPartOfTheStorageComesBackAsTheFlatBuffer) {
   KvBufferPool pool(kFloat, Lasting());
-  torch::Tensor flat = pool.Take(3 * 100 * 8);
+  torch::Tensor flat = pool.Take(int64_t{3} * 100 * 8);
   const void* storage = flat.data_ptr();
   const int64_t elements = flat.numel();
   // Not a view (narrow and view keep their base alive): a tensor of its own over the
@@ -94,7 +94,7 @@ TEST(KvBufferPoolTest, StorageReferencedElsewhereIsNotKept) {
 
 TEST(KvBufferPoolTest, BuffersBelowTheMinimumAreNeitherRoundedNorKept) {
   KvBufferPool::Options options = Lasting();
-  options.min_buffer_bytes = 4096 * 4;
+  options.min_buffer_bytes = int64_t{4096} * 4;
   KvBufferPool pool(kFloat, options);
   torch::Tensor small = pool.Take(4095);
   EXPECT_EQ(small.numel(), 4095);
@@ -125,7 +125,7 @@ TEST(KvBufferPoolTest, BuffersIdleLongerThanMaxIdleAreFreed) {
 
 TEST(KvBufferPoolTest, IdleBytesStayWithinTheBoundTheLongestIdleGoingFirst) {
   KvBufferPool::Options options = Lasting();
-  options.max_idle_bytes = 3 * 1024 * 4;
+  options.max_idle_bytes = int64_t{3} * 1024 * 4;
   KvBufferPool pool(kFloat, options);
   torch::Tensor first = pool.Take(1024), second = pool.Take(1024), third = pool.Take(1024),
                 fourth = pool.Take(1024);
@@ -138,13 +138,14 @@ TEST(KvBufferPoolTest, IdleBytesStayWithinTheBoundTheLongestIdleGoingFirst) {
   EXPECT_EQ(pool.idle_bytes(), 3 * 1024 * 4);
   for (int i = 0; i < 3; ++i) EXPECT_NE(pool.Take(1024).data_ptr(), first_storage);
 
-  pool.Give(pool.Take(4 * 1024));  // larger than the bound on its own: not kept
+  pool.Give(pool.Take(int64_t{4} * 1024));  // larger than the bound on its own: not kept
   EXPECT_EQ(pool.idle_buffers(), 0);
 }
 
 TEST(KvBufferPoolTest, ConcurrentTakersNeverShareABuffer) {
   KvBufferPool pool(kFloat, Lasting());
   std::vector<std::thread> threads;
+  threads.reserve(4);
   std::vector<int> failures(4, 0);
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&pool, &failures, t] {
