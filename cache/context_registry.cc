@@ -361,7 +361,8 @@ absl::StatusOr<StoredContext> ContextRegistry::Impl::Put(const ContextInput& inp
     lock.lock();
     shared_kv = stored_.Touch(name);
   }
-  rocksdb::WriteBatch batch;
+  // The document's own keys and record are small beside its KV: the reservation is the KV's.
+  rocksdb::WriteBatch batch(shared_kv ? 0 : KvEntryBatchBytes(*kv));
   std::optional<std::string> dropped_content;
   const absl::StatusOr<StoredContext> existing = ReadRecord(input.namespace_id, input.id);
   if (existing.ok() && existing->content_hash != content_hash) {
@@ -643,7 +644,7 @@ void ContextRegistry::Impl::WriteBack(const KvKey& key, const model::KvSegment& 
   std::lock_guard<std::mutex> lock(write_mutex_);
   const absl::StatusOr<bool> referenced = Referenced(key.content_hash, "");
   if (!referenced.ok() || !*referenced) return;  // deleted meanwhile: nothing to keep
-  rocksdb::WriteBatch batch;
+  rocksdb::WriteBatch batch(KvEntryBatchBytes(kv));
   const absl::StatusOr<size_t> bytes =
       AddKvEntry(batch, store_->kv(), key, kv, options_.kv_quantization, options_.clock());
   // Rebuilt KV is derived data: without sync a crash only costs another rebuild.

@@ -57,6 +57,13 @@ absl::StatusOr<size_t> AddKvEntry(rocksdb::WriteBatch& batch, rocksdb::ColumnFam
   return stored_bytes;
 }
 
+size_t KvEntryBatchBytes(const model::KvSegment& kv) {
+  // Per layer: its key, a blob header and the batch's framing, well under this.
+  constexpr size_t kLayerOverhead = 512;
+  constexpr size_t kRecordAndHeader = 4096;  // the entry record and the batch's header
+  return kRecordAndHeader + kv.layers.size() * (kv.LayerBytes() + kLayerOverhead);
+}
+
 absl::Status DeleteKvEntry(rocksdb::WriteBatch& batch, rocksdb::ColumnFamilyHandle* family,
                            const KvKey& key) {
   APE_RETURN_IF_ERROR(FromRocksDb(batch.Delete(family, KvEntryKey(key)), "batch a KV delete"));

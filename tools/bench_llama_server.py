@@ -2,7 +2,12 @@
 users run it: its defaults, plus what its documentation recommends for repeated
 prompts.
 
-  flash attention   on (`-fa on`; its default, auto, picks it on this CPU too)
+  flash attention   the faster of on and off on this machine, measured at the start of
+                    each run (`choose_flash_attention`; both timings are in the report).
+                    Its default, auto, picks on for a CPU; on the 2-core development
+                    machine on was 6x slower to the first token of a cached prompt and
+                    3x slower to decode at 7,000 context tokens, so a run with the
+                    default would have raced a handicapped peer.
   prompt cache      on (`cache_prompt`, the server's default): a request re-evaluates
                     only what follows the longest prefix a slot already holds; the
                     host-memory prompt cache (`--cache-ram`, default 8 GiB) keeps other
@@ -28,9 +33,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from bench_workloads import Draw, Late
+from bench_workloads import Draw, Late, time_one
 
 CACHE_REUSE = 256
 
@@ -50,13 +55,13 @@ class LlamaServer:
     """A llama-server process on a free loopback port; a context manager."""
 
     def __init__(self, binary: Path, model: str, threads: int, window: int, slots: int,
-                 log_path: Path) -> None:
+                 log_path: Path, flash_attention: str = "on") -> None:
         if not binary.exists():
             raise SystemExit(f"llama-server: {binary} is missing; "
                              "deploy/setup.sh --bench-peers builds it")
         self.port = free_port()
         self.flags = ["-m", model, "--host", "127.0.0.1", "--port", str(self.port),
-                      "-t", str(threads), "-tb", str(threads), "-fa", "on",
+                      "-t", str(threads), "-tb", str(threads), "-fa", flash_attention,
                       "-np", str(slots), "-kvu", "-c", str(window * slots),
                       "--cache-reuse", str(CACHE_REUSE), "--no-webui"]
         self.binary, self.log_path, self.slots = binary, log_path, slots
@@ -150,3 +155,21 @@ class LlamaServerSystem:
             "prompt_ms": timings.get("prompt_ms"), "prompt_evaluated": timings.get("prompt_n"),
             "prompt_cached": timings.get("cache_n"),
             "decode_tok_s": timings.get("predicted_per_second")}
+
+
+def choose_flash_attention(start_server: Callable[[str], LlamaServer], prompt_of,
+                           draws: list[Draw], new_tokens: int) -> tuple[str, dict[str, Any]]:
+    """Which of `-fa on` and `-fa off` serves `draws` faster, one after the other on a
+    fresh server each (the first a full prefill, the rest reusing its cached prefix, as
+    the rows do), and each setting's timings. Ties go to on, llama.cpp's CPU default."""
+    timings: dict[str, Any] = {}
+    for setting in ("on", "off"):
+        with start_server(setting) as server:
+            system = LlamaServerSystem(server, prompt_of)
+            requests = [time_one(system, draw, new_tokens) for draw in draws]
+        timings[setting] = {"total_ms": sum(r.e2e_ms for r in requests),
+                            "ttft_ms": [r.ttft_ms for r in requests],
+                            "decode_tok_s": [r.decode_tok_s for r in requests]}
+    chosen = min(("on", "off"), key=lambda setting: timings[setting]["total_ms"])
+    return chosen, timings
+

@@ -34,8 +34,9 @@ bytes at the memcpy speed measured in this run (warm) or at the data disk's sequ
 read rate measured in this run with O_DIRECT (cold). Targets are printed, never asserted.
 
 Peers (their settings are printed and stored in the report):
-  llama-server  llama.cpp's own HTTP server, flash attention on, prompt cache on,
-                --cache-reuse, one slot per client (bench_llama_server.py)
+  llama-server  llama.cpp's own HTTP server, flash attention on or off as it runs faster
+                (measured at the start), prompt cache on, --cache-reuse, one slot per
+                client (bench_llama_server.py)
   transformers  fp32, SDPA, logits for the last position only (bench_peers.py)
   ape-python    our reimplementation of APE in transformers (bench_peers.py), not the
                 authors' code
@@ -423,7 +424,7 @@ def run_apeserve_traffic(bench: Bench, system, target: str, ape) -> None:
 
 def run_llama_server(bench: Bench) -> None:
     """llama.cpp's server: one slot for the rows, as many as clients for the rest."""
-    from bench_llama_server import LlamaServer, LlamaServerSystem
+    from bench_llama_server import LlamaServer, LlamaServerSystem, choose_flash_attention
 
     args, settings = bench.args, bench.settings
     binary = Path(args.llama_server)
@@ -432,8 +433,20 @@ def run_llama_server(bench: Bench) -> None:
         return LlamaServerSystem(server, lambda draw: pieces(draw).sequential())
 
     log_path = args.scratch / "llama-server.log"
-    with LlamaServer(binary, args.model, args.threads, bench.window, 1, log_path) as server:
-        bench.peers["llama-server"] = server.settings()
+    def start(slots: int, flash_attention: str) -> LlamaServer:
+        return LlamaServer(binary, args.model, args.threads, bench.window, slots, log_path,
+                           flash_attention)
+
+    # At its best: flash attention as it runs faster here, on the headline prompt (a full
+    # prefill, then two new questions after the cached documents).
+    rag_prompt = bench.pieces_of(bench.rag.texts)
+    flash_attention, probe = choose_flash_attention(
+        lambda setting: start(1, setting), lambda draw: rag_prompt(draw).sequential(),
+        same_documents_draws(3, settings["headline_k"], seed=29), settings["concurrent_tokens"])
+    log(f"llama-server: flash attention {flash_attention} (on {probe['on']['total_ms']:.0f} ms, "
+        f"off {probe['off']['total_ms']:.0f} ms for the same three requests)")
+    with start(1, flash_attention) as server:
+        bench.peers["llama-server"] = {**server.settings(), "flash_attention_probe": probe}
         for work in bench.workloads(apeserve_only=False):
             if work["fits"]:
                 bench.measure(make(server, work["texts"]), work, "sequential", "prompt cache",
@@ -444,7 +457,7 @@ def run_llama_server(bench: Bench) -> None:
     draws = lambda i: rag_draws(64, len(bench.rag.texts), k, seed=500 + i)  # noqa: E731
     for clients, rows in ([(settings["concurrent_clients"], bench.concurrent_rows)]
                           + [(c, bench.live_rows) for c in settings["live_clients"]]):
-        with LlamaServer(binary, args.model, args.threads, bench.window, clients, log_path) as server:
+        with start(clients, flash_attention) as server:
             systems = [make(server, bench.rag.texts) for _ in range(clients)]
             rows.append(bench.run_concurrent("llama-server", lambda i: systems[i], draws, clients))
             rows[-1]["slots"] = clients
@@ -627,7 +640,7 @@ def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) 
     points = sorted({(r["contexts"], r["tokens_per_context"]) for r in rows if r["workload"] == "grid"},
                     key=lambda p: (p[0] * p[1], p[0]))
     if not points:
-        return "\n".join(lines + target_table(goals)) + "\n" + machine_line(machine_info)
+        return "\n".join(lines + target_table(goals)) + "\n" + machine_line(machine_info) + peers_line(bench)
     lines += ["", "Grid (same documents, a new question each time), median TTFT in ms:", "",
               "| contexts x tokens | context tokens | " + " | ".join(c[-1] for c in columns)
               + " | APE warm floor | APE / floor | floor bound |", "| --- " * (len(columns) + 5) + "|"]
@@ -667,7 +680,7 @@ def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) 
                          f"{row['floor']['kv_bytes_ms']:,.1f} | {cell(row['server'].get('prefill_ms'), 0).strip()} | "
                          f"{row['floor']['compute_ms']:,.1f} | {row['ttft_ms']['median']:,.0f} | "
                          f"{row['floor']['ttft_over_floor']:.2f}x |")
-    return "\n".join(lines + target_table(goals)) + "\n" + machine_line(machine_info)
+    return "\n".join(lines + target_table(goals)) + "\n" + machine_line(machine_info) + peers_line(bench)
 
 
 def target_table(goals: dict[str, Any]) -> list[str]:
@@ -681,6 +694,17 @@ def machine_line(machine_info: dict[str, Any]) -> str:
             f"{machine_info['memory_gib']} GiB, memcpy {machine_info['memcpy_gb_s']:.1f} GB/s, float32 "
             f"matmul {machine_info['matmul_gflop_s']:.0f} GFLOP/s, disk read (O_DIRECT) "
             + (f"{disk:.2f} GB/s.\n" if disk else "not measured.\n"))
+
+
+def peers_line(bench: Bench) -> str:
+    """llama-server's flags as run, and why flash attention is on or off."""
+    llama = bench.peers.get("llama-server")
+    if not llama:
+        return ""
+    probe = llama["flash_attention_probe"]
+    return (f"\nllama-server: `{' '.join(llama['flags'])}` (flash attention: on "
+            f"{probe['on']['total_ms']:,.0f} ms, off {probe['off']['total_ms']:,.0f} ms for the "
+            "same three requests at the start of the run; the faster is used).\n")
 
 
 def plot(path: str, bench: Bench) -> None:
@@ -765,7 +789,8 @@ def plot(path: str, bench: Bench) -> None:
 
 def check(bench: Bench, wanted: list[str], plot_path: str | None) -> list[str]:
     """What a --check run refuses: a system without rows in a workload, an empty row, a
-    failed request in the concurrent or live rows, an empty plot."""
+    failed request in the concurrent or live rows, llama-server's flash attention not
+    chosen by measurement, an empty plot."""
     problems = []
     expected = [w for part, w in (("rag", "rag"), ("rag", "same documents"), ("grid", "grid"))
                 if bench.has(part)]
@@ -788,6 +813,10 @@ def check(bench: Bench, wanted: list[str], plot_path: str | None) -> list[str]:
     if "apeserve" in wanted and bench.has("grid") and not bench.args.no_cold:
         if not any(r["storage"] == INT8 for r in bench.rows):
             problems.append("no int8 cold row")
+    if "llama-server" in wanted:
+        probe = bench.peers.get("llama-server", {}).get("flash_attention_probe", {})
+        if not all(probe.get(setting, {}).get("total_ms") for setting in ("on", "off")):
+            problems.append(f"llama-server: flash attention not measured both ways ({probe})")
     if plot_path and not Path(plot_path).stat().st_size:
         problems.append("empty plot")
     return problems
