@@ -27,10 +27,9 @@ TEST(StoredKvTest, TheReservedBatchBytesHoldTheWholeEntry) {
     int32_t head_dim;
     int tokens_of;  // SyntheticTokens(n) has 3 + n % 13 tokens
   };
-  for (const Case& c : {Case{model::KvDtype::kFloat32, 1, 1, 1, 0},
-                        Case{model::KvDtype::kFloat32, 30, 3, 64, 12},
-                        Case{model::KvDtype::kFloat16, 4, 2, 8, 5},
-                        Case{model::KvDtype::kBFloat16, 64, 1, 2, 1}}) {
+  for (const Case& c :
+       {Case{model::KvDtype::kFloat32, 1, 1, 1, 0}, Case{model::KvDtype::kFloat32, 30, 3, 64, 12},
+        Case{model::KvDtype::kFloat16, 4, 2, 8, 5}, Case{model::KvDtype::kBFloat16, 64, 1, 2, 1}}) {
     const model::KvSegment kv = testing::SyntheticKv(
         "m", "p", testing::SyntheticTokens(c.tokens_of),
         {.dtype = c.dtype, .num_layers = c.layers, .kv_heads = c.kv_heads, .head_dim = c.head_dim});
