@@ -640,7 +640,7 @@ def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) 
     points = sorted({(r["contexts"], r["tokens_per_context"]) for r in rows if r["workload"] == "grid"},
                     key=lambda p: (p[0] * p[1], p[0]))
     if not points:
-        return "\n".join(lines + target_table(goals)) + "\n" + machine_line(machine_info) + peers_line(bench)
+        return tables_end(lines, bench, goals, machine_info)
     lines += ["", "Grid (same documents, a new question each time), median TTFT in ms:", "",
               "| contexts x tokens | context tokens | " + " | ".join(c[-1] for c in columns)
               + " | APE warm floor | APE / floor | floor bound |", "| --- " * (len(columns) + 5) + "|"]
@@ -680,6 +680,12 @@ def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) 
                          f"{row['floor']['kv_bytes_ms']:,.1f} | {cell(row['server'].get('prefill_ms'), 0).strip()} | "
                          f"{row['floor']['compute_ms']:,.1f} | {row['ttft_ms']['median']:,.0f} | "
                          f"{row['floor']['ttft_over_floor']:.2f}x |")
+    return tables_end(lines, bench, goals, machine_info)
+
+
+def tables_end(lines: list[str], bench: Bench, goals: dict[str, Any],
+               machine_info: dict[str, Any]) -> str:
+    """The markdown: its tables, then the targets, the machine and the peers' settings."""
     return "\n".join(lines + target_table(goals)) + "\n" + machine_line(machine_info) + peers_line(bench)
 
 
