@@ -2,12 +2,12 @@
 users run it: its defaults, plus what its documentation recommends for repeated
 prompts.
 
-  flash attention   the faster of on and off on this machine, measured at the start of
-                    each run (`choose_flash_attention`; both timings are in the report).
-                    Its default, auto, picks on for a CPU; on the 2-core development
-                    machine on was 6x slower to the first token of a cached prompt and
-                    3x slower to decode at 7,000 context tokens, so a run with the
-                    default would have raced a handicapped peer.
+  flash attention   on and off, every row measured with each (`FLASH_ATTENTION`), since
+                    which is faster depends on the workload: on the 2-core development
+                    machine, on prefilled 7,200 new tokens faster, and off was 6x faster
+                    to the first token of a cached prompt and 3x faster to decode at
+                    7,000 context tokens. Its default, auto, picks on for a CPU; a
+                    single setting would have raced a handicapped peer somewhere.
   prompt cache      on (`cache_prompt`, the server's default): a request re-evaluates
                     only what follows the longest prefix a slot already holds; the
                     host-memory prompt cache (`--cache-ram`, default 8 GiB) keeps other
@@ -33,11 +33,13 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-from bench_workloads import Draw, Late, time_one
+from bench_workloads import Draw, Late
 
 CACHE_REUSE = 256
+# The `-fa` settings every llama-server row is measured with.
+FLASH_ATTENTION = ("on", "off")
 
 
 def default_binary() -> Path:
@@ -65,6 +67,7 @@ class LlamaServer:
                       "-np", str(slots), "-kvu", "-c", str(window * slots),
                       "--cache-reuse", str(CACHE_REUSE), "--no-webui"]
         self.binary, self.log_path, self.slots = binary, log_path, slots
+        self.flash_attention = flash_attention
         self.process: subprocess.Popen | None = None
 
     def settings(self) -> dict[str, Any]:
@@ -113,6 +116,8 @@ class LlamaServerSystem:
 
     def __init__(self, server: LlamaServer, prompt_of) -> None:
         self.server, self.prompt_of = server, prompt_of
+        # What tells this system's rows from the other settings' (the report's `setting`).
+        self.setting = f"fa {server.flash_attention}"
 
     def stream(self, draw: Draw, new_tokens: int,
                timeout_s: float | None = None) -> Iterator[tuple[float, int, dict]]:
@@ -155,21 +160,4 @@ class LlamaServerSystem:
             "prompt_ms": timings.get("prompt_ms"), "prompt_evaluated": timings.get("prompt_n"),
             "prompt_cached": timings.get("cache_n"),
             "decode_tok_s": timings.get("predicted_per_second")}
-
-
-def choose_flash_attention(start_server: Callable[[str], LlamaServer], prompt_of,
-                           draws: list[Draw], new_tokens: int) -> tuple[str, dict[str, Any]]:
-    """Which of `-fa on` and `-fa off` serves `draws` faster, one after the other on a
-    fresh server each (the first a full prefill, the rest reusing its cached prefix, as
-    the rows do), and each setting's timings. Ties go to on, llama.cpp's CPU default."""
-    timings: dict[str, Any] = {}
-    for setting in ("on", "off"):
-        with start_server(setting) as server:
-            system = LlamaServerSystem(server, prompt_of)
-            requests = [time_one(system, draw, new_tokens) for draw in draws]
-        timings[setting] = {"total_ms": sum(r.e2e_ms for r in requests),
-                            "ttft_ms": [r.ttft_ms for r in requests],
-                            "decode_tok_s": [r.decode_tok_s for r in requests]}
-    chosen = min(("on", "off"), key=lambda setting: timings[setting]["total_ms"])
-    return chosen, timings
 

@@ -34,18 +34,21 @@ bytes at the memcpy speed measured in this run (warm) or at the data disk's sequ
 read rate measured in this run with O_DIRECT (cold). Targets are printed, never asserted.
 
 Peers (their settings are printed and stored in the report):
-  llama-server  llama.cpp's own HTTP server, flash attention on or off as it runs faster
-                (measured at the start), prompt cache on, --cache-reuse, one slot per
-                client (bench_llama_server.py)
+  llama-server  llama.cpp's own HTTP server, every row with flash attention on and with
+                it off (which is faster depends on the workload; each target is judged
+                against its better setting for that figure), prompt cache on,
+                --cache-reuse, one slot per client (bench_llama_server.py)
   transformers  fp32, SDPA, logits for the last position only (bench_peers.py)
   ape-python    our reimplementation of APE in transformers (bench_peers.py), not the
                 authors' code
 
-  # The full run, in two parts that each fit a working session on two cores:
-  $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --part rag \\
-      --json docs/ttft_bench_rag.json --plot docs/ttft_bench_rag.png --markdown rag.md
-  $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --part grid \\
-      --json docs/ttft_bench_grid.json --plot docs/ttft_bench_grid.png --markdown grid.md
+  # The full run, in three parts that each fit a working session on two cores, then the
+  # README's tables and plot from the three reports together:
+  $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --part rag --json docs/ttft_bench_rag.json
+  $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --part grid --json docs/ttft_bench_grid.json
+  $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --part cold --json docs/ttft_bench_cold.json
+  $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --merge docs/ttft_bench_{rag,grid,cold}.json \\
+      --plot docs/ttft_bench.png --markdown tables.md
   $APESERVE_HOME/venv/bin/python tools/ttft_bench.py --quick --check   # CI, a few minutes
 """
 
@@ -70,6 +73,7 @@ from bench_apeserve import ApeserveSystem, client_modules, store_corpus  # noqa:
 from bench_common import (REPOSITORY, cell, disk_read_gb_s, machine, matmul_gflop_s,  # noqa: E402
                           memcpy_gb_s, peak_rss_mb, start_server, stop_server)
 from bench_corpus import PromptBuilder, cut_documents, prose_words  # noqa: E402
+from bench_llama_server import FLASH_ATTENTION, default_binary  # noqa: E402
 from bench_workloads import (QUESTIONS, Draw, Producer, concurrent, rag_draws,  # noqa: E402
                              same_documents_draws, summary, time_one)
 
@@ -184,8 +188,14 @@ class Bench:
 
     def has(self, part: str) -> bool:
         """Whether this run measures `part`: "rag" (RAG, same documents, concurrent and
-        live traffic) or "grid" (the grid, warm, cold and int8)."""
+        live traffic), "grid" (the grid warm, with the peers) or "cold" (the grid from
+        the store, float32 and int8)."""
         return self.args.part in ("all", part)
+
+    def warm(self, works: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The workloads measured warm: the grid's only in a run of the grid part (the
+        cold part stores the grid's documents but times only their cold rows)."""
+        return [w for w in works if w["workload"] != "grid" or self.has("grid")]
 
     def fits(self, context_tokens: int) -> bool:
         """Whether a SEQUENTIAL prompt of `context_tokens` and its answer fit the window."""
@@ -215,7 +225,7 @@ class Bench:
                         "tokens_per_context": self.settings["rag_tokens"], "texts": rag, "corpus": "rag",
                         "fits": self.fits(sum(self.rag.token_counts[:k])),
                         "draws": same_documents_draws(runs + 1, k, seed=101)})
-        for contexts, tokens in self.grid_points() if self.has("grid") else []:
+        for contexts, tokens in self.grid_points() if self.has("grid") or self.has("cold") else []:
             documents = self.grid[tokens]
             context_tokens = sum(documents.token_counts[:contexts])
             paper = self.settings["paper"] and (contexts, tokens) == tuple(self.settings["paper"])
@@ -257,7 +267,8 @@ class Bench:
         context_tokens = server.get("context_tokens") or statistics.median(
             sum(len(self.builder.context(work["texts"][i])) for i in draw.documents)
             for draw in draws[1:runs + 1])
-        row = {"system": system.name.split(" ")[0], "mode": mode, "workload": work["workload"],
+        row = {"system": system.name.split(" ")[0], "setting": getattr(system, "setting", None),
+               "mode": mode, "workload": work["workload"],
                "contexts": work["contexts"], "tokens_per_context": work["tokens_per_context"],
                "context_tokens": context_tokens, "tier": tier, "storage": storage,
                "new_tokens": new_tokens, "runs": len(timed),
@@ -270,13 +281,14 @@ class Bench:
         if isinstance(system, ColdSystem):
             row["page_cache_dropped"] = bool(system.dropped) and all(system.dropped)
         self.rows.append(row)
-        log(f"{system.name:<22} {tier:<6} {work['workload']:<14} {work['contexts']:>3} x "
+        name = system.name + (f" ({row['setting']})" if row["setting"] else "")
+        log(f"{name:<22} {tier:<6} {work['workload']:<14} {work['contexts']:>3} x "
             f"{work['tokens_per_context']:<4}: TTFT {row['ttft_ms']['median']:9.1f} ms, "
             f"e2e {row['e2e_ms']['median']:9.1f} ms, decode {cell(row['decode_tok_s']['median'], 6)} tok/s")
         return row
 
     def run_concurrent(self, name: str, system_for_client, draws_for_client, clients: int,
-                       producer_store=None) -> dict[str, Any]:
+                       producer_store=None, setting: str | None = None) -> dict[str, Any]:
         settings = self.settings
         if producer_store is None:
             row = concurrent(system_for_client, draws_for_client, clients, settings["live_seconds"],
@@ -287,11 +299,30 @@ class Bench:
                 row = concurrent(system_for_client, draws_for_client, clients, settings["live_seconds"],
                                  settings["concurrent_tokens"], settings["stagger_s"], self.error_types)
             ingest = producer.report()
-        row.update(system=name, k=settings["headline_k"], ingest=ingest)
-        log(f"{name:<22} {clients:>2} clients{' + ingest' if ingest else ''}: "
+        row.update(system=name, setting=setting, k=settings["headline_k"], ingest=ingest)
+        log(f"{label(row):<22} {clients:>2} clients{' + ingest' if ingest else ''}: "
             f"{row['tokens_per_s']:.1f} tok/s, TTFT p50 {cell(row['ttft_ms']['median'], 0)} ms, "
             f"ITL p50 {cell(row['itl_ms']['median'], 0)} ms, errors {row['errors']}")
         return row
+
+
+def require_disk(bench: Bench) -> None:
+    """Refuses to start when the scratch disk cannot hold the stores this part writes (a
+    float32 entry per stored document, and a second store in int8 for the cold part), so
+    that a full run fails in its first second, not hours in. A quarter and 1 GiB spare
+    cover the write-ahead log and compaction."""
+    stored = sum(bench.rag.token_counts) + sum(bench.fresh.token_counts) if bench.has("rag") else 0
+    grid = sum(sum(d.token_counts) for d in bench.grid.values())
+    if bench.has("grid") or bench.has("cold"):
+        stored += grid
+    needed = stored * bench.kv_bytes_per_token * 1.25 + 2**30
+    if bench.has("cold") and not bench.args.no_cold:
+        needed += grid * bench.kv_bytes_per_token / 4 * 1.25
+    free = shutil.disk_usage(bench.args.scratch).free
+    if free < needed:
+        raise SystemExit(f"{bench.args.scratch}: {free / 2**30:.1f} GiB free, this part's stores need "
+                         f"about {needed / 2**30:.1f} GiB (set APESERVE_BENCH_DIR to a larger disk)")
+    log(f"scratch disk: {free / 2**30:.1f} GiB free, the stores need about {needed / 2**30:.1f} GiB")
 
 
 def run_apeserve(bench: Bench) -> dict[str, Any]:
@@ -303,6 +334,7 @@ def run_apeserve(bench: Bench) -> dict[str, Any]:
     largest = max(c * t for c, t in bench.grid_points())
     all_tokens = sum(sum(d.token_counts) for d in bench.grid.values()) + sum(bench.rag.token_counts) \
         + sum(bench.fresh.token_counts)
+    require_disk(bench)
     host_mib = all_tokens * bench.kv_bytes_per_token // 2**20 + 512
     running_mib = (largest + 8192) * bench.kv_bytes_per_token * 2 // 2**20 + 512
     flags = (f"--host_cache_mib={host_mib}", f"--max_running_kv_mib={running_mib}")
@@ -328,7 +360,7 @@ def run_apeserve(bench: Bench) -> dict[str, Any]:
             if bench.has("rag"):
                 ids["rag"], info["ingest_rag"] = store_corpus(client, bench.rag.texts, "rag-")
                 log(f"stored the RAG corpus: {info['ingest_rag']['tokens_per_s']:.0f} tok/s")
-            for tokens, documents in bench.grid.items() if bench.has("grid") else ():
+            for tokens, documents in bench.grid.items() if bench.has("grid") or bench.has("cold") else ():
                 ids[f"grid-{tokens}"], rate = store_corpus(client, documents.texts, f"g{tokens}-")
                 info[f"ingest_grid_{tokens}"] = rate
                 log(f"stored the grid's {tokens}-token documents: {rate['tokens_per_s']:.0f} tok/s")
@@ -340,7 +372,7 @@ def run_apeserve(bench: Bench) -> dict[str, Any]:
                     time_one(warm, Draw(tuple(range(first, min(first + k, len(ids["rag"])))), 0), 1)
             finally:
                 warm.close()
-        for work in bench.workloads(apeserve_only=True):
+        for work in bench.warm(bench.workloads(apeserve_only=True)):
             modes = ["ape"]
             if work["workload"] == "grid" and not work.get("paper"):
                 modes.append("parallel")
@@ -359,7 +391,7 @@ def run_apeserve(bench: Bench) -> dict[str, Any]:
         stop_server(server)
 
     # Cold: KV from the store. float32 on the data just used; int8 on a store of its own.
-    if args.no_cold or not bench.has("grid"):
+    if args.no_cold or not bench.has("cold"):
         return info
     int8_flags = (*flags, f"--kv_storage={INT8}")
     server, target = start_server(args.binary, args.model, args.scratch / "int8", int8_flags)
@@ -423,8 +455,10 @@ def run_apeserve_traffic(bench: Bench, system, target: str, ape) -> None:
 
 
 def run_llama_server(bench: Bench) -> None:
-    """llama.cpp's server: one slot for the rows, as many as clients for the rest."""
-    from bench_llama_server import LlamaServer, LlamaServerSystem, choose_flash_attention
+    """llama.cpp's server: one slot for the rows, as many as clients for the rest; every
+    row with each flash-attention setting asked for (both by default: which is faster
+    depends on the workload), each a row of its own."""
+    from bench_llama_server import LlamaServer, LlamaServerSystem
 
     args, settings = bench.args, bench.settings
     binary = Path(args.llama_server)
@@ -437,36 +471,30 @@ def run_llama_server(bench: Bench) -> None:
         return LlamaServer(binary, args.model, args.threads, bench.window, slots, log_path,
                            flash_attention)
 
-    # At its best: flash attention as it runs faster here, on the headline prompt (a full
-    # prefill, then two new questions after the cached documents).
-    rag_prompt = bench.pieces_of(bench.rag.texts)
-    flash_attention, probe = choose_flash_attention(
-        lambda setting: start(1, setting), lambda draw: rag_prompt(draw).sequential(),
-        same_documents_draws(3, settings["headline_k"], seed=29), settings["concurrent_tokens"])
-    log(f"llama-server: flash attention {flash_attention} (on {probe['on']['total_ms']:.0f} ms, "
-        f"off {probe['off']['total_ms']:.0f} ms for the same three requests)")
-    with start(1, flash_attention) as server:
-        bench.peers["llama-server"] = {**server.settings(), "flash_attention_probe": probe}
-        for work in bench.workloads(apeserve_only=False):
-            if work["fits"]:
-                bench.measure(make(server, work["texts"]), work, "sequential", "prompt cache",
-                              server.pid())
+    for flash_attention in args.llama_flash_attention:
+        with start(1, flash_attention) as server:
+            bench.peers["llama-server"] = {**server.settings(), "flash_attention": args.llama_flash_attention}
+            for work in bench.warm(bench.workloads(apeserve_only=False)):
+                if work["fits"]:
+                    bench.measure(make(server, work["texts"]), work, "sequential", "prompt cache",
+                                  server.pid())
     if not bench.has("rag"):
         return
     k = settings["headline_k"]
     draws = lambda i: rag_draws(64, len(bench.rag.texts), k, seed=500 + i)  # noqa: E731
-    for clients, rows in ([(settings["concurrent_clients"], bench.concurrent_rows)]
-                          + [(c, bench.live_rows) for c in settings["live_clients"]]):
-        with start(clients, flash_attention) as server:
-            systems = [make(server, bench.rag.texts) for _ in range(clients)]
-            rows.append(bench.run_concurrent("llama-server", lambda i: systems[i], draws, clients))
-            rows[-1]["slots"] = clients
+    for flash_attention in args.llama_flash_attention:
+        for clients, rows in ([(settings["concurrent_clients"], bench.concurrent_rows)]
+                              + [(c, bench.live_rows) for c in settings["live_clients"]]):
+            with start(clients, flash_attention) as server:
+                systems = [make(server, bench.rag.texts) for _ in range(clients)]
+                rows.append(bench.run_concurrent("llama-server", lambda i: systems[i], draws, clients,
+                                                 setting=systems[0].setting))
+                rows[-1]["slots"] = clients
 
 
-def run_in_process_peers(bench: Bench, model) -> None:
+def run_in_process_peers(bench: Bench, model, wanted: list[str]) -> None:
     """transformers and our Python APE, in this process."""
     peers_module = importlib.import_module("bench_peers")
-    wanted = bench.args.systems.split(",")
     peers = []
     if "transformers" in wanted:
         peers.append(peers_module.TransformersPeer(model))
@@ -480,7 +508,7 @@ def run_in_process_peers(bench: Bench, model) -> None:
                                              "authors' code", "dtype": "float32", **defaults}
     for peer in peers:
         ape = peer.name == "ape-python"
-        for work in bench.workloads(apeserve_only=False):
+        for work in bench.warm(bench.workloads(apeserve_only=False)):
             if work.get("paper") or (not ape and not work["fits"]):
                 continue
             if ape:
@@ -528,29 +556,56 @@ def add_floors(bench: Bench, machine_info: dict[str, Any]) -> None:
                         "ms": floor, "ttft_over_floor": row["ttft_ms"]["median"] / floor}
 
 
-def find(rows, system, workload, contexts, tier=None, mode=None, tokens=None, storage="none"):
-    for row in rows:
-        if (row["system"], row["workload"], row["contexts"]) == (system, workload, contexts) \
-                and (tier is None or row["tier"] == tier) and (mode is None or row["mode"] == mode) \
-                and (tokens is None or row["tokens_per_context"] == tokens) and row["storage"] == storage:
-            return row
-    return None
+def find(rows, system, workload, contexts, tier=None, mode=None, tokens=None, storage="none",
+         setting=None):
+    """The first row of `system` at this point; None (tier, mode, tokens, setting) matches any."""
+    return next(iter(find_all(rows, system, workload, contexts, tier, mode, tokens, storage, setting)), None)
+
+
+def find_all(rows, system, workload, contexts, tier=None, mode=None, tokens=None, storage="none",
+             setting=None) -> list[dict[str, Any]]:
+    return [row for row in rows
+            if (row["system"], row["workload"], row["contexts"]) == (system, workload, contexts)
+            and (tier is None or row["tier"] == tier) and (mode is None or row["mode"] == mode)
+            and (tokens is None or row["tokens_per_context"] == tokens) and row["storage"] == storage
+            and (setting is None or row.get("setting") == setting)]
+
+
+def label(row: dict[str, Any]) -> str:
+    """The system, with the peer's setting where it was measured in more than one."""
+    return row["system"] + (f" ({row['setting']})" if row.get("setting") else "")
+
+
+def settings_of(rows: list[dict[str, Any]], system: str) -> list[str | None]:
+    """The settings `system` was measured with (llama-server: "fa on", "fa off")."""
+    return sorted({row.get("setting") for row in rows if row["system"] == system}, key=str)
 
 
 def targets(bench: Bench) -> dict[str, Any]:
+    """The issue's targets, each against llama-server's best setting for that figure (its
+    fastest first token for the first-token targets, its fastest answer end to end for
+    the end-to-end target), and which setting that was."""
     rows, k = bench.rows, bench.settings["headline_k"]
     out: dict[str, Any] = {}
     ape = find(rows, "apeserve", "rag", k, "warm", "ape")
-    llama = find(rows, "llama-server", "rag", k)
+    llama = find_all(rows, "llama-server", "rag", k)
     if ape and llama:
-        out["rag_ttft_vs_llama_server"] = llama["ttft_ms"]["median"] / ape["ttft_ms"]["median"]
-        out["rag_e2e_vs_llama_server"] = llama["e2e_ms"]["median"] / ape["e2e_ms"]["median"]
+        fastest = min(llama, key=lambda row: row["ttft_ms"]["median"])
+        soonest = min(llama, key=lambda row: row["e2e_ms"]["median"])
+        quickest = max(llama, key=lambda row: row["decode_tok_s"]["median"])
+        out["rag_ttft_vs_llama_server"] = fastest["ttft_ms"]["median"] / ape["ttft_ms"]["median"]
+        out["rag_e2e_vs_llama_server"] = soonest["e2e_ms"]["median"] / ape["e2e_ms"]["median"]
         out["rag_decode_vs_llama_server"] = (ape["decode_tok_s"]["median"]
-                                             / llama["decode_tok_s"]["median"])
+                                             / quickest["decode_tok_s"]["median"])
+        out["llama_server_settings"] = {"rag_ttft": fastest.get("setting"),
+                                        "rag_e2e": soonest.get("setting"),
+                                        "rag_decode": quickest.get("setting")}
     ape = find(rows, "apeserve", "same documents", k, "warm", "ape")
-    llama = find(rows, "llama-server", "same documents", k)
+    llama = find_all(rows, "llama-server", "same documents", k)
     if ape and llama:
-        out["same_documents_ttft_vs_llama_server"] = llama["ttft_ms"]["median"] / ape["ttft_ms"]["median"]
+        fastest = min(llama, key=lambda row: row["ttft_ms"]["median"])
+        out["same_documents_ttft_vs_llama_server"] = fastest["ttft_ms"]["median"] / ape["ttft_ms"]["median"]
+        out.setdefault("llama_server_settings", {})["same_documents_ttft"] = fastest.get("setting")
     warm = [r for r in rows if "floor" in r and r["tier"] == "warm"]
     small = [r["floor"]["ttft_over_floor"] for r in warm if r["context_tokens"] <= 16_384]
     large = [r["floor"]["ttft_over_floor"] for r in warm if r["context_tokens"] > 100_000]
@@ -561,6 +616,11 @@ def targets(bench: Bench) -> dict[str, Any]:
     return out
 
 
+# Which of llama-server's settings each target was judged against (targets()).
+TARGET_SETTINGS = {"rag_ttft_vs_llama_server": "rag_ttft", "rag_e2e_vs_llama_server": "rag_e2e",
+                   "same_documents_ttft_vs_llama_server": "same_documents_ttft"}
+
+
 def target_lines(goals: dict[str, Any]) -> list[tuple[str, str, str]]:
     lines = []
     for name, (relation, goal, what) in TARGETS.items():
@@ -568,27 +628,42 @@ def target_lines(goals: dict[str, Any]) -> list[tuple[str, str, str]]:
         if value is None:
             continue
         met = value >= goal if relation == ">=" else value <= goal
-        lines.append((what, f"{value:.2f} (target {relation} {goal:g})", "met" if met else "not met"))
+        setting = goals.get("llama_server_settings", {}).get(TARGET_SETTINGS.get(name))
+        against = f"; llama-server at its best here: {setting}" if setting else ""
+        lines.append((what, f"{value:.2f} (target {relation} {goal:g}{against})", "met" if met else "not met"))
     return lines
 
 
+def row_systems(rows: list[dict[str, Any]]) -> list[tuple[str, str | None, str | None, str | None, str]]:
+    """The systems of the RAG tables and plot, in order: (system, mode, tier, setting,
+    label), llama-server once per setting it was measured with."""
+    out = [("apeserve", "ape", "warm", None, "apeserve APE"),
+           ("apeserve", "sequential", "none", None, "apeserve SEQUENTIAL")]
+    out += [("llama-server", None, None, setting, "llama-server" + (f", {setting}" if setting else ""))
+            for setting in settings_of(rows, "llama-server")]
+    return out + [("transformers", None, None, None, "transformers"),
+                  ("ape-python", None, None, None, "APE in Python (ours)")]
+
+
 def print_report(bench: Bench, goals: dict[str, Any]) -> None:
-    print(f"{'system':<14}{'mode':<11}{'tier':<13}{'workload':<15}{'K':>4}{'x':>6}{'ctx tok':>9}"
+    print(f"{'system':<22}{'mode':<11}{'tier':<13}{'workload':<15}{'K':>4}{'x':>6}{'ctx tok':>9}"
           f"{'TTFT':>9}{'p90':>9}{'e2e':>9}{'dec t/s':>8}{'KV load':>9}{'prefill':>9}{'/floor':>8}")
     for row in bench.rows:
         tier = row["tier"] + ("/int8" if row["storage"] == INT8 else "")
-        print(f"{row['system']:<14}{row['mode']:<11}{tier:<13}{row['workload']:<15}{row['contexts']:>4}"
+        print(f"{label(row):<22}{row['mode']:<11}{tier:<13}{row['workload']:<15}{row['contexts']:>4}"
               f"{row['tokens_per_context']:>6}{row['context_tokens']:>9}"
               f"{cell(row['ttft_ms']['median'], 9)}{cell(row['ttft_ms']['p90'], 9)}"
               f"{cell(row['e2e_ms']['median'], 9)}{cell(row['decode_tok_s']['median'], 8)}"
               f"{cell(row['server'].get('kv_load_ms'), 9)}{cell(row['server'].get('prefill_ms'), 9)}"
               f"{cell(row.get('floor', {}).get('ttft_over_floor'), 8, 2)}")
     for title, rows in (("concurrent", bench.concurrent_rows), ("live traffic", bench.live_rows)):
-        print(f"\n{title}: {'system':<14}{'clients':>8}{'tok/s':>8}{'TTFT p50':>10}{'p99':>9}"
+        if not rows:  # a part without them
+            continue
+        print(f"\n{title}: {'system':<22}{'clients':>8}{'tok/s':>8}{'TTFT p50':>10}{'p99':>9}"
               f"{'ITL p50':>9}{'p99':>8}{'ingest doc/s':>14}{'errors':>8}")
         for row in rows:
             ingest = row["ingest"]["documents_per_s"] if row.get("ingest") else None
-            print(f"{'':<{len(title) + 2}}{row['system']:<14}{row['clients']:>8}{row['tokens_per_s']:>8.1f}"
+            print(f"{'':<{len(title) + 2}}{label(row):<22}{row['clients']:>8}{row['tokens_per_s']:>8.1f}"
                   f"{cell(row['ttft_ms']['median'], 10, 0)}{cell(row['ttft_ms']['p99'], 9, 0)}"
                   f"{cell(row['itl_ms']['median'], 9)}{cell(row['itl_ms']['p99'], 8)}"
                   f"{cell(ingest, 14, 2)}{row['errors']:>8}")
@@ -600,21 +675,18 @@ def print_report(bench: Bench, goals: dict[str, Any]) -> None:
 def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) -> str:
     """The README's tables."""
     rows, k = bench.rows, bench.settings["headline_k"]
-    systems = [("apeserve", "ape", "warm", "apeserve APE"), ("apeserve", "sequential", "none", "apeserve SEQUENTIAL"),
-               ("llama-server", None, None, "llama-server"), ("transformers", None, None, "transformers"),
-               ("ape-python", None, None, "APE in Python (ours)")]
     lines = []
     if any(r["workload"] in ("rag", "same documents") for r in rows):
         lines += ["| workload | system | TTFT ms (p50 / p90) | first token + "
                   f"{bench.settings['new_tokens']} tokens, ms | decode tok/s |", "| --- | --- | --- | --- | --- |"]
     for workload in ("rag", "same documents"):
         for contexts in sorted({r["contexts"] for r in rows if r["workload"] == workload}):
-            for system, mode, tier, label in systems:
-                row = find(rows, system, workload, contexts, tier, mode)
+            for system, mode, tier, setting, title in row_systems(rows):
+                row = find(rows, system, workload, contexts, tier, mode, setting=setting)
                 if row is None:
                     continue
                 name = "RAG" if workload == "rag" else "same documents"
-                lines.append(f"| {name}, K = {contexts} | {label} | {row['ttft_ms']['median']:,.0f} / "
+                lines.append(f"| {name}, K = {contexts} | {title} | {row['ttft_ms']['median']:,.0f} / "
                              f"{row['ttft_ms']['p90']:,.0f} | {row['e2e_ms']['median']:,.0f} | "
                              f"{row['decode_tok_s']['median']:.1f} |")
     for title, group in (("Concurrent clients on RAG, K = %d" % k, bench.concurrent_rows),
@@ -626,44 +698,54 @@ def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) 
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for row in group:
             ingest = f"{row['ingest']['documents_per_s']:.2f}" if row.get("ingest") else "-"
-            lines.append(f"| {row['system']} | {row['clients']} | {row['tokens_per_s']:.1f} | "
+            lines.append(f"| {label(row)} | {row['clients']} | {row['tokens_per_s']:.1f} | "
                          f"{cell(row['ttft_ms']['median'], 0, 0).strip()} / {cell(row['ttft_ms']['p99'], 0, 0).strip()} | "
                          f"{cell(row['itl_ms']['median'], 0).strip()} / {cell(row['itl_ms']['p99'], 0).strip()} | "
                          f"{ingest} | {row['requests']} ({row['late_requests']}) |")
-    columns = [("apeserve", "ape", "warm", "none", "APE warm"), ("apeserve", "ape", "cold", "none", "APE cold"),
-               ("apeserve", "ape", "cold", INT8, "APE cold int8"),
-               ("apeserve", "parallel", "warm", "none", "PARALLEL warm"),
-               ("apeserve", "sequential", "none", "none", "SEQUENTIAL"),
-               ("llama-server", None, None, "none", "llama-server"),
-               ("transformers", None, None, "none", "transformers"),
-               ("ape-python", None, None, "none", "APE in Python")]
+    columns = [("apeserve", "ape", "warm", "none", None, "APE warm"),
+               ("apeserve", "ape", "cold", "none", None, "APE cold"),
+               ("apeserve", "ape", "cold", INT8, None, "APE cold int8"),
+               ("apeserve", "parallel", "warm", "none", None, "PARALLEL warm"),
+               ("apeserve", "sequential", "none", "none", None, "SEQUENTIAL")]
+    columns += [("llama-server", None, None, "none", setting, "llama-server" + (f", {setting}" if setting else ""))
+                for setting in settings_of(rows, "llama-server")]
+    columns += [("transformers", None, None, "none", None, "transformers"),
+                ("ape-python", None, None, "none", None, "APE in Python")]
     points = sorted({(r["contexts"], r["tokens_per_context"]) for r in rows if r["workload"] == "grid"},
                     key=lambda p: (p[0] * p[1], p[0]))
     if not points:
         return tables_end(lines, bench, goals, machine_info)
+    # A part's report has only some of the columns (the cold part: its cold ones).
+    columns = [c for c in columns if any(find(rows, c[0], "grid", contexts, c[2], c[1], per, c[3], c[4])
+                                         for contexts, per in points)]
+    warm_floors = any("floor" in r for r in rows if r["workload"] == "grid" and r["tier"] == "warm")
+    floor_titles = ["APE warm floor", "APE / floor", "floor bound"] if warm_floors else []
+    titles = [c[-1] for c in columns] + floor_titles
     lines += ["", "Grid (same documents, a new question each time), median TTFT in ms:", "",
-              "| contexts x tokens | context tokens | " + " | ".join(c[-1] for c in columns)
-              + " | APE warm floor | APE / floor | floor bound |", "| --- " * (len(columns) + 5) + "|"]
+              "| contexts x tokens | context tokens | " + " | ".join(titles) + " |",
+              "| --- " * (len(titles) + 2) + "|"]
     for contexts, per in points:
         cells, tokens = [], "-"
-        for system, mode, tier, storage, _ in columns:
-            row = find(rows, system, "grid", contexts, tier, mode, per, storage)
+        for system, mode, tier, storage, setting, _ in columns:
+            row = find(rows, system, "grid", contexts, tier, mode, per, storage, setting)
             cells.append(f"{row['ttft_ms']['median']:,.0f}" if row else "-")
-            tokens = f"{row['context_tokens']:,}" if row and tokens == "-" else tokens
+            tokens = f"{round(row['context_tokens']):,}" if row and tokens == "-" else tokens
         ape = find(rows, "apeserve", "grid", contexts, "warm", "ape", per)
         floor = ape["floor"] if ape and "floor" in ape else None
-        lines.append(f"| {contexts} x {per} | {tokens} | " + " | ".join(cells) + " | "
-                     + (f"{floor['ms']:,.0f} | {floor['ttft_over_floor']:.2f}x | {floor['bound']} |"
-                        if floor else "- | - | - |"))
+        if warm_floors:
+            cells += ([f"{floor['ms']:,.0f}", f"{floor['ttft_over_floor']:.2f}x", floor["bound"]]
+                      if floor else ["-"] * 3)
+        lines.append(f"| {contexts} x {per} | {tokens} | " + " | ".join(cells) + " |")
     decoding = [c for c in columns if c[2] != "cold" and c[1] != "parallel"]
-    lines += ["", f"Grid, first token + {bench.settings['new_tokens']} tokens, median ms (decode tokens/s); "
-              "the cold and PARALLEL rows stop at the first token:", "",
-              "| contexts x tokens | " + " | ".join(c[-1] for c in decoding) + " |",
-              "| --- " * (len(decoding) + 1) + "|"]
-    for contexts, per in points:
+    if decoding:  # not in the cold part's report
+        lines += ["", f"Grid, first token + {bench.settings['new_tokens']} tokens, median ms (decode "
+                  "tokens/s); the cold and PARALLEL rows stop at the first token:", "",
+                  "| contexts x tokens | " + " | ".join(c[-1] for c in decoding) + " |",
+                  "| --- " * (len(decoding) + 1) + "|"]
+    for contexts, per in points if decoding else []:
         cells = []
-        for system, mode, tier, storage, _ in decoding:
-            row = find(rows, system, "grid", contexts, tier, mode, per, storage)
+        for system, mode, tier, storage, setting, _ in decoding:
+            row = find(rows, system, "grid", contexts, tier, mode, per, storage, setting)
             cells.append(f"{row['e2e_ms']['median']:,.0f} ({cell(row['decode_tok_s']['median'], 0).strip()})"
                          if row else "-")
         lines.append(f"| {contexts} x {per} | " + " | ".join(cells) + " |")
@@ -675,8 +757,8 @@ def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) 
             row = find(rows, "apeserve", "grid", contexts, tier, "ape", per, storage)
             if row is None or "floor" not in row:
                 continue
-            label = tier + (" int8" if storage == INT8 else "")
-            lines.append(f"| {contexts} x {per} | {label} | {cell(row['server'].get('kv_load_ms'), 0).strip()} | "
+            tier_name = tier + (" int8" if storage == INT8 else "")
+            lines.append(f"| {contexts} x {per} | {tier_name} | {cell(row['server'].get('kv_load_ms'), 0).strip()} | "
                          f"{row['floor']['kv_bytes_ms']:,.1f} | {cell(row['server'].get('prefill_ms'), 0).strip()} | "
                          f"{row['floor']['compute_ms']:,.1f} | {row['ttft_ms']['median']:,.0f} | "
                          f"{row['floor']['ttft_over_floor']:.2f}x |")
@@ -703,14 +785,15 @@ def machine_line(machine_info: dict[str, Any]) -> str:
 
 
 def peers_line(bench: Bench) -> str:
-    """llama-server's flags as run, and why flash attention is on or off."""
+    """llama-server's flags as run, with each flash-attention setting it ran with."""
     llama = bench.peers.get("llama-server")
     if not llama:
         return ""
-    probe = llama["flash_attention_probe"]
-    return (f"\nllama-server: `{' '.join(llama['flags'])}` (flash attention: on "
-            f"{probe['on']['total_ms']:,.0f} ms, off {probe['off']['total_ms']:,.0f} ms for the "
-            "same three requests at the start of the run; the faster is used).\n")
+    flags = list(llama["flags"])
+    if "-fa" in flags:
+        flags[flags.index("-fa") + 1] = "|".join(llama["flash_attention"])
+    return (f"\nllama-server: `{' '.join(flags)}`; every row with each flash-attention setting "
+            "(`-fa`), the targets against its better one for each figure.\n")
 
 
 def plot(path: str, bench: Bench) -> None:
@@ -722,24 +805,22 @@ def plot(path: str, bench: Bench) -> None:
 
     rows = bench.rows
     figure, axes = plt.subplots(2, 2, figsize=(14, 10))
-    labels = [("apeserve", "ape", "warm", "apeserve APE"), ("apeserve", "sequential", "none", "apeserve SEQUENTIAL"),
-              ("llama-server", None, None, "llama-server"), ("transformers", None, None, "transformers"),
-              ("ape-python", None, None, "APE in Python (ours)")]
+    labels = row_systems(rows)
     for axis, workload, title in ((axes[0][0], "rag", "RAG: K random documents, a new question"),
                                   (axes[0][1], "same documents", "Same documents, a new question")):
         groups = sorted({r["contexts"] for r in rows if r["workload"] == workload})
         width = 0.8 / len(labels)
-        for index, (system, mode, tier, label) in enumerate(labels):
+        for index, (system, mode, tier, setting, title) in enumerate(labels):
             xs, ttft, e2e = [], [], []
             for g, contexts in enumerate(groups):
-                row = find(rows, system, workload, contexts, tier, mode)
+                row = find(rows, system, workload, contexts, tier, mode, setting=setting)
                 if row:
                     xs.append(g + index * width)
                     ttft.append(row["ttft_ms"]["median"])
                     e2e.append(row["e2e_ms"]["median"])
             if xs:
                 bars = axis.bar(xs, e2e, width, alpha=0.35)
-                axis.bar(xs, ttft, width, color=bars[0].get_facecolor()[:3], label=label)
+                axis.bar(xs, ttft, width, color=bars[0].get_facecolor()[:3], label=title)
         axis.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], [f"K = {c}" for c in groups])
         axis.set_yscale("log")
         axis.set_ylabel("ms (solid: first token; light: + %d tokens)" % bench.settings["new_tokens"])
@@ -747,13 +828,15 @@ def plot(path: str, bench: Bench) -> None:
         axis.grid(True, axis="y", which="both", alpha=0.3)
         axis.legend(fontsize=7)
     axis = axes[1][0]
-    for system, marker in (("apeserve", "o"), ("llama-server", "s")):
-        live = [r for r in bench.live_rows if r["system"] == system]
-        if live:
-            clients = [r["clients"] for r in live]
-            axis.plot(clients, [r["ttft_ms"]["median"] for r in live], marker=marker, label=f"{system} TTFT p50")
-            axis.plot(clients, [r["ttft_ms"]["p99"] for r in live], marker=marker, linestyle="--",
-                      label=f"{system} TTFT p99")
+    live_systems = sorted({label(r) for r in bench.live_rows}, key=lambda name: (name != "apeserve", name))
+    markers = dict(zip(live_systems, "osD^v"))
+    for system in live_systems:
+        live = [r for r in bench.live_rows if label(r) == system]
+        clients = [r["clients"] for r in live]
+        axis.plot(clients, [r["ttft_ms"]["median"] for r in live], marker=markers[system],
+                  label=f"{system} TTFT p50")
+        axis.plot(clients, [r["ttft_ms"]["p99"] for r in live], marker=markers[system], linestyle="--",
+                  label=f"{system} TTFT p99")
     axis.set_xscale("log", base=2)
     axis.set_yscale("log")
     axis.set_xlabel("concurrent clients (apeserve ingesting meanwhile)")
@@ -761,11 +844,10 @@ def plot(path: str, bench: Bench) -> None:
     axis.set_title(f"Live traffic, RAG K = {bench.settings['headline_k']}")
     axis.grid(True, which="both", alpha=0.3)
     twin = axis.twinx()
-    for system in ("apeserve", "llama-server"):
-        live = [r for r in bench.live_rows if r["system"] == system]
-        if live:
-            twin.plot([r["clients"] for r in live], [r["tokens_per_s"] for r in live], color="gray",
-                      marker="^" if system == "apeserve" else "v", label=f"{system} tokens/s")
+    for system in live_systems:
+        live = [r for r in bench.live_rows if label(r) == system]
+        twin.plot([r["clients"] for r in live], [r["tokens_per_s"] for r in live], color="gray",
+                  marker=markers[system], label=f"{system} tokens/s")
     twin.set_ylabel("generated tokens/s")
     axis.legend(fontsize=7, loc="upper left")
     twin.legend(fontsize=7, loc="lower right")
@@ -774,14 +856,14 @@ def plot(path: str, bench: Bench) -> None:
     for row in rows:
         if row["workload"] != "grid":
             continue
-        label = f"{row['system']} {row['mode']}" + (f" ({row['tier']}{' int8' if row['storage'] == INT8 else ''})"
-                                                    if row["system"] == "apeserve" and row["mode"] != "sequential" else "")
-        best = series.setdefault(label, {})
+        name = f"{label(row)} {row['mode']}" + (f" ({row['tier']}{' int8' if row['storage'] == INT8 else ''})"
+                                                 if row["system"] == "apeserve" and row["mode"] != "sequential" else "")
+        best = series.setdefault(name, {})
         best[row["context_tokens"]] = min(row["ttft_ms"]["median"], best.get(row["context_tokens"], float("inf")))
-    for label, points in sorted(series.items()):
+    for name, points in sorted(series.items()):
         xs = sorted(points)
         axis.plot(xs, [points[x] for x in xs], marker="o", markersize=3,
-                  linestyle="--" if "cold" in label else "-", label=label)
+                  linestyle="--" if "cold" in name else "-", label=name)
     axis.set_xscale("log")
     axis.set_yscale("log")
     axis.set_xlabel("context tokens")
@@ -793,18 +875,66 @@ def plot(path: str, bench: Bench) -> None:
     figure.savefig(path, dpi=100)
 
 
+class SavedRuns:
+    """The reports of separate parts read back (--merge): what the tables, the plot and the
+    targets read of a Bench, so that targets across parts (the floor up to 16K context
+    tokens spans the RAG and grid rows) are judged on all of them."""
+
+    def __init__(self, paths: list[str]) -> None:
+        reports = []
+        for path in paths:
+            try:
+                report = json.loads(Path(path).read_text())
+            except (OSError, ValueError) as error:
+                raise SystemExit(f"--merge: cannot read {path}: {error}") from error
+            if not isinstance(report, dict) or not isinstance(report.get("rows"), list):
+                raise SystemExit(f"--merge: {path} is not a ttft_bench report (no rows)")
+            reports.append(report)
+        seen: dict[tuple[str, str], str] = {}
+        for path, report in zip(paths, reports):  # a part's systems may run separately
+            systems = {row["system"] for row in report["rows"] + report.get("concurrent", [])
+                       + report.get("live", [])}
+            for system in systems:
+                key = (str(report.get("part")), system)
+                if key in seen:
+                    raise SystemExit(f"--merge: {system} in part {key[0]} twice ({seen[key]}, {path})")
+                seen[key] = path
+        first = reports[0]["settings"]
+        for path, report in zip(paths, reports):
+            if bool(report["settings"].get("quick")) != bool(first.get("quick")) or any(
+                    report["settings"].get(key) != first.get(key)
+                    for key in ("new_tokens", "headline_k", "runs")):
+                raise SystemExit(f"--merge: {path} was run with other settings than {paths[0]}")
+        self.settings, self.machine = first, reports[0]["machine"]
+        self.rows = [row for report in reports for row in report["rows"]]
+        self.concurrent_rows = [row for report in reports for row in report.get("concurrent", [])]
+        self.live_rows = [row for report in reports for row in report.get("live", [])]
+        self.peers = {name: settings for report in reports
+                      for name, settings in report.get("peers", {}).items()}
+
+
 def check(bench: Bench, wanted: list[str], plot_path: str | None) -> list[str]:
-    """What a --check run refuses: a system without rows in a workload, an empty row, a
-    failed request in the concurrent or live rows, llama-server's flash attention not
-    chosen by measurement, an empty plot."""
+    """What a --check run refuses: a system (llama-server: with a flash-attention setting
+    asked for) without rows in a workload or without its concurrent and live rows, an
+    empty row, a failed request in the concurrent or live rows, an empty plot."""
     problems = []
-    expected = [w for part, w in (("rag", "rag"), ("rag", "same documents"), ("grid", "grid"))
-                if bench.has(part)]
+    expected = ["rag", "same documents"] if bench.has("rag") else []
+    if bench.has("grid") or (bench.has("cold") and not bench.args.no_cold):
+        expected.append("grid")
     for system in wanted:
-        workloads = {r["workload"] for r in bench.rows if r["system"] == system}
-        for workload in expected:
-            if workload not in workloads:
-                problems.append(f"{system}: no {workload} row")
+        settings = ([f"fa {s}" for s in bench.args.llama_flash_attention] if system == "llama-server"
+                    else [None])
+        for setting in settings:
+            name = system + (f" ({setting})" if setting else "")
+            workloads = {r["workload"] for r in bench.rows
+                         if r["system"] == system and r.get("setting") == setting}
+            for workload in expected:
+                if workload not in workloads:
+                    problems.append(f"{name}: no {workload} row")
+            served = {(r["system"], r.get("setting")) for r in bench.concurrent_rows + bench.live_rows}
+            if system in ("apeserve", "llama-server") and bench.has("rag") \
+                    and (system, setting) not in served:
+                problems.append(f"{name}: no concurrent or live-traffic row")
     for row in bench.rows:
         if not row["ttft_ms"]["median"] or not row["e2e_ms"]["median"] or not row["runs"]:
             problems.append(f"{row['system']} {row['workload']} {row['contexts']}: empty row")
@@ -814,15 +944,9 @@ def check(bench: Bench, wanted: list[str], plot_path: str | None) -> list[str]:
                             f"{row['requests']} requests ({row['first_error']})")
         if row.get("ingest") and (row["ingest"]["errors"] or not row["ingest"]["documents"]):
             problems.append(f"ingestion during live traffic: {row['ingest']}")
-    if "apeserve" in wanted and bench.has("rag") and not bench.live_rows:
-        problems.append("apeserve: no live-traffic row")
-    if "apeserve" in wanted and bench.has("grid") and not bench.args.no_cold:
+    if "apeserve" in wanted and bench.has("cold") and not bench.args.no_cold:
         if not any(r["storage"] == INT8 for r in bench.rows):
             problems.append("no int8 cold row")
-    if "llama-server" in wanted:
-        probe = bench.peers.get("llama-server", {}).get("flash_attention_probe", {})
-        if not all(probe.get(setting, {}).get("total_ms") for setting in ("on", "off")):
-            problems.append(f"llama-server: flash attention not measured both ways ({probe})")
     if plot_path and not Path(plot_path).stat().st_size:
         problems.append("empty plot")
     return problems
@@ -835,14 +959,22 @@ def main() -> None:
                         help="GGUF file of every system (default: the embedded model)")
     parser.add_argument("--llama_server", default=None,
                         help="llama-server binary (default: the one deploy/setup.sh --bench-peers builds)")
-    parser.add_argument("--systems", default="apeserve,llama-server,transformers,ape-python")
+    parser.add_argument("--systems", default="apeserve,llama-server,transformers,ape-python",
+                        help="a part's systems may run separately and be merged (--merge)")
+    parser.add_argument("--llama_flash_attention", choices=("both", "on", "off"), default="both",
+                        help="llama-server's -fa for every row: both (each row with each, the "
+                             "targets against its better), on or off")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="CPU threads of the peers (the server prefills on every core)")
     parser.add_argument("--runs", type=int, default=None, help="timed requests per row")
-    parser.add_argument("--part", choices=("all", "rag", "grid"), default="all",
+    parser.add_argument("--part", choices=("all", "rag", "grid", "cold"), default="all",
                         help="rag: RAG, same documents, concurrent and live traffic; grid: the "
-                             "grid, warm, cold and int8 (the full run, in two runs that each fit "
-                             "a working session)")
+                             "grid warm, with the peers; cold: the grid from the store, float32 "
+                             "and int8 (the full run, in three runs that each fit a working "
+                             "session)")
+    parser.add_argument("--merge", nargs="+", metavar="REPORT", default=None,
+                        help="measure nothing: the tables, plot and targets of these parts' "
+                             "JSON reports together")
     parser.add_argument("--no_cold", action="store_true", help="skip the cold (store) rows")
     parser.add_argument("--quick", action="store_true", help="CI: every workload and peer, small")
     parser.add_argument("--check", action="store_true",
@@ -851,18 +983,32 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="draw the plot here (PNG)")
     parser.add_argument("--markdown", default=None, help="write the README's tables here")
     args = parser.parse_args()
+    args.llama_flash_attention = (FLASH_ATTENTION if args.llama_flash_attention == "both"
+                                  else (args.llama_flash_attention,))
+    if args.merge:
+        if args.json or args.check or args.quick or args.runs or args.part != "all":
+            parser.error("--merge measures nothing: it takes --plot and --markdown only")
+        saved = SavedRuns(args.merge)
+        goals = targets(saved)
+        print_report(saved, goals)
+        if args.plot:
+            plot(args.plot, saved)
+        if args.markdown:
+            Path(args.markdown).write_text(markdown(saved, goals, saved.machine))
+        return
     settings = dict(QUICK if args.quick else FULL)
     if args.runs:
         settings["runs"] = args.runs
     wanted = args.systems.split(",")
+    if args.part == "cold":  # the peers have no store: nothing of theirs to time cold
+        wanted = [system for system in wanted if system == "apeserve"]
     home = Path(os.environ.get("APESERVE_HOME", Path.home() / ".cache/apeserve"))
     args.model = args.model or str(home / "models/SmolLM2-135M-Instruct.Q4_1.gguf")
     if args.llama_server is None:
-        from bench_llama_server import default_binary
-
         args.llama_server = str(default_binary())
     args.scratch = Path(tempfile.mkdtemp(prefix="apeserve-ttft-", dir=os.environ.get("APESERVE_BENCH_DIR")))
-    report: dict[str, Any] = {"machine": machine(), "part": args.part, "settings": dict(settings)}
+    report: dict[str, Any] = {"machine": machine(), "part": args.part,
+                              "settings": {**settings, "quick": args.quick}}
     log("measuring memcpy, matmul and the data disk's direct read rate")
     report["machine"]["memcpy_gb_s"] = memcpy_gb_s()
     report["machine"]["matmul_gflop_s"] = matmul_gflop_s(args.threads)
@@ -880,7 +1026,7 @@ def main() -> None:
             args.server_info = run_apeserve(bench)
         if "llama-server" in wanted:
             run_llama_server(bench)
-        run_in_process_peers(bench, model)
+        run_in_process_peers(bench, model, wanted)
     finally:
         shutil.rmtree(args.scratch, ignore_errors=True)
     add_floors(bench, report["machine"])
