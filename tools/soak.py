@@ -352,6 +352,21 @@ def rss_summary(samples: list[tuple[float, float]], warmup: float) -> dict[str, 
     return summary
 
 
+def rss_failures(rss: dict[str, Any], max_growth_mib: float,
+                 max_second_half_growth: float | None) -> list[str]:
+    """What fails a run in an rss_summary: growth over the whole window past the gross
+    bound, or growth in the second half past that fraction of the start (a leak)."""
+    failures = []
+    if rss and rss["growth_mib"] > max_growth_mib:
+        failures.append(f"RSS grew {rss['growth_mib']:.1f} MiB (limit {max_growth_mib:.0f})")
+    second_half = rss.get("second_half_growth_mib") if rss else None
+    if max_second_half_growth is not None and second_half is not None \
+            and second_half > max_second_half_growth * rss["start_mib"]:
+        failures.append(f"RSS grew {second_half:.1f} MiB in the second half, over "
+                        f"{max_second_half_growth:.0%} of the {rss['start_mib']:.0f} MiB start: a leak")
+    return failures
+
+
 def check_store(ape, target: str, clients: list[SoakClient], shared: dict[str, Believed],
                 sample: int, rng: random.Random) -> dict[str, Any]:
     """Every believed context listed with its tokens and hash and nothing else; each
@@ -551,14 +566,7 @@ def main() -> None:
     rss = rss_summary(sampler.samples, args.warmup) if sampler else {}
     if ledger.error_count:
         failures.append(f"{ledger.error_count} errors")
-    if rss and rss["growth_mib"] > args.max_rss_growth_mib:
-        failures.append(f"RSS grew {rss['growth_mib']:.1f} MiB (limit "
-                        f"{args.max_rss_growth_mib:.0f})")
-    second_half = rss.get("second_half_growth_mib") if rss else None
-    if args.max_second_half_growth is not None and second_half is not None \
-            and second_half > args.max_second_half_growth * rss["start_mib"]:
-        failures.append(f"RSS grew {second_half:.1f} MiB in the second half, over "
-                        f"{args.max_second_half_growth:.0%} of the {rss['start_mib']:.0f} MiB start: a leak")
+    failures += rss_failures(rss, args.max_rss_growth_mib, args.max_second_half_growth)
     for name, check in store_checks.items():
         if not check["ok"]:
             failures.append(f"store check {name}: {check['problem_count']} problems")
