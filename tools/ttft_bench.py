@@ -196,6 +196,11 @@ class Bench:
         the store, float32 and int8)."""
         return self.args.part in ("all", part)
 
+    def has_grid_documents(self) -> bool:
+        """Whether this run stores the grid's documents: the grid part times them warm,
+        the cold part from the store."""
+        return self.has("grid") or self.has("cold")
+
     def warm(self, works: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The workloads measured warm: the grid's only in a run of the grid part (the
         cold part stores the grid's documents but times only their cold rows)."""
@@ -229,7 +234,7 @@ class Bench:
                         "tokens_per_context": self.settings["rag_tokens"], "texts": rag, "corpus": "rag",
                         "fits": self.fits(sum(self.rag.token_counts[:k])),
                         "draws": same_documents_draws(runs + 1, k, seed=101)})
-        for contexts, tokens in self.grid_points() if self.has("grid") or self.has("cold") else []:
+        for contexts, tokens in self.grid_points() if self.has_grid_documents() else []:
             documents = self.grid[tokens]
             context_tokens = sum(documents.token_counts[:contexts])
             paper = self.settings["paper"] and (contexts, tokens) == tuple(self.settings["paper"])
@@ -285,8 +290,7 @@ class Bench:
         if isinstance(system, ColdSystem):
             row["page_cache_dropped"] = bool(system.dropped) and all(system.dropped)
         self.rows.append(row)
-        name = system.name + (f" ({row['setting']})" if row["setting"] else "")
-        log(f"{name:<22} {tier:<6} {work['workload']:<14} {work['contexts']:>3} x "
+        log(f"{with_setting(system.name, row['setting']):<22} {tier:<6} {work['workload']:<14} {work['contexts']:>3} x "
             f"{work['tokens_per_context']:<4}: TTFT {row['ttft_ms']['median']:9.1f} ms, "
             f"e2e {row['e2e_ms']['median']:9.1f} ms, decode {cell(row['decode_tok_s']['median'], 6)} tok/s")
         return row
@@ -317,7 +321,7 @@ def require_disk(bench: Bench) -> None:
     cover the write-ahead log and compaction."""
     stored = sum(bench.rag.token_counts) + sum(bench.fresh.token_counts) if bench.has("rag") else 0
     grid = sum(sum(d.token_counts) for d in bench.grid.values())
-    if bench.has("grid") or bench.has("cold"):
+    if bench.has_grid_documents():
         stored += grid
     needed = stored * bench.kv_bytes_per_token * 1.25 + 2**30
     if bench.has("cold") and not bench.args.no_cold:
@@ -364,7 +368,7 @@ def run_apeserve(bench: Bench) -> dict[str, Any]:
             if bench.has("rag"):
                 ids["rag"], info["ingest_rag"] = store_corpus(client, bench.rag.texts, "rag-")
                 log(f"stored the RAG corpus: {info['ingest_rag']['tokens_per_s']:.0f} tok/s")
-            for tokens, documents in bench.grid.items() if bench.has("grid") or bench.has("cold") else ():
+            for tokens, documents in bench.grid.items() if bench.has_grid_documents() else ():
                 ids[f"grid-{tokens}"], rate = store_corpus(client, documents.texts, f"g{tokens}-")
                 info[f"ingest_grid_{tokens}"] = rate
                 log(f"stored the grid's {tokens}-token documents: {rate['tokens_per_s']:.0f} tok/s")
@@ -575,9 +579,18 @@ def find_all(rows, system, workload, contexts, tier=None, mode=None, tokens=None
             and (setting is None or row.get("setting") == setting)]
 
 
+def with_setting(name: str, setting: str | None) -> str:
+    """A system's name with the peer's setting, where it was measured in more than one."""
+    return name + (f" ({setting})" if setting else "")
+
+
 def label(row: dict[str, Any]) -> str:
-    """The system, with the peer's setting where it was measured in more than one."""
-    return row["system"] + (f" ({row['setting']})" if row.get("setting") else "")
+    return with_setting(row["system"], row.get("setting"))
+
+
+def llama_title(setting: str | None) -> str:
+    """llama-server's column or row title in the tables."""
+    return "llama-server" + (f", {setting}" if setting else "")
 
 
 def settings_of(rows: list[dict[str, Any]], system: str) -> list[str | None]:
@@ -643,7 +656,7 @@ def row_systems(rows: list[dict[str, Any]]) -> list[tuple[str, str | None, str |
     label), llama-server once per setting it was measured with."""
     out = [("apeserve", "ape", "warm", None, "apeserve APE"),
            ("apeserve", "sequential", "none", None, "apeserve SEQUENTIAL")]
-    out += [("llama-server", None, None, setting, "llama-server" + (f", {setting}" if setting else ""))
+    out += [("llama-server", None, None, setting, llama_title(setting))
             for setting in settings_of(rows, "llama-server")]
     return out + [("transformers", None, None, None, "transformers"),
                   ("ape-python", None, None, None, "APE in Python (ours)")]
@@ -711,7 +724,7 @@ def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) 
                ("apeserve", "ape", "cold", INT8, None, "APE cold int8"),
                ("apeserve", "parallel", "warm", "none", None, "PARALLEL warm"),
                ("apeserve", "sequential", "none", "none", None, "SEQUENTIAL")]
-    columns += [("llama-server", None, None, "none", setting, "llama-server" + (f", {setting}" if setting else ""))
+    columns += [("llama-server", None, None, "none", setting, llama_title(setting))
                 for setting in settings_of(rows, "llama-server")]
     columns += [("transformers", None, None, "none", None, "transformers"),
                 ("ape-python", None, None, "none", None, "APE in Python")]
