@@ -12,6 +12,7 @@
 #include "model/engine_impl.h"
 #include "model/fingerprint.h"
 #include "model/gguf_file.h"
+#include "model/gguf_header.h"
 #include "model/hf_checkpoint.h"
 #include "model/runtime.h"
 
@@ -30,6 +31,17 @@ void Engine::Sequence::Reserve(int64_t tokens) {
 }
 void Engine::Sequence::Truncate(int64_t length) {
   state_->cache.Truncate(std::max(length, state_->fixed_length));
+}
+
+absl::StatusOr<PreloadCheck> CheckBeforeLoad(const std::string& model_path,
+                                             const std::string& device) {
+  PreloadCheck check;
+  APE_ASSIGN_OR_RETURN(check.header, ReadGgufHeader(model_path));
+  APE_ASSIGN_OR_RETURN(const Device resolved, ResolveDevice(device));
+  APE_RETURN_IF_ERROR(SelfTest(resolved));
+  check.device = resolved.ToString();
+  check.runtime = GetRuntimeInfo();
+  return check;
 }
 
 absl::Status CheckTokenIds(absl::Span<const int32_t> tokens, int64_t vocab_size,

@@ -17,11 +17,26 @@
 #include "model/ape_options.h"
 #include "model/chat_template.h"
 #include "model/encoded_context.h"
+#include "model/gguf_header.h"
 #include "model/model_config.h"
 #include "model/prompt_pieces.h"
+#include "model/runtime.h"
 #include "model/tokenizer.h"
 
 namespace apeserve::model {
+
+// What a server checks before it loads a model, in milliseconds rather than the load's
+// seconds, so that a typo fails fast: the file's GGUF header, the device (resolved and
+// self-tested) and the libtorch it runs on.
+struct PreloadCheck {
+  GgufHeader header;
+  std::string device;  // e.g. "cpu", "cuda:0"
+  RuntimeInfo runtime;
+};
+// Errors as ReadGgufHeader's (the file), ResolveDevice's (the device name) and
+// SelfTest's (a device that fails).
+absl::StatusOr<PreloadCheck> CheckBeforeLoad(const std::string& model_path,
+                                             const std::string& device);
 
 struct EngineOptions {
   // A GGUF model file, or a Hugging Face model folder (config.json, safetensors,

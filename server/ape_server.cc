@@ -11,8 +11,6 @@
 #include "cache/context_registry.h"
 #include "common/status_macros.h"
 #include "model/engine.h"
-#include "model/gguf_header.h"
-#include "model/runtime.h"
 #include "server/admin_service.h"
 #include "server/backend.h"
 #include "server/context_service.h"
@@ -114,12 +112,14 @@ ape::v1::ApeScaleForm ToProto(model::ApeScaleForm form) {
   return ape::v1::APE_SCALE_FORM_UNSPECIFIED;
 }
 
-ape::v1::ServerInfo DescribeServer(const ServerOptions& options, const model::GgufHeader& header,
-                                   const model::Device& device, const model::RuntimeInfo& runtime) {
+ape::v1::ServerInfo DescribeServer(const ServerOptions& options,
+                                   const model::PreloadCheck& checked) {
+  const model::GgufHeader& header = checked.header;
+  const model::RuntimeInfo& runtime = checked.runtime;
   ape::v1::ServerInfo info;
   info.set_version(APESERVE_VERSION);
   info.set_torch_version(runtime.torch_version);
-  info.set_device(device.ToString());
+  info.set_device(checked.device);
   info.set_cuda_available(runtime.cuda_available);
   info.set_data_dir(options.data_dir);
   info.set_start_time_unix_ms(absl::ToUnixMillis(absl::Now()));
@@ -152,13 +152,13 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
                  auth->size(), options.auth_tokens_file,
                  options.share_kv_across_namespaces ? "shared" : "not shared");
   }
-  APE_ASSIGN_OR_RETURN(const model::GgufHeader header, model::ReadGgufHeader(options.model_path));
-  APE_ASSIGN_OR_RETURN(const model::Device device, model::ResolveDevice(options.device));
-  const model::RuntimeInfo runtime = model::GetRuntimeInfo();
+  APE_ASSIGN_OR_RETURN(const model::PreloadCheck checked,
+                       model::CheckBeforeLoad(options.model_path, options.device));
+  const model::GgufHeader& header = checked.header;
+  const model::RuntimeInfo& runtime = checked.runtime;
   spdlog::info("libtorch {} (CUDA backend {}, {} CUDA device(s), {} CPU threads); device {}",
                runtime.torch_version, runtime.cuda_compiled ? "linked" : "absent",
-               runtime.cuda_device_count, runtime.intra_op_threads, device.ToString());
-  APE_RETURN_IF_ERROR(model::SelfTest(device));
+               runtime.cuda_device_count, runtime.intra_op_threads, checked.device);
   spdlog::info("model file '{}': GGUF v{}, {} tensors, {} metadata pairs, {} bytes",
                options.model_path, header.version, header.tensor_count, header.metadata_count,
                header.file_size);
@@ -252,7 +252,7 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
                                                        .scheduler = *server->scheduler_,
                                                        .counters = *server->counters_,
                                                        .auth = *server->auth_});
-  ape::v1::ServerInfo info = DescribeServer(options, header, device, runtime);
+  ape::v1::ServerInfo info = DescribeServer(options, checked);
   if (!options.metrics_address.empty()) {
     APE_ASSIGN_OR_RETURN(server->metrics_,
                          MetricsEndpoint::Start(options.metrics_address, *server->backend_));
