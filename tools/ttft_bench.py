@@ -689,7 +689,8 @@ def print_report(bench: Bench, goals: dict[str, Any]) -> None:
         print(f"{what}: {value}: {verdict.upper()}")
 
 
-def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) -> str:
+def markdown(bench: Bench, goals: dict[str, Any],
+             machine_info: dict[str, Any] | list[tuple[str, dict[str, Any]]]) -> str:
     """The README's tables."""
     rows, k = bench.rows, bench.settings["headline_k"]
     lines = []
@@ -783,7 +784,7 @@ def markdown(bench: Bench, goals: dict[str, Any], machine_info: dict[str, Any]) 
 
 
 def tables_end(lines: list[str], bench: Bench, goals: dict[str, Any],
-               machine_info: dict[str, Any]) -> str:
+               machine_info: dict[str, Any] | list[tuple[str, dict[str, Any]]]) -> str:
     """The markdown: its tables, then the targets, the machine and the peers' settings."""
     return "\n".join(lines + target_table(goals)) + "\n" + machine_line(machine_info) + peers_line(bench)
 
@@ -795,12 +796,27 @@ def target_table(goals: dict[str, Any]) -> list[str]:
         f"| {what} | {value} | {verdict} |" for what, value, verdict in target_lines(goals)]
 
 
-def machine_line(machine_info: dict[str, Any]) -> str:
+def describe_machine(machine_info: dict[str, Any]) -> str:
     disk = machine_info.get("disk_read_gb_s")
-    return (f"\nMachine: {machine_info['cpu']}, {machine_info['cores']} cores, "
+    return (f"{machine_info['cpu']}, {machine_info['cores']} cores, "
             f"{machine_info['memory_gib']} GiB, memcpy {machine_info['memcpy_gb_s']:.1f} GB/s, float32 "
             f"matmul {machine_info['matmul_gflop_s']:.0f} GFLOP/s, disk read (O_DIRECT) "
-            + (f"{disk:.2f} GB/s.\n" if disk else "not measured.\n"))
+            + (f"{disk:.2f} GB/s" if disk else "not measured"))
+
+
+def machine_line(machine_info: dict[str, Any] | list[tuple[str, dict[str, Any]]]) -> str:
+    """The machine of a report, or of each part of a merge: where the parts' machines
+    differ (their CPU), figures compare only within a part."""
+    if isinstance(machine_info, dict):
+        return f"\nMachine: {describe_machine(machine_info)}.\n"
+    cpus = {info["cpu"] for _, info in machine_info}
+    if len(cpus) == 1:
+        return f"\nMachine: {describe_machine(machine_info[0][1])}.\n"
+    lines = ["", "Machines: the parts ran on different machines, so a ratio between columns "
+             "of different parts (in the grid, apeserve's against the peers') compares machines "
+             "as well as systems; within a part, every system ran on the same one.", ""]
+    lines += [f"* {label}: {describe_machine(info)}." for label, info in machine_info]
+    return "\n".join(lines) + "\n"
 
 
 def peers_line(bench: Bench) -> str:
@@ -925,6 +941,12 @@ class SavedRuns:
                     for key in ("new_tokens", "headline_k", "runs")):
                 raise SystemExit(f"--merge: {path} was run with other settings than {paths[0]}")
         self.settings, self.machine = first, reports[0]["machine"]
+        # Each part's machine and what ran on it: parts may come from different machines.
+        self.machines = []
+        for path, report in zip(paths, reports):
+            systems = sorted({row["system"] for row in report["rows"]})
+            self.machines.append((f"{report.get('part')} part ({', '.join(systems)}; {Path(path).name})",
+                                  report["machine"]))
         self.rows = [row for report in reports for row in report["rows"]]
         self.concurrent_rows = [row for report in reports for row in report.get("concurrent", [])]
         self.live_rows = [row for report in reports for row in report.get("live", [])]
@@ -1013,7 +1035,7 @@ def main() -> None:
         if args.plot:
             plot(args.plot, saved)
         if args.markdown:
-            Path(args.markdown).write_text(markdown(saved, goals, saved.machine))
+            Path(args.markdown).write_text(markdown(saved, goals, saved.machines))
         return
     settings = dict(QUICK if args.quick else FULL)
     if args.runs:

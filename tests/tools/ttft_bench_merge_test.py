@@ -1,8 +1,9 @@
 """tools/ttft_bench.py --merge: the full run is made in three parts (rag, grid, cold) and
 the README's tables come from their reports together. This test cuts the quick run's
 report (one run of every part) into the three parts' reports, merges them back, and
-requires the same tables and targets as the whole report gives; and refuses what must
-not be merged: one part twice, parts run with other settings, a file that is no report.
+requires the same tables and targets as the whole report gives; names each part's
+machine where they differ; and refuses what must not be merged: one part twice, parts
+run with other settings, a file that is no report.
 
 Run by CTest after tools.ttft_bench_quick, whose report it reads (TTFT_BENCH_REPORT).
 """
@@ -73,6 +74,21 @@ class MergeTest(unittest.TestCase):
         for heading in ("| RAG, K =", "Live traffic on RAG", "APE cold int8", "APE warm floor",
                         "llama-server", "Where APE's time goes"):
             self.assertIn(heading, tables)
+
+    def test_parts_from_different_machines_say_so(self) -> None:
+        other = json.loads(self.parts["grid"].read_text())
+        other["machine"] = {**other["machine"], "cpu": "Another CPU"}
+        moved = self.dir / "grid-elsewhere.json"
+        moved.write_text(json.dumps(other))
+        tables, _ = self.merged("two-machines", self.parts["rag"], moved, self.parts["cold"])
+        self.assertIn("the parts ran on different machines", tables)
+        self.assertIn("* grid part (", tables)
+        self.assertIn("Another CPU", tables)
+        self.assertIn(self.report["machine"]["cpu"], tables)
+        # One machine for all parts: one line, as a single report has.
+        same, _ = self.merged("one-machine", self.parts["rag"], self.parts["grid"], self.parts["cold"])
+        self.assertNotIn("different machines", same)
+        self.assertIn("\nMachine: ", same)
 
     def test_one_part_alone_has_only_its_columns(self) -> None:
         tables, _ = self.merged("cold-only", self.parts["cold"])
