@@ -80,6 +80,13 @@ class ContextRegistry::Impl {
     return stored_.Contains(
         KvKey{document.content_hash, options_.model_fingerprint, std::string(prefix_hash)}.Name());
   }
+  bool HasKv(const ContextInput& document, absl::string_view prefix_hash) const {
+    const std::string salt = options_.isolate_namespaces ? document.namespace_id : "";
+    const std::string name = KvKey{ContentHash(document.tokens, salt), options_.model_fingerprint,
+                                   std::string(prefix_hash)}
+                                 .Name();
+    return stored_.Contains(name) || host_.Contains(name);
+  }
   void Sweep();
   absl::Status Flush() {
     return FromRocksDb(db().Flush(rocksdb::FlushOptions(), {store_->docs(), store_->kv()}),
@@ -409,6 +416,17 @@ absl::StatusOr<StoredContext> ContextRegistry::Impl::Put(const ContextInput& inp
   if (dropped_content.has_value()) ForgetContent(*dropped_content);
   if (stored_bytes.has_value()) DropStored(stored_.Insert(name, key, *stored_bytes));
   if (existing.ok() && existing->pinned) Rebalance();  // its content may have lost its pin
+  // Write-through: KV this call had in hand (given, or just encoded) enters the host
+  // tier, so that the first question about the document does not read it back from
+  // the store. Under the lock, so that a delete right after it forgets this entry too.
+  if (options_.write_through && kv != nullptr && cached == nullptr && host_.enabled() &&
+      !host_.Contains(name)) {
+    auto context = std::make_shared<const model::EncodedContext>(
+        model::EncodedContext{.tokens = input.tokens,
+                              .prefix_hash = std::string(prefix_hash),
+                              .kv = encoded.has_value() ? *std::move(encoded) : *kv});
+    host_.Insert(name, context, ContextBytes(*context));
+  }
   return document;
 }
 
@@ -803,6 +821,10 @@ absl::StatusOr<LoadedContext> ContextRegistry::Load(absl::string_view namespace_
 
 bool ContextRegistry::KvStored(const StoredContext& document, absl::string_view prefix_hash) const {
   return impl_->KvStored(document, prefix_hash);
+}
+
+bool ContextRegistry::HasKv(const ContextInput& document, absl::string_view prefix_hash) const {
+  return impl_->HasKv(document, prefix_hash);
 }
 
 void ContextRegistry::Sweep() { impl_->Sweep(); }

@@ -3,7 +3,8 @@
 //
 //   Put     tokens (+ text, labels) -> one atomic RocksDB write of the document record,
 //           a reference from the document to its content, and the content's KV
-//           (unless an identical document already stored it: KV is content-addressed).
+//           (unless an identical document already stored it: KV is content-addressed);
+//           the KV also enters the host tier (write-through), as computed.
 //   Load    document -> its KV after a given prefix, from the first tier that has it:
 //           device LRU -> host LRU -> RocksDB -> rebuilt from the stored tokens through
 //           the KvEncoder (missing, evicted, another model, another prefix, corrupt).
@@ -89,6 +90,10 @@ struct ContextRegistryOptions {
   size_t host_cache_bytes = size_t{1} << 30;
   size_t device_cache_bytes = 0;
   size_t stored_kv_bytes = 0;
+  // Whether KV that Put had in hand (given, or encoded by it) enters the host tier as
+  // well as the store, so that the first load after an upload does not read it back
+  // from disk. Default: true.
+  bool write_through = true;
   // KV unused for this long is dropped from every tier (and rebuilt when next used).
   // Default: never.
   absl::Duration kv_ttl = absl::InfiniteDuration();
@@ -200,6 +205,11 @@ class ContextRegistry {
   // Whether KV of `document`'s content after `prefix_hash` is in the store now (it may
   // be evicted a moment later); the cheap answer to "will a load rebuild it".
   bool KvStored(const StoredContext& document, absl::string_view prefix_hash) const;
+
+  // Whether Put(document, prefix_hash) would find the KV of its content stored or in
+  // memory now, and so need neither a given KV nor the encoder (it may be evicted a
+  // moment later, and Put then encodes it).
+  bool HasKv(const ContextInput& document, absl::string_view prefix_hash) const;
 
   // Drops KV idle for longer than the time-to-live from every tier, and deletes the
   // documents whose expiry has passed. Put calls it; a server calls it on a timer.

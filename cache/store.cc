@@ -232,6 +232,14 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
   db_options.create_missing_column_families = options.create_if_missing;
   db_options.info_log = std::make_shared<SpdlogInfoLog>();
   if (options.env != nullptr) db_options.env = options.env;
+  // Flushes and compactions (a document's KV is tens of MB to write into blob files)
+  // run below the priority of the threads that answer: on a machine with few cores
+  // they would otherwise stretch the steps that streams wait on. Best effort: an Env
+  // that cannot lower them runs them as before.
+  for (const rocksdb::Env::Priority pool :
+       {rocksdb::Env::Priority::HIGH, rocksdb::Env::Priority::LOW}) {
+    (void)db_options.env->LowerThreadPoolCPUPriority(pool, rocksdb::CpuPriority::kLow);
+  }
   const std::shared_ptr<rocksdb::Cache> block_cache =
       rocksdb::NewLRUCache(options.block_cache_bytes);
   const std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {

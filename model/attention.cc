@@ -1,6 +1,8 @@
 #include "model/attention.h"
 
 #include <cmath>
+#include <utility>
+#include <vector>
 
 namespace apeserve::model {
 
@@ -25,35 +27,52 @@ torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k,
       .squeeze(0);  // [heads, T, head_dim]
 }
 
+torch::Tensor AttendOverSegments(const torch::Tensor& q, absl::Span<const KeySegment> held,
+                                 const torch::Tensor& local_keys, const torch::Tensor& local_values,
+                                 const ApeLayout* ape, AttentionKernel kernel, int64_t block) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(2)));
+  std::vector<PartialAttention> parts, contexts;
+  for (const KeySegment& segment : held) {
+    if (segment.keys.size(1) == 0) continue;
+    const bool apart = ape != nullptr && segment.contexts;
+    // softmax(a / T) is attention with the scale divided by T.
+    (apart ? contexts : parts)
+        .push_back(AttendWithLse(q, segment.keys, segment.values,
+                                 apart ? scale / ape->temperature : scale,
+                                 /*causal=*/false, kernel, block));
+  }
+  if (!contexts.empty()) {
+    // The contexts' log-sum-exp is logsumexp(a / T) over all of them, which APE
+    // multiplies by T and then by S (the published form) or shifts by ln S (the
+    // additive one). The lse is fp32, so is this arithmetic.
+    PartialAttention merged = MergeByLse(contexts);
+    switch (ape->form) {
+      case ApeScaleForm::kMultiplicative:
+        merged.lse = merged.lse * (ape->scale * ape->temperature);
+        break;
+      case ApeScaleForm::kAdditive:
+        merged.lse = merged.lse * ape->temperature + std::log(ape->scale);
+        break;
+    }
+    parts.push_back(std::move(merged));
+  }
+  parts.push_back(
+      AttendWithLse(q, local_keys, local_values, scale, /*causal=*/true, kernel, block));
+  return MergeByLse(parts).output.to(q.scalar_type());
+}
+
 torch::Tensor ApeAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                            const ApeLayout& layout) {
   const int64_t prefix = layout.prefix_length, contexts = layout.context_length;
   const int64_t local = k.size(1) - prefix - contexts;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(2)));
-  const auto segment = [&](int64_t start, int64_t length, double logit_scale, bool causal) {
-    return AttendWithLse(q, k.narrow(1, start, length), v.narrow(1, start, length), logit_scale,
-                         causal, layout.kernel, layout.block);
-  };
-  std::vector<PartialAttention> parts;
-  if (prefix > 0) parts.push_back(segment(0, prefix, scale, /*causal=*/false));
-  if (contexts > 0) {
-    // softmax(a / T) is attention with the scale divided by T; its log-sum-exp is
-    // logsumexp(a / T), which APE multiplies by T and then by S (the published form) or
-    // shifts by ln S (the additive one). The lse is fp32, so is this arithmetic.
-    PartialAttention context =
-        segment(prefix, contexts, scale / layout.temperature, /*causal=*/false);
-    switch (layout.form) {
-      case ApeScaleForm::kMultiplicative:
-        context.lse = context.lse * (layout.scale * layout.temperature);
-        break;
-      case ApeScaleForm::kAdditive:
-        context.lse = context.lse * layout.temperature + std::log(layout.scale);
-        break;
-    }
-    parts.push_back(std::move(context));
-  }
-  parts.push_back(segment(prefix + contexts, local, scale, /*causal=*/true));
-  return MergeByLse(parts).output.to(q.scalar_type());
+  const KeySegment held[] = {
+      {.keys = k.narrow(1, 0, prefix), .values = v.narrow(1, 0, prefix), .contexts = false},
+      {.keys = k.narrow(1, prefix, contexts),
+       .values = v.narrow(1, prefix, contexts),
+       .contexts = true}};
+  return AttendOverSegments(q, held, k.narrow(1, prefix + contexts, local),
+                            v.narrow(1, prefix + contexts, local), &layout, layout.kernel,
+                            layout.block);
 }
 
 }  // namespace apeserve::model

@@ -6,6 +6,10 @@
 
 #include <torch/torch.h>
 
+#include <cstdint>
+#include <vector>
+
+#include "absl/types/span.h"
 #include "model/ape_options.h"
 #include "model/attention_lse.h"
 
@@ -29,6 +33,34 @@ struct ApeLayout {
   AttentionKernel kernel = AttentionKernel::kAuto;
   int64_t block = 1024;  // keys per block of AttentionKernel::kBlocked
 };
+
+// KV a sequence reads where it lies rather than in its own cache: a shared prefix or a
+// stored context (DESIGN.md §3), per layer K and V as [kv_heads, length, head_dim].
+struct HeldSegment {
+  std::vector<torch::Tensor> keys = {};    // per layer
+  std::vector<torch::Tensor> values = {};  // per layer
+  int64_t length = 0;
+  // APE's contexts: a softmax of their own, read with 1/T and weighed by S. Otherwise
+  // (the prefix; every segment outside APE) the keys join the plain softmax.
+  bool contexts = false;
+};
+
+// One layer of a HeldSegment.
+struct KeySegment {
+  torch::Tensor keys = {};    // [kv_heads, length, head_dim]
+  torch::Tensor values = {};  // [kv_heads, length, head_dim]
+  bool contexts = false;
+};
+
+// Attention of `q` ([heads, T, head_dim]) over every key of `held` and then, causally,
+// over `local_keys`, `local_values` ([kv_heads, S, head_dim], the queries its last T).
+// With `ape`, the contexts' segments form APE's contexts softmax (ApeAttention's
+// equations; `ape`'s lengths are not used), without it every key is in one softmax.
+// Segments are attended one by one and merged by their log-sum-exps, so no segment is
+// copied. `kernel`, `block`: as AttendWithLse's. Returns [heads, T, head_dim] in q's dtype.
+torch::Tensor AttendOverSegments(const torch::Tensor& q, absl::Span<const KeySegment> held,
+                                 const torch::Tensor& local_keys, const torch::Tensor& local_values,
+                                 const ApeLayout* ape, AttentionKernel kernel, int64_t block);
 
 // APE attention of `q` ([heads, T, head_dim]) over `k`, `v` ([kv_heads, S, head_dim]):
 //   prefix:   LSE_P = logsumexp(a_P),                 o_P = softmax(a_P) V_P

@@ -21,10 +21,14 @@ namespace apeserve::model {
 // One decoding sequence's token in a batch.
 struct DecodeToken {
   KvCache* cache = nullptr;
-  // Given, the token attends by APE's merge of the cache's segments; else with one
-  // softmax over every cached key (causal: they all precede it).
+  // Given, the token attends by APE's merge of its segments; else with one softmax over
+  // every key (causal: they all precede it). Without held segments, the cache's first
+  // prefix_length + context_length keys are APE's prefix and contexts; with them, the
+  // segments say which are contexts and the cache holds the token's own keys only.
   const ApeLayout* ape = nullptr;
   int64_t row = 0;  // the token's row in q, k, v and the output
+  // KV read in place before the cache (contiguous float32 tensors).
+  absl::Span<const HeldSegment> held = {};
 };
 
 // Whether DecodeAttention computes a token on `device` in `dtype` with this head size
@@ -36,7 +40,7 @@ bool DecodeAttentionApplies(const torch::Device& device, torch::ScalarType dtype
 // head_dim]) to `layer` of its cache and writes its attention over that layer (its row
 // of `q`, [N, heads, head_dim], scaled by 1 / sqrt(head_dim)) to its row of `output`
 // ([N, heads, head_dim]). Equal, within float rounding, to KvCache::Append followed by
-// CausalAttention or ApeAttention. Caches must be distinct; q, k, v and output
+// CausalAttention, ApeAttention or AttendOverSegments. Caches must be distinct; q, k, v and output
 // contiguous; DecodeAttentionApplies true for every token.
 void DecodeAttention(size_t layer, const torch::Tensor& q, const torch::Tensor& k,
                      const torch::Tensor& v, absl::Span<const DecodeToken> tokens,

@@ -20,17 +20,17 @@ namespace apeserve::model {
 
 Engine::Sequence::Sequence(std::unique_ptr<State> state) : state_(std::move(state)) {}
 Engine::Sequence::~Sequence() = default;
-int64_t Engine::Sequence::length() const { return state_->cache.length(); }
+int64_t Engine::Sequence::length() const { return state_->length(); }
 int64_t Engine::Sequence::next_position() const { return state_->NextPosition(); }
 void Engine::Sequence::Reserve(int64_t tokens) {
   try {
-    state_->cache.Reserve(tokens);
+    state_->cache.Reserve(std::max<int64_t>(tokens - state_->held_length, 0));
   } catch (const c10::Error&) {
     // Not fatal: the cache grows as tokens come (and a failing pass reports it).
   }
 }
 void Engine::Sequence::Truncate(int64_t length) {
-  state_->cache.Truncate(std::max(length, state_->fixed_length));
+  state_->cache.Truncate(std::max(length, state_->fixed_length) - state_->held_length);
 }
 
 absl::StatusOr<PreloadCheck> CheckBeforeLoad(const std::string& model_path,
@@ -255,6 +255,12 @@ void UseThreads(int threads) {
   if (at::get_num_threads() != threads) at::set_num_threads(threads);
 }
 
+void KeepTorchOnThisThread() {
+  // With OpenMP (the wheel's backend) the count is the calling thread's own; the engine
+  // sets its own before every step (UseThreads).
+  at::set_num_threads(1);
+}
+
 size_t Engine::kv_bytes_per_token() const {
   const ModelConfig& config = impl_->model->config();
   return 2 * static_cast<size_t>(config.num_layers * config.num_kv_heads * config.head_dim) *
@@ -308,11 +314,12 @@ absl::StatusOr<std::vector<std::vector<float>>> Engine::Step(
                             .ape = state.ape ? &*state.ape : nullptr,
                             .logits = input.logits == Logits::kAll    ? LlamaModel::Logits::kAll
                                       : input.logits == Logits::kLast ? LlamaModel::Logits::kLast
-                                                                      : LlamaModel::Logits::kNone});
+                                                                      : LlamaModel::Logits::kNone,
+                            .held = state.held});
   }
-  std::vector<int64_t> lengths;
-  lengths.reserve(inputs.size());
-  for (const StepInput& input : inputs) lengths.push_back(input.sequence->length());
+  std::vector<int64_t> cached;  // each cache's length before the pass
+  cached.reserve(inputs.size());
+  for (const StepInput& input : inputs) cached.push_back(input.sequence->state_->cache.length());
   const bool decoding_only = std::all_of(inputs.begin(), inputs.end(),
                                          [](const StepInput& in) { return in.tokens.size() == 1; });
   UseThreads(decoding_only ? impl_->decode_threads : impl_->prefill_threads);
@@ -332,7 +339,7 @@ absl::StatusOr<std::vector<std::vector<float>>> Engine::Step(
   } catch (const c10::Error& e) {
     // A failed pass leaves every sequence as it was.
     for (size_t i = 0; i < inputs.size(); ++i)
-      inputs[i].sequence->state_->cache.Truncate(lengths[i]);
+      inputs[i].sequence->state_->cache.Truncate(cached[i]);
     return FromTorchError(e, "forward pass");
   }
 }

@@ -38,6 +38,12 @@ struct PreloadCheck {
 absl::StatusOr<PreloadCheck> CheckBeforeLoad(const std::string& model_path,
                                              const std::string& device);
 
+// For threads beside the engine's (the server's I/O pool): the torch work the calling
+// thread does from now on (copying a document's KV out of its sequence, say) runs on
+// that thread alone. Without it the thread brings its own team of intra-op threads,
+// which take the cores a step is using and stretch the step that streams wait on.
+void KeepTorchOnThisThread();
+
 struct EngineOptions {
   // A GGUF model file, or a Hugging Face model folder (config.json, safetensors,
   // tokenizer.json). Required.
@@ -119,6 +125,15 @@ class Engine {
   absl::StatusOr<EncodedContext> EncodeContext(const EncodedPrefix& prefix,
                                                absl::Span<const int32_t> tokens) const;
 
+  // The context that `sequence` computed: a SEQUENTIAL sequence begun on `prefix`
+  // with no contexts (BeginSequence), then fed exactly `tokens` (e.g. in chunks through
+  // Step, between other sequences' work). Equal to EncodeContext(prefix, tokens) up to
+  // the rounding of batched matrix products. INVALID_ARGUMENT when the sequence holds
+  // anything else.
+  absl::StatusOr<EncodedContext> ExportContext(const Sequence& sequence,
+                                               const EncodedPrefix& prefix,
+                                               absl::Span<const int32_t> tokens) const;
+
   // A copy of `context` whose KV lives on this engine's device in its compute dtype
   // (`device` set, `kv.layers` empty, the shape kept): StartSequence then uses it with
   // no copy from the host. INVALID_ARGUMENT if the KV does not fit this model.
@@ -126,9 +141,9 @@ class Engine {
 
   // A sequence holding the prefix and `contexts` in `options.mode`, ready for the query:
   // SEQUENTIAL computes the contexts' tokens after the prefix, one causal sequence;
-  // PARALLEL and APE take their stored KV, and the query starts at position
-  // p + max L_i. Contexts may repeat. INVALID_ARGUMENT: bad options, or a context or
-  // prefix whose KV does not fit this model and this prefix (the message names it).
+  // PARALLEL and APE take their stored KV (a copy of it, which the sequence owns), and
+  // the query starts at position p + max L_i. Contexts may repeat. INVALID_ARGUMENT: bad options,
+  // or a context or prefix whose KV does not fit this model and this prefix (the message names it).
   // OUT_OF_RANGE: the contexts pass the model's context length.
   absl::StatusOr<std::unique_ptr<Sequence>> StartSequence(
       const EncodedPrefix& prefix, absl::Span<const EncodedContext* const> contexts,
@@ -145,6 +160,22 @@ class Engine {
   absl::StatusOr<SequenceStart> BeginSequence(const EncodedPrefix& prefix,
                                               absl::Span<const EncodedContext* const> contexts,
                                               const ApeOptions& options) const;
+
+  // As BeginSequence above, but sharing the KV instead of copying it: a PARALLEL or
+  // APE sequence reads the prefix's and the contexts' KV where it lies (a registry
+  // tier's entry, however many sequences read it) and keeps a reference to each until
+  // it ends, so that a tier evicting one meanwhile frees nothing under it. Only the
+  // sequence's own tokens (query, answer) go to its cache. KV that ReadsInPlace
+  // refuses is converted once for the sequence. Errors as the other's.
+  absl::StatusOr<SequenceStart> BeginSequence(
+      const std::shared_ptr<const EncodedPrefix>& prefix,
+      absl::Span<const std::shared_ptr<const EncodedContext>> contexts,
+      const ApeOptions& options) const;
+
+  // Whether a sequence reads this KV where it lies, with no copy: KV made by ToDevice,
+  // or host KV in the compute dtype of an engine on the CPU.
+  bool ReadsInPlace(const EncodedContext& context) const;
+  bool ReadsInPlace(const KvSegment& host_kv) const;
 
   // Feeds `tokens` at the next positions of `sequence`, attending as its mode says.
   // Returns fp32 logits of the last token ([vocab]), or of every fed token

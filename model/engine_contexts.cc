@@ -2,6 +2,8 @@
 // and sequences that start from them in each encoding mode (DESIGN.md §3).
 #include <algorithm>
 #include <cstring>
+#include <memory>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -58,14 +60,6 @@ absl::Status CheckContextKvFits(const EncodedContext& context, const ModelConfig
         absl::StrCat(what, " on the device was not made by ToDevice"));
   }
   return absl::OkStatus();
-}
-
-// Appends device-resident KV to every layer of `cache` (converted if the cache's
-// device or dtype differ from where it was made).
-void AppendDeviceKv(const TorchDeviceKv& kv, KvCache& cache, const torch::TensorOptions& options) {
-  for (size_t layer = 0; layer < kv.keys().size(); ++layer) {
-    cache.Append(layer, kv.keys()[layer].to(options), kv.values()[layer].to(options));
-  }
 }
 
 // Copies `length` cached tokens from `start` out of `cache` as a plain value.
@@ -188,6 +182,32 @@ absl::StatusOr<EncodedContext> Engine::EncodeContext(const EncodedPrefix& prefix
   }
 }
 
+absl::StatusOr<EncodedContext> Engine::ExportContext(const Sequence& sequence,
+                                                     const EncodedPrefix& prefix,
+                                                     absl::Span<const int32_t> tokens) const {
+  const LlamaModel& model = *impl_->model;
+  const Sequence::State& state = *sequence.state_;
+  const int64_t start = prefix.kv.length;
+  const auto length = static_cast<int64_t>(tokens.size());
+  if (tokens.empty()) return absl::InvalidArgumentError("a context needs at least one token");
+  if (!state.held.empty() || state.ape.has_value() || state.local_position != 0 ||
+      state.cache.length() != start + length) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the sequence holds ", state.length(), " tokens in ",
+                     state.held.empty() ? "one causal run" : "held segments", ", not the ", start,
+                     " of the prefix and the context's ", length));
+  }
+  try {
+    EncodedContext context;
+    context.tokens.assign(tokens.begin(), tokens.end());
+    context.prefix_hash = prefix.hash;
+    context.kv = ExportSegment(state.cache, model.config(), model.dtype(), start, length, start);
+    return context;
+  } catch (const c10::Error& e) {
+    return FromTorchError(e, "exporting a context");
+  }
+}
+
 size_t TorchDeviceKv::bytes() const {
   size_t total = 0;
   for (size_t layer = 0; layer < keys_.size(); ++layer) {
@@ -252,15 +272,78 @@ absl::StatusOr<std::unique_ptr<Engine::Sequence>> Engine::StartSequence(
 absl::StatusOr<Engine::SequenceStart> Engine::BeginSequence(
     const EncodedPrefix& prefix, absl::Span<const EncodedContext* const> contexts,
     const ApeOptions& options) const {
+  // The sequence owns copies: the caller's values may go before it does.
+  std::vector<std::shared_ptr<const EncodedContext>> copies;
+  copies.reserve(contexts.size());
+  for (const EncodedContext* context : contexts) {
+    if (context == nullptr) return absl::InvalidArgumentError("a context is null");
+    copies.push_back(std::make_shared<const EncodedContext>(*context));
+  }
+  return BeginSequence(std::make_shared<const EncodedPrefix>(prefix), copies, options);
+}
+
+bool Engine::ReadsInPlace(const EncodedContext& context) const {
+  // ToDevice made device KV for this engine.
+  return context.device != nullptr || ReadsInPlace(context.kv);
+}
+
+bool Engine::ReadsInPlace(const KvSegment& host_kv) const {
+  const LlamaModel& model = *impl_->model;
+  return model.device().is_cpu() && host_kv.dtype == ToKvDtype(model.dtype());
+}
+
+namespace {
+
+// `kv` as a held segment in `options`' device and dtype: tensors over its bytes where
+// they already are so (`in_place`, the caller keeps the bytes alive), else converted
+// copies.
+HeldSegment HoldHostKv(const KvSegment& kv, const torch::TensorOptions& options, bool contexts,
+                       bool& in_place) {
+  const torch::ScalarType stored = *TorchDtype(kv.dtype);  // checked by CheckKvFits
+  in_place = options.device().is_cpu() && stored == options.dtype().toScalarType();
+  const std::vector<int64_t> shape{kv.kv_heads, kv.length, kv.head_dim};
+  const size_t half = kv.LayerBytes() / 2;
+  HeldSegment held{.length = kv.length, .contexts = contexts};
+  held.keys.reserve(kv.layers.size());
+  held.values.reserve(kv.layers.size());
+  for (const std::string& layer : kv.layers) {
+    // from_blob wants a mutable pointer; the tensors are only read.
+    char* bytes = const_cast<char*>(layer.data());
+    held.keys.push_back(torch::from_blob(bytes, shape, stored).to(options));
+    held.values.push_back(torch::from_blob(bytes + half, shape, stored).to(options));
+  }
+  return held;
+}
+
+// KV made by ToDevice as a held segment; the tensors keep their memory alive.
+HeldSegment HoldDeviceKv(const TorchDeviceKv& kv, int64_t length,
+                         const torch::TensorOptions& options) {
+  HeldSegment held{.length = length, .contexts = true};
+  for (size_t layer = 0; layer < kv.keys().size(); ++layer) {
+    held.keys.push_back(kv.keys()[layer].to(options));
+    held.values.push_back(kv.values()[layer].to(options));
+  }
+  return held;
+}
+
+}  // namespace
+
+absl::StatusOr<Engine::SequenceStart> Engine::BeginSequence(
+    const std::shared_ptr<const EncodedPrefix>& shared_prefix,
+    absl::Span<const std::shared_ptr<const EncodedContext>> contexts,
+    const ApeOptions& options) const {
   const LlamaModel& model = *impl_->model;
   const ModelConfig& config = model.config();
   APE_RETURN_IF_ERROR(options.Validate());
+  if (shared_prefix == nullptr) return absl::InvalidArgumentError("no prefix");
+  const EncodedPrefix& prefix = *shared_prefix;
   APE_RETURN_IF_ERROR(CheckPrefix(prefix, config, impl_->fingerprint));
   const int64_t prefix_length = prefix.kv.length;
   int64_t total = 0, longest = 0;
   for (size_t i = 0; i < contexts.size(); ++i) {
-    const EncodedContext& context = *contexts[i];
     const std::string what = absl::StrCat("context #", i);
+    if (contexts[i] == nullptr) return absl::InvalidArgumentError(what + " is null");
+    const EncodedContext& context = *contexts[i];
     if (context.tokens.empty()) return absl::InvalidArgumentError(what + " has no tokens");
     APE_RETURN_IF_ERROR(CheckTokenIds(context.tokens, config.vocab_size, what));
     const auto length = static_cast<int64_t>(context.tokens.size());
@@ -283,47 +366,54 @@ absl::StatusOr<Engine::SequenceStart> Engine::BeginSequence(
   APE_RETURN_IF_ERROR(
       CheckLength(prefix_length + (sequential ? total : longest), config, "the contexts"));
 
+  // Room in the cache for the query and some generated tokens.
+  constexpr int64_t kOwnTokens = 256;
   try {
     auto state = std::make_unique<Sequence::State>(model.NewCache());
-    KvCache& cache = state->cache;
-    // Room for the query and some generated tokens too.
-    cache.Reserve(prefix_length + total + 256);
+    Sequence::State& sequence = *state;
     const auto tensor_options = torch::TensorOptions().device(model.device()).dtype(model.dtype());
-    if (prefix_length > 0) AppendSegment(prefix.kv, cache, tensor_options);
     SequenceStart start;
     if (sequential) {
       // The contexts' tokens are computed by the caller (StartSequence, or a scheduler
-      // in chunks), as the causal continuation of the prefix.
+      // in chunks), as the causal continuation of the prefix, which the cache holds.
+      sequence.cache.Reserve(prefix_length + total + kOwnTokens);
+      if (prefix_length > 0) AppendSegment(prefix.kv, sequence.cache, tensor_options);
       start.tokens_to_feed.reserve(static_cast<size_t>(total));
-      for (const EncodedContext* context : contexts) {
+      for (const auto& context : contexts) {
         start.tokens_to_feed.insert(start.tokens_to_feed.end(), context->tokens.begin(),
                                     context->tokens.end());
       }
-      state->local_start = 0;  // one causal sequence from position 0
-      state->local_position = 0;
+      sequence.local_position = 0;
     } else {
-      for (const EncodedContext* context : contexts) {
+      sequence.cache.Reserve(kOwnTokens);
+      bool in_place = false;
+      if (prefix_length > 0) {
+        sequence.held.push_back(HoldHostKv(prefix.kv, tensor_options, false, in_place));
+        if (in_place) sequence.holders.push_back(shared_prefix);
+      }
+      for (const auto& context : contexts) {
         if (context->device != nullptr) {
           // Checked by CheckContextKvFits above.
-          AppendDeviceKv(static_cast<const TorchDeviceKv&>(*context->device), cache,
-                         tensor_options);
+          sequence.held.push_back(HoldDeviceKv(static_cast<const TorchDeviceKv&>(*context->device),
+                                               context->kv.length, tensor_options));
         } else {
-          AppendSegment(context->kv, cache, tensor_options);
+          sequence.held.push_back(HoldHostKv(context->kv, tensor_options, true, in_place));
+          if (in_place) sequence.holders.push_back(context);
         }
       }
-      state->local_start = prefix_length + total;
-      state->local_position = prefix_length + longest;
+      sequence.held_length = prefix_length + total;
+      sequence.local_position = prefix_length + longest;
       if (options.mode == EncodingMode::kApe) {
-        state->ape = ApeLayout{.prefix_length = prefix_length,
-                               .context_length = total,
-                               .temperature = options.temperature,
-                               .scale = options.scale,
-                               .form = options.form,
-                               .kernel = impl_->attention_kernel,
-                               .block = impl_->attention_block};
+        sequence.ape = ApeLayout{.prefix_length = prefix_length,
+                                 .context_length = total,
+                                 .temperature = options.temperature,
+                                 .scale = options.scale,
+                                 .form = options.form,
+                                 .kernel = impl_->attention_kernel,
+                                 .block = impl_->attention_block};
       }
     }
-    state->fixed_length = cache.length();
+    sequence.fixed_length = sequence.length();
     start.sequence = std::unique_ptr<Sequence>(new Sequence(std::move(state)));
     return start;
   } catch (const c10::Error& e) {

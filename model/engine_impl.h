@@ -45,17 +45,24 @@ void UseThreads(int threads);
 struct Engine::Sequence::State {
   explicit State(KvCache empty) : cache(std::move(empty)) {}
 
+  // The KV of the tokens the sequence computed itself. In PARALLEL and APE mode these
+  // are the query's and the answer's: the prefix and the contexts are `held`, read
+  // where they lie; in SEQUENTIAL mode all of them, the prefix first.
   KvCache cache;
-  // Tokens at cache indexes from `local_start` on are attended causally and sit at
-  // positions from `local_position` on; before them lie the prefix and contexts.
-  int64_t local_start = 0;
+  std::vector<HeldSegment> held;
+  // What keeps the memory behind `held` alive while the sequence lives (a registry tier
+  // may drop its own reference meanwhile).
+  std::vector<std::shared_ptr<const void>> holders;
+  int64_t held_length = 0;  // tokens in `held`
+  // The cache's tokens sit at positions from `local_position` on.
   int64_t local_position = 0;
-  // Tokens Truncate() keeps whatever it is asked.
+  // Tokens Truncate() keeps whatever it is asked (held ones included).
   int64_t fixed_length = 0;
-  // Set in APE mode: how the query's attention reads the cache.
+  // Set in APE mode: how the query's attention reads the segments.
   std::optional<ApeLayout> ape;
 
-  int64_t NextPosition() const { return local_position + cache.length() - local_start; }
+  int64_t length() const { return held_length + cache.length(); }
+  int64_t NextPosition() const { return local_position + cache.length(); }
 };
 
 // The engine's DeviceKv: per layer, K and V as [kv_heads, length, head_dim] tensors

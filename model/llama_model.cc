@@ -129,7 +129,8 @@ torch::Tensor LlamaModel::Forward(absl::Span<const SequenceInput> inputs) const 
   for (size_t s = 0; s < inputs.size(); ++s) {
     const SequenceInput& input = inputs[s];
     if (input.tokens.size() == 1 && DecodeAttentionApplies(device_, dtype_, d, input.ape)) {
-      decoding.push_back({.cache = input.cache, .ape = input.ape, .row = offsets[s]});
+      decoding.push_back(
+          {.cache = input.cache, .ape = input.ape, .row = offsets[s], .held = input.held});
     } else {
       others.push_back(s);
     }
@@ -152,10 +153,23 @@ torch::Tensor LlamaModel::Forward(absl::Span<const SequenceInput> inputs) const 
           input.cache->Append(i, k.narrow(0, offsets[s], count).transpose(0, 1),
                               v.narrow(0, offsets[s], count).transpose(0, 1));   // [Hkv, S, D]
       const torch::Tensor q_s = q.narrow(0, offsets[s], count).transpose(0, 1);  // [H, T, D]
-      joined.narrow(0, offsets[s], count)
-          .copy_((input.ape != nullptr ? ApeAttention(q_s, keys, values, *input.ape)
-                                       : CausalAttention(q_s, keys, values))
-                     .transpose(0, 1));  // [T, H, D]
+      torch::Tensor attended;
+      if (!input.held.empty()) {
+        std::vector<KeySegment> held;
+        held.reserve(input.held.size());
+        for (const HeldSegment& segment : input.held) {
+          held.push_back(
+              {.keys = segment.keys[i], .values = segment.values[i], .contexts = segment.contexts});
+        }
+        const ApeLayout* ape = input.ape;
+        attended = AttendOverSegments(q_s, held, keys, values, ape,
+                                      ape != nullptr ? ape->kernel : AttentionKernel::kAuto,
+                                      ape != nullptr ? ape->block : ApeLayout().block);
+      } else {
+        attended = input.ape != nullptr ? ApeAttention(q_s, keys, values, *input.ape)
+                                        : CausalAttention(q_s, keys, values);
+      }
+      joined.narrow(0, offsets[s], count).copy_(attended.transpose(0, 1));  // [T, H, D]
     }
     x = x + linear.o.Apply(joined.reshape({total, heads * d}));
 

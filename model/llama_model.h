@@ -50,14 +50,17 @@ class LlamaModel {
     // causal softmax over the cache and the tokens before them.
     const ApeLayout* ape = nullptr;
     Logits logits = Logits::kLast;
+    // KV the tokens read in place before the cache (the prefix and contexts of a
+    // PARALLEL or APE sequence): then the cache holds the sequence's own tokens only.
+    absl::Span<const HeldSegment> held = {};
   };
 
   // Runs the tokens of every input in one pass: embeddings, projections and the MLP
   // see all of them as one batch (the weights are read once per pass, whatever the
-  // number of sequences), attention runs per sequence over its own cache, in its own
-  // mode. Appends each input's keys and values to its cache. Returns fp32 logits on
-  // the host, one row per requested token, in input order: T rows for kAll, one (the
-  // last token) for kLast, none for kNone. Caches must be distinct.
+  // number of sequences), attention runs per sequence over its held segments and its own
+  // cache, in its own mode. Appends each input's keys and values to its cache. Returns fp32 logits
+  // on the host, one row per requested token, in input order: T rows for kAll, one (the last token)
+  // for kLast, none for kNone. Caches must be distinct.
   torch::Tensor Forward(absl::Span<const SequenceInput> inputs) const;
 
  private:

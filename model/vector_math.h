@@ -162,13 +162,17 @@ APESERVE_ALWAYS_INLINE void Scale(float factor, float* x, int64_t n) {
 }
 
 // out[i] = sum over j < count of weights[j] * rows[j * d + i], for i < d (a multiple of
-// kLanes). Eight vectors of columns at a time in registers, independent of each other
-// so that the multiply-adds overlap, the rows streamed past them.
+// kLanes); with `accumulate`, added to what out holds. Eight vectors of columns at a time in
+// registers, independent of each other so that the multiply-adds overlap, the rows streamed past
+// them.
 APESERVE_ALWAYS_INLINE void WeightedRows(const float* weights, const float* rows, int64_t count,
-                                         int64_t d, float* out) {
+                                         int64_t d, float* out, bool accumulate = false) {
+  const auto start = [&](int64_t at) { return accumulate ? Load(out + at) : Floats{}; };
   int64_t i = 0;
   for (; i + kLanes * kLanes <= d; i += kLanes * kLanes) {
-    Floats t0{}, t1{}, t2{}, t3{}, t4{}, t5{}, t6{}, t7{};
+    Floats t0 = start(i), t1 = start(i + kLanes), t2 = start(i + 2 * kLanes),
+           t3 = start(i + 3 * kLanes), t4 = start(i + 4 * kLanes), t5 = start(i + 5 * kLanes),
+           t6 = start(i + 6 * kLanes), t7 = start(i + 7 * kLanes);
     for (int64_t j = 0; j < count; ++j) {
       const Floats w = Broadcast(weights[j]);
       const float* row = rows + j * d + i;
@@ -185,7 +189,7 @@ APESERVE_ALWAYS_INLINE void WeightedRows(const float* weights, const float* rows
     for (int64_t v = 0; v < kLanes; ++v) Store(totals[v], out + i + v * kLanes);
   }
   for (; i < d; i += kLanes) {
-    Floats t{};
+    Floats t = start(i);
     for (int64_t j = 0; j < count; ++j) t += Broadcast(weights[j]) * Load(rows + j * d + i);
     Store(t, out + i);
   }

@@ -97,6 +97,9 @@ grpc::ServerUnaryReactor* AdminService::GetLoad(grpc::CallbackServerContext* con
   response->set_running_kv_bytes(static_cast<int64_t>(load.running_kv_bytes));
   response->set_steps(static_cast<int64_t>(load.steps));
   response->set_stepped_sequences(static_cast<int64_t>(load.stepped_sequences));
+  response->set_ingest_queued(static_cast<int32_t>(load.ingest_queued));
+  response->set_ingesting(static_cast<int32_t>(load.ingesting));
+  response->set_encoded_tokens(static_cast<int64_t>(load.encoded_tokens));
   response->set_max_running_kv_bytes(
       static_cast<int64_t>(backend_.scheduler.options().max_running_kv_bytes));
   response->set_draining(load.stopping || backend_.counters.draining.load());

@@ -15,6 +15,7 @@
 #include "server/backend.h"
 #include "server/context_service.h"
 #include "server/generation_service.h"
+#include "server/io_pool.h"
 #include "server/metrics_endpoint.h"
 #include "server/periodic_task.h"
 #include "server/prefix_cache.h"
@@ -61,6 +62,11 @@ absl::Status Validate(const ServerOptions& options) {
   }
   if (options.batching.max_step_tokens < 1 || options.batching.max_prefill_chunk < 1) {
     return absl::InvalidArgumentError("batching: step tokens and prefill chunk must be at least 1");
+  }
+  if (!(options.batching.ingest_share >= 0 && options.batching.ingest_share <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("batching: ingest share ",
+                                                   options.batching.ingest_share,
+                                                   " is not in [0, 1] (--ingest_share)"));
   }
   return absl::OkStatus();
 }
@@ -242,7 +248,11 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
                        .max_running = static_cast<size_t>(options.limits.max_running_requests),
                        .max_step_tokens = static_cast<size_t>(options.batching.max_step_tokens),
                        .max_prefill_chunk = static_cast<size_t>(options.batching.max_prefill_chunk),
-                       .max_running_kv_bytes = options.batching.max_running_kv_bytes});
+                       .max_running_kv_bytes = options.batching.max_running_kv_bytes,
+                       .ingest_share = options.batching.ingest_share});
+  // Two threads: one store read or write waits on the disk while the other goes on.
+  server->io_ = std::make_unique<IoPool>(
+      IoPool::Options{.threads = 2, .niceness = 10, .on_start = model::KeepTorchOnThisThread});
   server->counters_ = std::make_unique<ServerCounters>();
   server->backend_ = std::make_unique<Backend>(Backend{.options = *server->options_,
                                                        .engine = engine,
@@ -250,6 +260,7 @@ absl::StatusOr<std::unique_ptr<ApeServer>> ApeServer::Start(const ServerOptions&
                                                        .registry = *server->registry_,
                                                        .prefixes = prefixes,
                                                        .scheduler = *server->scheduler_,
+                                                       .io = *server->io_,
                                                        .counters = *server->counters_,
                                                        .auth = *server->auth_});
   ape::v1::ServerInfo info = DescribeServer(options, checked);

@@ -35,6 +35,7 @@ class GenerationService;
 class MetricsEndpoint;
 class PeriodicTask;
 class PrefixCache;
+class IoPool;
 class Scheduler;
 class ServerCounters;
 struct Backend;
@@ -79,6 +80,8 @@ class ApeServer {
   std::unique_ptr<cache::ContextRegistry> registry_;
   std::unique_ptr<PeriodicTask> sweeper_;  // the registry's Sweep and idle KV buffers, each second
   std::unique_ptr<Scheduler> scheduler_;
+  // After the scheduler: its jobs end (and wake their tasks) before it goes.
+  std::unique_ptr<IoPool> io_;
   std::unique_ptr<ServerCounters> counters_;
   std::unique_ptr<ServerOptions> options_;
   std::unique_ptr<TokenAuth> auth_;

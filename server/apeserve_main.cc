@@ -81,6 +81,10 @@ ABSL_FLAG(int, prefill_threads, kDefaults.batching.prefill_threads,
           "CPU threads of prompt work: prefill and encoding contexts (0: all cores)");
 ABSL_FLAG(int, max_prefill_chunk, kDefaults.batching.max_prefill_chunk,
           "tokens of a prompt chunk while no request decodes");
+ABSL_FLAG(double, ingest_share, kDefaults.batching.ingest_share,
+          "share of a step's prompt tokens for documents being ingested, 0 to 1: the most "
+          "they take while answers stream, the least they get when queries' prompts want "
+          "tokens too");
 ABSL_FLAG(int64_t, max_running_kv_mib,
           static_cast<int64_t>(kDefaults.batching.max_running_kv_bytes >> 20),
           "MiB of KV the running requests may hold in all; more wait their turn (0: no limit)");
@@ -213,6 +217,7 @@ int main(int argc, char** argv) {
   limits.max_running_requests = absl::GetFlag(FLAGS_max_running_requests);
   options.batching.max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);
   options.batching.max_prefill_chunk = absl::GetFlag(FLAGS_max_prefill_chunk);
+  options.batching.ingest_share = absl::GetFlag(FLAGS_ingest_share);
   options.batching.decode_threads = absl::GetFlag(FLAGS_decode_threads);
   options.batching.prefill_threads = absl::GetFlag(FLAGS_prefill_threads);
   if (absl::GetFlag(FLAGS_max_running_kv_mib) < 0) {

@@ -1,5 +1,5 @@
 // What the services share: the options, the engine and its prompt pieces, the context
-// registry, the prefixes, the scheduler and the counters. ApeServer owns them all and
+// registry, the prefixes, the scheduler, the I/O pool and the counters. ApeServer owns them all and
 // outlives every call. Thread-safety: as each member's.
 #ifndef APESERVE_SERVER_BACKEND_H_
 #define APESERVE_SERVER_BACKEND_H_
@@ -8,6 +8,7 @@
 
 #include "cache/context_registry.h"
 #include "model/engine.h"
+#include "server/io_pool.h"
 #include "server/prefix_cache.h"
 #include "server/scheduler.h"
 #include "server/server_counters.h"
@@ -23,6 +24,8 @@ struct Backend {
   cache::ContextRegistry& registry;
   PrefixCache& prefixes;
   Scheduler& scheduler;
+  // Where tasks read and write the store, off the scheduler's thread.
+  IoPool& io;
   ServerCounters& counters;
   // Who may call what (off without a tokens file).
   const TokenAuth& auth;

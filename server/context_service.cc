@@ -8,8 +8,10 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/status_macros.h"
 #include "common/utf8.h"
 #include "google/protobuf/util/time_util.h"
+#include "server/call_relay.h"
 #include "server/call_support.h"
 #include "server/ingest_task.h"
 #include "server/reply_channel.h"
@@ -35,144 +37,234 @@ bool ContextService::KvStored(const cache::StoredContext& document) const {
   return prefix.ok() && backend_.registry.KvStored(document, (*prefix)->hash);
 }
 
-absl::StatusOr<ape::v1::Context> ContextService::StoreOne(grpc::ServerContext* context,
-                                                          ape::v1::CreateContextRequest request) {
+template <typename Reactor>
+void ContextService::StoreOne(Reactor* reactor, grpc::CallbackServerContext* context,
+                              ape::v1::CreateContextRequest request, ape::v1::Context* response,
+                              absl::string_view method, absl::Time start) {
   auto channel = std::make_shared<BatchChannel>();
+  // The one result: the stored context, or why it is not.
+  auto result = std::make_shared<absl::StatusOr<ape::v1::Context>>(
+      absl::InternalError("the store task sent no result"));
+  RelayToUnary<Reactor, ape::v1::BatchCreateContextsResponse>(
+      reactor, channel,
+      [result](ape::v1::BatchCreateContextsResponse&& reply) {
+        if (reply.has_error()) {
+          *result = absl::Status(static_cast<absl::StatusCode>(reply.error().code()),
+                                 reply.error().message());
+        } else {
+          *result = std::move(*reply.mutable_context());
+        }
+      },
+      [this, result, response, method = std::string(method), start](const absl::Status& status) {
+        const absl::Status outcome = status.ok() ? result->status() : status;
+        if (outcome.ok()) *response = **result;
+        return FinishCall(backend_, method, "", outcome, start,
+                          outcome.ok() ? Summary(*response) : "");
+      });
   std::vector<ape::v1::CreateContextRequest> one;
   one.push_back(std::move(request));
   if (absl::Status queued = backend_.scheduler.Submit(
           std::make_shared<IngestTask>(backend_, std::move(one), AliveCheckFor(context), channel));
       !queued.ok()) {
-    return queued;
+    channel->Close(queued);
   }
-  std::optional<ape::v1::BatchCreateContextsResponse> result;
-  while (auto reply = channel->Receive()) result = std::move(reply);
-  if (absl::Status status = channel->status(); !status.ok()) return status;
-  if (!result.has_value()) return absl::InternalError("the store task sent no result");
-  if (result->has_error()) {
-    return absl::Status(static_cast<absl::StatusCode>(result->error().code()),
-                        result->error().message());
-  }
-  return result->context();
 }
 
-grpc::Status ContextService::CreateContext(grpc::ServerContext* context,
-                                           const ape::v1::CreateContextRequest* request,
-                                           ape::v1::Context* response) {
+grpc::ServerUnaryReactor* ContextService::CreateContext(
+    grpc::CallbackServerContext* context, const ape::v1::CreateContextRequest* request,
+    ape::v1::Context* response) {
   const absl::Time start = absl::Now();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (absl::Status allowed =
           backend_.auth.Check(*context, Role::kWrite, NamespaceOf(request->namespace_()));
       !allowed.ok()) {
-    return FinishCall(backend_, "CreateContext", "", allowed, start);
+    reactor->Finish(FinishCall(backend_, "CreateContext", "", allowed, start));
+    return reactor;
   }
-  const absl::StatusOr<ape::v1::Context> stored = StoreOne(context, *request);
-  if (stored.ok()) *response = *stored;
-  return FinishCall(backend_, "CreateContext", "", stored.status(), start,
-                    stored.ok() ? Summary(*response) : "");
+  StoreOne(reactor, context, *request, response, "CreateContext", start);
+  return reactor;
 }
 
-grpc::Status ContextService::UploadContext(
-    grpc::ServerContext* context, grpc::ServerReader<ape::v1::UploadContextRequest>* reader,
-    ape::v1::Context* response) {
-  const absl::Time start = absl::Now();
-  const auto finish = [&](const absl::Status& status) {
-    return FinishCall(backend_, "UploadContext", "", status, start,
-                      status.ok() ? Summary(*response) : "");
-  };
-  // Without a valid token the call ends before any text is read.
-  if (absl::Status known = backend_.auth.Check(*context, Role::kWrite, std::nullopt); !known.ok()) {
-    return finish(known);
-  }
-  ape::v1::UploadContextRequest message;
-  if (!reader->Read(&message) || !message.has_metadata()) {
-    return finish(absl::InvalidArgumentError(
-        "the first message of an upload must carry the metadata (and no text chunk)"));
-  }
-  ape::v1::CreateContextRequest request = std::move(*message.mutable_metadata());
-  if (absl::Status allowed =
-          backend_.auth.Check(*context, Role::kWrite, NamespaceOf(request.namespace_()));
-      !allowed.ok()) {
-    return finish(allowed);
-  }
-  if (!request.text().empty()) {
-    return finish(absl::InvalidArgumentError(
-        "metadata.text must be empty in an upload: send the text as text_chunk messages"));
-  }
-  std::string text;
-  const size_t limit = backend_.options.limits.max_context_bytes;
-  while (reader->Read(&message)) {
-    if (!message.has_text_chunk()) {
-      return finish(absl::InvalidArgumentError("only the first upload message may carry metadata"));
+// UploadContext: reads the metadata, then the text chunk by chunk (one read in flight),
+// then stores the whole as CreateContext does.
+class ContextService::Upload final : public grpc::ServerReadReactor<ape::v1::UploadContextRequest> {
+ public:
+  Upload(ContextService& service, grpc::CallbackServerContext* context, ape::v1::Context* response)
+      : service_(service), context_(context), response_(response) {
+    // Without a valid token the call ends before any text is read.
+    if (absl::Status known = service_.backend_.auth.Check(*context_, Role::kWrite, std::nullopt);
+        !known.ok()) {
+      End(known);
+      return;
     }
-    if (text.size() + message.text_chunk().size() > limit) {
-      return finish(absl::ResourceExhaustedError(absl::StrCat(
-          "the upload passes ", limit, " bytes, this server's limit (--max_context_bytes)")));
+    StartRead(&message_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client's last message came
+      Store();
+      return;
     }
-    text += message.text_chunk();
+    if (!started_) {
+      started_ = true;
+      if (!message_.has_metadata()) {
+        End(absl::InvalidArgumentError(
+            "the first message of an upload must carry the metadata (and no text chunk)"));
+        return;
+      }
+      request_ = std::move(*message_.mutable_metadata());
+      if (absl::Status allowed = service_.backend_.auth.Check(*context_, Role::kWrite,
+                                                              NamespaceOf(request_.namespace_()));
+          !allowed.ok()) {
+        End(allowed);
+        return;
+      }
+      if (!request_.text().empty()) {
+        End(absl::InvalidArgumentError(
+            "metadata.text must be empty in an upload: send the text as text_chunk messages"));
+        return;
+      }
+    } else {
+      if (!message_.has_text_chunk()) {
+        End(absl::InvalidArgumentError("only the first upload message may carry metadata"));
+        return;
+      }
+      const size_t limit = service_.backend_.options.limits.max_context_bytes;
+      if (text_.size() + message_.text_chunk().size() > limit) {
+        End(absl::ResourceExhaustedError(absl::StrCat(
+            "the upload passes ", limit, " bytes, this server's limit (--max_context_bytes)")));
+        return;
+      }
+      text_ += message_.text_chunk();
+    }
+    StartRead(&message_);
   }
-  if (context->IsCancelled()) return finish(absl::CancelledError("the upload was cancelled"));
-  if (!IsValidUtf8(text)) {
-    return finish(absl::InvalidArgumentError("the uploaded text is not valid UTF-8"));
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Store() {
+    if (!started_) {
+      End(absl::InvalidArgumentError(
+          "the first message of an upload must carry the metadata (and no text chunk)"));
+      return;
+    }
+    if (context_->IsCancelled()) {
+      End(absl::CancelledError("the upload was cancelled"));
+      return;
+    }
+    if (!IsValidUtf8(text_)) {
+      End(absl::InvalidArgumentError("the uploaded text is not valid UTF-8"));
+      return;
+    }
+    request_.set_text(std::move(text_));
+    service_.StoreOne(this, context_, std::move(request_), response_, "UploadContext", start_);
   }
-  request.set_text(std::move(text));
-  const absl::StatusOr<ape::v1::Context> stored = StoreOne(context, std::move(request));
-  if (stored.ok()) *response = *stored;
-  return finish(stored.status());
+
+  // Finishes the call with an error, before anything was queued.
+  void End(const absl::Status& status) {
+    Finish(FinishCall(service_.backend_, "UploadContext", "", status, start_));
+  }
+
+  ContextService& service_;
+  grpc::CallbackServerContext* const context_;
+  ape::v1::Context* const response_;
+  const absl::Time start_ = absl::Now();
+  ape::v1::UploadContextRequest message_;
+  ape::v1::CreateContextRequest request_;
+  std::string text_;
+  bool started_ = false;
+};
+
+grpc::ServerReadReactor<ape::v1::UploadContextRequest>* ContextService::UploadContext(
+    grpc::CallbackServerContext* context, ape::v1::Context* response) {
+  return new Upload(*this, context, response);
 }
 
-grpc::Status ContextService::BatchCreateContexts(
-    grpc::ServerContext* context, const ape::v1::BatchCreateContextsRequest* request,
-    grpc::ServerWriter<ape::v1::BatchCreateContextsResponse>* writer) {
+grpc::ServerWriteReactor<ape::v1::BatchCreateContextsResponse>* ContextService::BatchCreateContexts(
+    grpc::CallbackServerContext* context, const ape::v1::BatchCreateContextsRequest* request) {
   const absl::Time start = absl::Now();
-  const auto finish = [&](const absl::Status& status, const std::string& details = "") {
-    return FinishCall(backend_, "BatchCreateContexts", "", status, start, details);
+  struct Counts {
+    int done = 0;
+    int failed = 0;
   };
-  // The token first (an empty batch from a stranger is refused as such), then each
-  // namespace the batch writes to, once.
-  if (absl::Status known = backend_.auth.Check(*context, Role::kWrite, std::nullopt); !known.ok()) {
-    return finish(known);
-  }
-  absl::flat_hash_set<std::string> namespaces;
-  for (const ape::v1::CreateContextRequest& one : request->contexts()) {
-    namespaces.insert(NamespaceOf(one.namespace_()));
-  }
-  for (const std::string& namespace_id : namespaces) {
-    if (absl::Status allowed = backend_.auth.Check(*context, Role::kWrite, namespace_id);
-        !allowed.ok()) {
-      return finish(allowed);
-    }
-  }
-  const int limit = backend_.options.limits.max_batch_contexts;
-  if (request->contexts_size() == 0) {
-    return finish(absl::InvalidArgumentError("contexts is empty: nothing to store"));
-  }
-  if (request->contexts_size() > limit) {
-    return finish(absl::InvalidArgumentError(
-        absl::StrCat("contexts has ", request->contexts_size(), " entries; at most ", limit,
-                     " per call (--max_batch_contexts): split the batch")));
-  }
+  auto counts = std::make_shared<Counts>();
   auto channel = std::make_shared<BatchChannel>();
-  if (absl::Status queued = backend_.scheduler.Submit(
-          std::make_shared<IngestTask>(backend_,
-                                       std::vector<ape::v1::CreateContextRequest>(
-                                           request->contexts().begin(), request->contexts().end()),
-                                       AliveCheckFor(context), channel));
-      !queued.ok()) {
-    return finish(queued);
-  }
-  int failed = 0, done = 0;
-  bool writable = true;
-  while (auto reply = channel->Receive()) {
-    done = reply->done();
-    if (reply->has_error()) ++failed;
-    if (writable) writable = writer->Write(*reply);
-  }
-  return finish(channel->status(), absl::StrCat("contexts=", done, " failed=", failed));
+  auto* relay = StreamRelay<ape::v1::BatchCreateContextsResponse>::Start(
+      channel,
+      [counts](const ape::v1::BatchCreateContextsResponse& reply) {
+        counts->done = reply.done();
+        if (reply.has_error()) ++counts->failed;
+      },
+      [this, counts, start](const absl::Status& status) {
+        return FinishCall(
+            backend_, "BatchCreateContexts", "", status, start,
+            status.ok() ? absl::StrCat("contexts=", counts->done, " failed=", counts->failed) : "");
+      });
+  const absl::Status checked = [&]() -> absl::Status {
+    // The token first (an empty batch from a stranger is refused as such), then each
+    // namespace the batch writes to, once.
+    APE_RETURN_IF_ERROR(backend_.auth.Check(*context, Role::kWrite, std::nullopt));
+    absl::flat_hash_set<std::string> namespaces;
+    for (const ape::v1::CreateContextRequest& one : request->contexts()) {
+      namespaces.insert(NamespaceOf(one.namespace_()));
+    }
+    for (const std::string& namespace_id : namespaces) {
+      APE_RETURN_IF_ERROR(backend_.auth.Check(*context, Role::kWrite, namespace_id));
+    }
+    const int limit = backend_.options.limits.max_batch_contexts;
+    if (request->contexts_size() == 0) {
+      return absl::InvalidArgumentError("contexts is empty: nothing to store");
+    }
+    if (request->contexts_size() > limit) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("contexts has ", request->contexts_size(), " entries; at most ", limit,
+                       " per call (--max_batch_contexts): split the batch"));
+    }
+    return backend_.scheduler.Submit(
+        std::make_shared<IngestTask>(backend_,
+                                     std::vector<ape::v1::CreateContextRequest>(
+                                         request->contexts().begin(), request->contexts().end()),
+                                     AliveCheckFor(context), channel));
+  }();
+  if (!checked.ok()) channel->Close(checked);
+  return relay;
 }
 
-grpc::Status ContextService::GetContext(grpc::ServerContext* context,
-                                        const ape::v1::GetContextRequest* request,
-                                        ape::v1::Context* response) {
+grpc::ServerUnaryReactor* ContextService::OnIoPool(grpc::CallbackServerContext* context,
+                                                   std::function<grpc::Status()> work) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  backend_.io.Submit([reactor, work = std::move(work)] { reactor->Finish(work()); });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ContextService::GetContext(grpc::CallbackServerContext* context,
+                                                     const ape::v1::GetContextRequest* request,
+                                                     ape::v1::Context* response) {
+  return OnIoPool(context, [=, this] { return Get(context, request, response); });
+}
+
+grpc::ServerUnaryReactor* ContextService::ListContexts(grpc::CallbackServerContext* context,
+                                                       const ape::v1::ListContextsRequest* request,
+                                                       ape::v1::ListContextsResponse* response) {
+  return OnIoPool(context, [=, this] { return List(context, request, response); });
+}
+
+grpc::ServerUnaryReactor* ContextService::UpdateContext(
+    grpc::CallbackServerContext* context, const ape::v1::UpdateContextRequest* request,
+    ape::v1::Context* response) {
+  return OnIoPool(context, [=, this] { return Update(context, request, response); });
+}
+
+grpc::ServerUnaryReactor* ContextService::DeleteContext(
+    grpc::CallbackServerContext* context, const ape::v1::DeleteContextRequest* request,
+    ape::v1::DeleteContextResponse* response) {
+  return OnIoPool(context, [=, this] { return Delete(context, request, response); });
+}
+
+grpc::Status ContextService::Get(const grpc::ServerContextBase* context,
+                                 const ape::v1::GetContextRequest* request,
+                                 ape::v1::Context* response) {
   const absl::Time start = absl::Now();
   if (absl::Status allowed =
           backend_.auth.Check(*context, Role::kRead, NamespaceOf(request->namespace_()));
@@ -187,9 +279,9 @@ grpc::Status ContextService::GetContext(grpc::ServerContext* context,
   return FinishCall(backend_, "GetContext", "", document.status(), start);
 }
 
-grpc::Status ContextService::ListContexts(grpc::ServerContext* context,
-                                          const ape::v1::ListContextsRequest* request,
-                                          ape::v1::ListContextsResponse* response) {
+grpc::Status ContextService::List(const grpc::ServerContextBase* context,
+                                  const ape::v1::ListContextsRequest* request,
+                                  ape::v1::ListContextsResponse* response) {
   const absl::Time start = absl::Now();
   const auto finish = [&](const absl::Status& status) {
     return FinishCall(backend_, "ListContexts", "", status, start);
@@ -224,9 +316,9 @@ grpc::Status ContextService::ListContexts(grpc::ServerContext* context,
   return finish(absl::OkStatus());
 }
 
-grpc::Status ContextService::UpdateContext(grpc::ServerContext* context,
-                                           const ape::v1::UpdateContextRequest* request,
-                                           ape::v1::Context* response) {
+grpc::Status ContextService::Update(const grpc::ServerContextBase* context,
+                                    const ape::v1::UpdateContextRequest* request,
+                                    ape::v1::Context* response) {
   const absl::Time start = absl::Now();
   const auto finish = [&](const absl::Status& status) {
     return FinishCall(backend_, "UpdateContext", "", status, start);
@@ -272,9 +364,9 @@ grpc::Status ContextService::UpdateContext(grpc::ServerContext* context,
   return finish(document.status());
 }
 
-grpc::Status ContextService::DeleteContext(grpc::ServerContext* context,
-                                           const ape::v1::DeleteContextRequest* request,
-                                           ape::v1::DeleteContextResponse* response) {
+grpc::Status ContextService::Delete(const grpc::ServerContextBase* context,
+                                    const ape::v1::DeleteContextRequest* request,
+                                    ape::v1::DeleteContextResponse* response) {
   const absl::Time start = absl::Now();
   if (absl::Status allowed =
           backend_.auth.Check(*context, Role::kWrite, NamespaceOf(request->namespace_()));

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "server/call_relay.h"
 #include "server/call_support.h"
 #include "server/query_plan.h"
 #include "server/query_task.h"
@@ -31,7 +32,7 @@ std::string Describe(const QueryPlan& plan, const ape::v1::Usage& usage,
 // OK when the caller may query `request`'s namespace, and write to it if the request
 // stores inline contexts.
 template <typename Request>
-absl::Status CheckQueryAllowed(const Backend& backend, const grpc::ServerContext& context,
+absl::Status CheckQueryAllowed(const Backend& backend, const grpc::ServerContextBase& context,
                                const Request& request) {
   Role needed = Role::kRead;
   for (const ape::v1::InlineContext& inline_context : request.inline_contexts()) {
@@ -40,94 +41,130 @@ absl::Status CheckQueryAllowed(const Backend& backend, const grpc::ServerContext
   return backend.auth.Check(context, needed, NamespaceOf(request.namespace_()));
 }
 
-// Plans `request` and queues its generation; the channel then carries its replies.
-absl::StatusOr<std::shared_ptr<StreamChannel>> StartGeneration(
-    const Backend& backend, grpc::ServerContext* context, const ape::v1::GenerateRequest& request,
-    QueryPlan& plan) {
+// What a call's log line tells of its request: its plan, once it was queued.
+struct Queued {
+  QueryPlan plan;
+  bool queued = false;
+
+  std::string Describe(const ape::v1::Usage& usage, const ape::v1::Timings& timings) const {
+    return queued ? server::Describe(plan, usage, timings) : "";
+  }
+};
+
+// Plans `request` and queues its generation on `channel`, which carries its replies,
+// or closes the channel with the reason it cannot run.
+void StartGeneration(const Backend& backend, grpc::CallbackServerContext* context,
+                     const ape::v1::GenerateRequest& request,
+                     const std::shared_ptr<StreamChannel>& channel, Queued& queued) {
   if (absl::Status allowed = CheckQueryAllowed(backend, *context, request); !allowed.ok()) {
-    return allowed;
+    channel->Close(allowed);
+    return;
   }
   absl::StatusOr<QueryPlan> planned = PlanGenerate(request, backend.options);
-  if (!planned.ok()) return planned.status();
-  plan = *planned;
-  auto channel = std::make_shared<StreamChannel>();
-  if (absl::Status queued = backend.scheduler.Submit(std::make_shared<GenerateTask>(
-          backend, *std::move(planned), AliveCheckFor(context), channel));
-      !queued.ok()) {
-    return queued;
+  if (!planned.ok()) {
+    channel->Close(planned.status());
+    return;
   }
-  return channel;
+  // Written before the task can end (and the call's log line read them).
+  queued.plan = *planned;
+  queued.queued = true;
+  if (absl::Status submitted = backend.scheduler.Submit(std::make_shared<GenerateTask>(
+          backend, *std::move(planned), AliveCheckFor(context), channel));
+      !submitted.ok()) {
+    queued.queued = false;
+    channel->Close(submitted);
+  }
 }
 
 }  // namespace
 
-grpc::Status GenerationService::Generate(grpc::ServerContext* context,
-                                         const ape::v1::GenerateRequest* request,
-                                         ape::v1::GenerateResponse* response) {
+grpc::ServerUnaryReactor* GenerationService::Generate(grpc::CallbackServerContext* context,
+                                                      const ape::v1::GenerateRequest* request,
+                                                      ape::v1::GenerateResponse* response) {
   const absl::Time start = absl::Now();
-  QueryPlan plan;
-  auto channel = StartGeneration(backend_, context, *request, plan);
-  if (!channel.ok())
-    return FinishCall(backend_, "Generate", request->request_id(), channel.status(), start);
+  auto queued = std::make_shared<Queued>();
+  auto channel = std::make_shared<StreamChannel>();
   response->set_request_id(request->request_id());
-  while (std::optional<ape::v1::GenerateStreamResponse> chunk = (*channel)->Receive()) {
-    response->mutable_text()->append(chunk->text());
-    response->mutable_token_ids()->MergeFrom(chunk->token_ids());
-    response->mutable_logprobs()->MergeFrom(chunk->logprobs());
-    if (chunk->has_end()) {
-      response->set_finish_reason(chunk->end().finish_reason());
-      *response->mutable_usage() = chunk->end().usage();
-      *response->mutable_timings() = chunk->end().timings();
-      *response->mutable_stored_context_ids() = chunk->end().stored_context_ids();
-    }
-  }
-  const absl::Status status = (*channel)->status();
-  if (!status.ok()) response->Clear();
-  return FinishCall(backend_, "Generate", request->request_id(), status, start,
-                    Describe(plan, response->usage(), response->timings()));
+  // Once: each call of DefaultReactor() makes the call's reactor afresh.
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  RelayToUnary<grpc::ServerUnaryReactor, ape::v1::GenerateStreamResponse>(
+      reactor, channel,
+      [response](ape::v1::GenerateStreamResponse&& chunk) {
+        response->mutable_text()->append(chunk.text());
+        response->mutable_token_ids()->MergeFrom(chunk.token_ids());
+        response->mutable_logprobs()->MergeFrom(chunk.logprobs());
+        if (chunk.has_end()) {
+          response->set_finish_reason(chunk.end().finish_reason());
+          *response->mutable_usage() = chunk.end().usage();
+          *response->mutable_timings() = chunk.end().timings();
+          *response->mutable_stored_context_ids() = chunk.end().stored_context_ids();
+        }
+      },
+      [this, queued, response, start,
+       request_id = request->request_id()](const absl::Status& status) {
+        if (!status.ok()) response->Clear();
+        return FinishCall(backend_, "Generate", request_id, status, start,
+                          queued->Describe(response->usage(), response->timings()));
+      });
+  StartGeneration(backend_, context, *request, channel, *queued);
+  return reactor;
 }
 
-grpc::Status GenerationService::GenerateStream(
-    grpc::ServerContext* context, const ape::v1::GenerateRequest* request,
-    grpc::ServerWriter<ape::v1::GenerateStreamResponse>* writer) {
+grpc::ServerWriteReactor<ape::v1::GenerateStreamResponse>* GenerationService::GenerateStream(
+    grpc::CallbackServerContext* context, const ape::v1::GenerateRequest* request) {
   const absl::Time start = absl::Now();
-  QueryPlan plan;
-  auto channel = StartGeneration(backend_, context, *request, plan);
-  if (!channel.ok()) {
-    return FinishCall(backend_, "GenerateStream", request->request_id(), channel.status(), start);
-  }
-  ape::v1::StreamEnd end;
-  bool writable = true;
-  while (std::optional<ape::v1::GenerateStreamResponse> chunk = (*channel)->Receive()) {
-    if (chunk->has_end()) end = chunk->end();
-    // A failed write means the client is gone: the task sees the cancellation at its
-    // next step; the rest of its replies are drained unsent.
-    if (writable) writable = writer->Write(*chunk);
-  }
-  return FinishCall(backend_, "GenerateStream", request->request_id(), (*channel)->status(), start,
-                    Describe(plan, end.usage(), end.timings()));
+  auto queued = std::make_shared<Queued>();
+  auto end = std::make_shared<ape::v1::StreamEnd>();
+  auto channel = std::make_shared<StreamChannel>();
+  auto* relay = StreamRelay<ape::v1::GenerateStreamResponse>::Start(
+      channel,
+      [end](const ape::v1::GenerateStreamResponse& chunk) {
+        if (chunk.has_end()) *end = chunk.end();
+      },
+      [this, queued, end, start, request_id = request->request_id()](const absl::Status& status) {
+        return FinishCall(backend_, "GenerateStream", request_id, status, start,
+                          queued->Describe(end->usage(), end->timings()));
+      });
+  StartGeneration(backend_, context, *request, channel, *queued);
+  return relay;
 }
 
-grpc::Status GenerationService::Score(grpc::ServerContext* context,
-                                      const ape::v1::ScoreRequest* request,
-                                      ape::v1::ScoreResponse* response) {
+grpc::ServerUnaryReactor* GenerationService::Score(grpc::CallbackServerContext* context,
+                                                   const ape::v1::ScoreRequest* request,
+                                                   ape::v1::ScoreResponse* response) {
   const absl::Time start = absl::Now();
-  if (absl::Status allowed = CheckQueryAllowed(backend_, *context, *request); !allowed.ok()) {
-    return FinishCall(backend_, "Score", request->request_id(), allowed, start);
-  }
-  absl::StatusOr<QueryPlan> plan = PlanScore(*request, backend_.options);
-  if (!plan.ok()) return FinishCall(backend_, "Score", request->request_id(), plan.status(), start);
-  const QueryPlan copy = *plan;
+  auto queued = std::make_shared<Queued>();
   auto channel = std::make_shared<ReplyChannel<ape::v1::ScoreResponse>>();
-  absl::Status status = backend_.scheduler.Submit(
-      std::make_shared<ScoreTask>(backend_, *std::move(plan), AliveCheckFor(context), channel));
-  if (status.ok()) {
-    while (std::optional<ape::v1::ScoreResponse> reply = channel->Receive()) *response = *reply;
-    status = channel->status();
+  // Once: each call of DefaultReactor() makes the call's reactor afresh.
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  RelayToUnary<grpc::ServerUnaryReactor, ape::v1::ScoreResponse>(
+      reactor, channel,
+      [response](ape::v1::ScoreResponse&& reply) { *response = std::move(reply); },
+      [this, queued, response, start,
+       request_id = request->request_id()](const absl::Status& status) {
+        if (!status.ok()) response->Clear();
+        return FinishCall(backend_, "Score", request_id, status, start,
+                          queued->Describe(response->usage(), response->timings()));
+      });
+  if (absl::Status allowed = CheckQueryAllowed(backend_, *context, *request); !allowed.ok()) {
+    channel->Close(allowed);
+    return reactor;
   }
-  if (!status.ok()) response->Clear();
-  return FinishCall(backend_, "Score", request->request_id(), status, start,
-                    Describe(copy, response->usage(), response->timings()));
+  absl::StatusOr<QueryPlan> planned = PlanScore(*request, backend_.options);
+  if (!planned.ok()) {
+    channel->Close(planned.status());
+    return reactor;
+  }
+  // Written before the task can end (and the call's log line read them).
+  queued->plan = *planned;
+  queued->queued = true;
+  if (absl::Status submitted = backend_.scheduler.Submit(std::make_shared<ScoreTask>(
+          backend_, *std::move(planned), AliveCheckFor(context), channel));
+      !submitted.ok()) {
+    queued->queued = false;
+    channel->Close(submitted);
+  }
+  return reactor;
 }
 
 }  // namespace apeserve::server

@@ -1,6 +1,7 @@
 // ape.v1.GenerationService: Generate, GenerateStream and Score. Each call is checked,
 // handed to the scheduler as a task, and its replies are relayed as the task sends
-// them; the handler never runs the model itself.
+// them (gRPC's callback API: a call waiting for its task holds no thread); the
+// handler never runs the model itself.
 // Thread-safety: calls may run concurrently.
 #ifndef APESERVE_SERVER_GENERATION_SERVICE_H_
 #define APESERVE_SERVER_GENERATION_SERVICE_H_
@@ -10,16 +11,18 @@
 
 namespace apeserve::server {
 
-class GenerationService final : public ape::v1::GenerationService::Service {
+class GenerationService final : public ape::v1::GenerationService::CallbackService {
  public:
   explicit GenerationService(const Backend& backend) : backend_(backend) {}
 
-  grpc::Status Generate(grpc::ServerContext* context, const ape::v1::GenerateRequest* request,
-                        ape::v1::GenerateResponse* response) override;
-  grpc::Status GenerateStream(grpc::ServerContext* context, const ape::v1::GenerateRequest* request,
-                              grpc::ServerWriter<ape::v1::GenerateStreamResponse>* writer) override;
-  grpc::Status Score(grpc::ServerContext* context, const ape::v1::ScoreRequest* request,
-                     ape::v1::ScoreResponse* response) override;
+  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
+                                     const ape::v1::GenerateRequest* request,
+                                     ape::v1::GenerateResponse* response) override;
+  grpc::ServerWriteReactor<ape::v1::GenerateStreamResponse>* GenerateStream(
+      grpc::CallbackServerContext* context, const ape::v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
+                                  const ape::v1::ScoreRequest* request,
+                                  ape::v1::ScoreResponse* response) override;
 
  private:
   const Backend& backend_;

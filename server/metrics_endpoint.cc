@@ -96,8 +96,19 @@ std::string RenderMetrics(const Backend& backend) {
       .Sample("", static_cast<double>(load.queued));
   Family(out, "apeserve_running_requests", "gauge", "Requests the engine is working on.")
       .Sample("", static_cast<double>(load.running));
+  Family(out, "apeserve_ingest_queued_requests", "gauge",
+         "Ingestion requests (documents to encode and store) waiting for the engine.")
+      .Sample("", static_cast<double>(load.ingest_queued));
+  Family(out, "apeserve_ingesting_requests", "gauge",
+         "Ingestion requests the engine is working on.")
+      .Sample("", static_cast<double>(load.ingesting));
+  Family(out, "apeserve_encoded_tokens_total", "counter",
+         "Document tokens encoded for storage through the engine's steps (per step: divide "
+         "by apeserve_engine_steps_total).")
+      .Sample("", static_cast<double>(load.encoded_tokens));
   Family(out, "apeserve_running_kv_bytes", "gauge",
-         "KV bytes reserved by the running requests (prompt and answer).")
+         "KV bytes the running requests hold: each one's own tokens, and the stored KV they "
+         "read in place once however many read it.")
       .Sample("", static_cast<double>(load.running_kv_bytes));
   Family(out, "apeserve_engine_steps_total", "counter", "Batched engine steps run.")
       .Sample("", static_cast<double>(load.steps));

@@ -28,6 +28,13 @@ ape::v1::FinishReason ToProto(model::FinishReason reason) {
   return ape::v1::FINISH_REASON_UNSPECIFIED;
 }
 
+// A context SEQUENTIAL reads: its tokens, which it recomputes after the prefix; no KV.
+std::shared_ptr<const model::EncodedContext> TokensOnly(std::vector<int32_t> tokens,
+                                                        const std::string& prefix_hash) {
+  return std::make_shared<const model::EncodedContext>(
+      model::EncodedContext{.tokens = std::move(tokens), .prefix_hash = prefix_hash, .kv = {}});
+}
+
 bool IsCallerGone(const absl::Status& status) {
   return status.code() == absl::StatusCode::kCancelled ||
          status.code() == absl::StatusCode::kDeadlineExceeded;
@@ -39,34 +46,111 @@ QueryTask::QueryTask(const Backend& backend, QueryPlan plan, AliveCheck alive)
     : backend_(backend), plan_(std::move(plan)), alive_(std::move(alive)) {}
 
 Task::Phase QueryTask::Prepare(KvBudget& kv) {
+  if (stage_ == Stage::kStoring) {  // woken: the inline contexts are stored, or not
+    if (!inline_stored_.ok()) {
+      Fail(inline_stored_);
+      return Phase::kFinished;
+    }
+    timings_.set_kv_load_ms(timings_.kv_load_ms() + MillisecondsSince(sequence_started_));
+    sequence_started_ = absl::Now();
+    return Phase::kFeeding;
+  }
   // Loading is cheap next to a step, but a request may name hundreds of contexts:
   // load for a slice of time each round, so that the batch's streams never wait long.
   constexpr absl::Duration kSlice = absl::Milliseconds(20);
   const absl::Time start = absl::Now();
+  bool waits = false;
   const absl::Status prepared = [&]() -> absl::Status {
     if (stage_ == Stage::kPrefix) {
       timings_.set_queue_ms(absl::ToDoubleMilliseconds(started() - enqueued()));
       APE_RETURN_IF_ERROR(LoadPrefix());
       stage_ = Stage::kContexts;
+      // The stored contexts come from the registry on the I/O pool (a tier in memory,
+      // else RocksDB): the steps go on meanwhile.
+      if (std::any_of(plan_.contexts.begin(), plan_.contexts.end(),
+                      [](const QueryContext& context) { return !context.is_inline; })) {
+        FetchStoredContexts();
+        waits = true;
+        return absl::OkStatus();
+      }
     }
     while (stage_ == Stage::kContexts && next_context_ < plan_.contexts.size()) {
       if (absl::Now() - start > kSlice) return absl::OkStatus();
       APE_RETURN_IF_ERROR(LoadNextContext());
     }
-    stage_ = Stage::kStart;
+    if (stage_ == Stage::kContexts) stage_ = Stage::kStart;
     return absl::OkStatus();
   }();
   if (!prepared.ok()) {
     Fail(prepared);
     return Phase::kFinished;
   }
+  if (waits) return Phase::kWaiting;
   if (stage_ != Stage::kStart) return Phase::kPreparing;
   const absl::StatusOr<bool> started = StartSequence(kv);
   if (!started.ok()) {
     Fail(started.status());
     return Phase::kFinished;
   }
-  return *started ? Phase::kFeeding : Phase::kPreparing;
+  if (!*started) return Phase::kPreparing;
+  if (to_store_.empty()) return Phase::kFeeding;
+  // Stored once the prompt is known to fit (a refused request leaves nothing behind),
+  // on the I/O pool; the prompt waits for it, the other requests' steps do not.
+  stage_ = Stage::kStoring;
+  StoreInlineContexts();
+  return Phase::kWaiting;
+}
+
+void QueryTask::StoreInlineContexts() {
+  backend_.io.Submit([task = shared_from_this()] {
+    task->inline_stored_ = [&]() -> absl::Status {
+      for (const InlineToStore& inline_context : task->to_store_) {
+        const QueryContext& context = *inline_context.context;
+        APE_RETURN_IF_ERROR(task->backend_.registry
+                                .Put({.namespace_id = task->plan_.namespace_id,
+                                      .id = context.id,
+                                      .tokens = inline_context.encoded->tokens,
+                                      .text = context.text,
+                                      .labels = context.labels},
+                                     task->prefix_->hash, &inline_context.encoded->kv)
+                                .status());
+        task->stored_context_ids_.push_back(context.id);
+      }
+      return absl::OkStatus();
+    }();
+    task->to_store_.clear();
+    task->Wake();
+  });
+}
+
+void QueryTask::FetchStoredContexts() {
+  fetched_.resize(plan_.contexts.size());
+  fetch_started_ = absl::Now();
+  backend_.io.Submit([task = shared_from_this()] {
+    const bool sequential = task->plan_.ape.mode == model::EncodingMode::kSequential;
+    for (size_t i = 0; i < task->plan_.contexts.size(); ++i) {
+      const QueryContext& context = task->plan_.contexts[i];
+      if (context.is_inline) continue;
+      if (sequential) {
+        // SEQUENTIAL recomputes every context from its tokens: no KV is needed.
+        absl::StatusOr<cache::StoredContext> document =
+            task->backend_.registry.Get(task->plan_.namespace_id, context.id);
+        if (!document.ok()) {
+          task->fetched_[i] = document.status();
+        } else {
+          task->fetched_[i] = cache::LoadedContext{
+              .context = TokensOnly(std::move(document->tokens), task->prefix_->hash),
+              .source = cache::KvSource::kRebuilt};
+        }
+      } else {
+        task->fetched_[i] =
+            task->backend_.registry.Load(task->plan_.namespace_id, context.id, task->prefix_->hash);
+      }
+      // The first error ends the request: the rest need not be read.
+      if (!task->fetched_[i].ok()) break;
+    }
+    task->Wake();
+  });
 }
 
 absl::Status QueryTask::LoadPrefix() {
@@ -100,27 +184,18 @@ absl::Status QueryTask::LoadNextContext() {
   const absl::Time start = absl::Now();
   const QueryContext& context = plan_.contexts[next_context_];
   const bool sequential = plan_.ape.mode == model::EncodingMode::kSequential;
-  // SEQUENTIAL recomputes every context from its tokens: no KV is needed.
-  const auto tokens_only = [&](std::vector<int32_t> tokens) {
-    return std::make_shared<const model::EncodedContext>(
-        model::EncodedContext{.tokens = std::move(tokens), .prefix_hash = prefix_->hash, .kv = {}});
-  };
   std::shared_ptr<const model::EncodedContext> loaded;
   cache::KvSource source = cache::KvSource::kRebuilt;
   if (!context.is_inline) {
-    if (sequential) {
-      absl::StatusOr<cache::StoredContext> document =
-          backend_.registry.Get(plan_.namespace_id, context.id);
-      if (absl::IsNotFound(document.status())) return Missing(document.status());
-      APE_RETURN_IF_ERROR(document.status());
-      loaded = tokens_only(std::move(document->tokens));
-    } else {
-      absl::StatusOr<cache::LoadedContext> stored =
-          backend_.registry.Load(plan_.namespace_id, context.id, prefix_->hash);
-      if (absl::IsNotFound(stored.status())) return Missing(stored.status());
-      APE_RETURN_IF_ERROR(stored.status());
-      loaded = std::move(stored->context);
-      source = stored->source;
+    absl::StatusOr<cache::LoadedContext>& fetched = fetched_[next_context_];
+    if (absl::IsNotFound(fetched.status())) return Missing(fetched.status());
+    APE_RETURN_IF_ERROR(fetched.status());
+    loaded = std::move(fetched->context);
+    source = fetched->source;
+    if (!fetch_timed_) {
+      // Reading them (and waiting for the I/O pool) is loading too.
+      timings_.set_kv_load_ms(timings_.kv_load_ms() + MillisecondsSince(fetch_started_));
+      fetch_timed_ = true;
     }
   } else {
     std::vector<int32_t> tokens = backend_.pieces.Context(context.text);
@@ -138,17 +213,18 @@ absl::Status QueryTask::LoadNextContext() {
           " tokens; after the prefix (", prefix_->tokens.size(), ") the model's context of ",
           backend_.engine.config().max_position, " holds ", room, ": split the document"));
     }
-    std::optional<model::EncodedContext> encoded;
+    std::shared_ptr<const model::EncodedContext> encoded;
     if (!sequential || context.store) {
-      APE_ASSIGN_OR_RETURN(encoded, backend_.engine.EncodeContext(*prefix_, tokens));
+      APE_ASSIGN_OR_RETURN(model::EncodedContext computed,
+                           backend_.engine.EncodeContext(*prefix_, tokens));
+      encoded = std::make_shared<const model::EncodedContext>(std::move(computed));
     }
     if (context.store) {
-      // Stored once the prompt is known to fit (StartSequence): a refused request
-      // leaves nothing behind.
-      to_store_.push_back({.context = &context, .tokens = tokens, .kv = encoded->kv});
+      // Stored once the prompt is known to fit (Prepare): a refused request leaves
+      // nothing behind.
+      to_store_.push_back({.context = &context, .encoded = encoded});
     }
-    loaded = sequential ? tokens_only(std::move(tokens))
-                        : std::make_shared<const model::EncodedContext>(*std::move(encoded));
+    loaded = sequential ? TokensOnly(std::move(tokens), prefix_->hash) : std::move(encoded);
   }
   if (sequential) source = cache::KvSource::kRebuilt;
   const auto length = static_cast<int32_t>(loaded->tokens.size());
@@ -221,39 +297,44 @@ absl::StatusOr<bool> QueryTask::StartSequence(KvBudget& kv) {
         answer_tokens, " more are needed for the answer; the model's context is ", window,
         " tokens"));
   }
-  // The sequence holds every context side by side whatever the mode, then the query
-  // and the answer, as far as the window lets it grow.
+  // The sequence holds the query and the answer, as far as the window lets it grow. In
+  // SEQUENTIAL mode it computes the prefix and the contexts too; otherwise it reads their
+  // KV where it lies, shared with every request that reads the same (counted once).
   const int64_t answer_room = std::min<int64_t>(
       scoring ? longest_continuation : plan_.sampling.max_tokens, window - prompt);
-  const int64_t cached_tokens = prefix_length + total + query_length + answer_room;
-  APE_ASSIGN_OR_RETURN(
-      std::optional<KvBudget::Reservation> reservation,
-      kv.Reserve(static_cast<size_t>(cached_tokens) * backend_.engine.kv_bytes_per_token()));
+  const size_t per_token = backend_.engine.kv_bytes_per_token();
+  int64_t own_tokens = query_length + answer_room;
+  std::vector<KvBudget::Shared> shared;
+  if (sequential) {
+    own_tokens += prefix_length + total;
+  } else {
+    if (backend_.engine.ReadsInPlace(prefix_->kv)) {
+      shared.push_back(
+          {.key = prefix_.get(), .bytes = static_cast<size_t>(prefix_length) * per_token});
+    } else {
+      own_tokens += prefix_length;
+    }
+    for (const auto& context : contexts_) {
+      const auto length = static_cast<int64_t>(context->tokens.size());
+      if (backend_.engine.ReadsInPlace(*context)) {
+        shared.push_back({.key = context.get(), .bytes = static_cast<size_t>(length) * per_token});
+      } else {
+        own_tokens += length;  // converted for this sequence alone
+      }
+    }
+  }
+  APE_ASSIGN_OR_RETURN(std::optional<KvBudget::Reservation> reservation,
+                       kv.Reserve(static_cast<size_t>(own_tokens) * per_token, shared));
   if (!reservation.has_value()) return false;  // waits for running requests to finish
   HoldKv(*std::move(reservation));
 
-  std::vector<const model::EncodedContext*> pointers;
-  pointers.reserve(contexts_.size());
-  for (const auto& context : contexts_) pointers.push_back(context.get());
   APE_ASSIGN_OR_RETURN(model::Engine::SequenceStart begun,
-                       backend_.engine.BeginSequence(*prefix_, pointers, plan_.ape));
+                       backend_.engine.BeginSequence(prefix_, contexts_, plan_.ape));
   sequence_ = std::move(begun.sequence);
-  sequence_->Reserve(cached_tokens);
-  // The sequence holds its own copy of the KV now.
+  sequence_->Reserve(prefix_length + total + query_length + answer_room);
+  // The sequence holds what it reads in place (the budget's shared keys stay valid
+  // while it lives) and its own converted copies.
   contexts_.clear();
-  for (const InlineToStore& inline_context : to_store_) {
-    const QueryContext& context = *inline_context.context;
-    APE_RETURN_IF_ERROR(backend_.registry
-                            .Put({.namespace_id = plan_.namespace_id,
-                                  .id = context.id,
-                                  .tokens = inline_context.tokens,
-                                  .text = context.text,
-                                  .labels = context.labels},
-                                 prefix_->hash, &inline_context.kv)
-                            .status());
-    stored_context_ids_.push_back(context.id);
-  }
-  to_store_.clear();
   prompt_ = std::move(begun.tokens_to_feed);
   prompt_.insert(prompt_.end(), query_tokens_.begin(),
                  query_tokens_.end() - static_cast<std::ptrdiff_t>(query_tokens_held_back_));

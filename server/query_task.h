@@ -1,9 +1,9 @@
 // The work of one Generate / GenerateStream / Score call on the scheduler's thread.
-// Prepared piece by piece: the shared prefix, then one context per round (loaded from
-// the fastest tier that has its KV, or encoded), then the sequence, once its KV fits
-// the running requests' budget. Then fed through the scheduler's batched steps: the
-// prompt in chunks (in SEQUENTIAL mode the contexts' tokens, then the query), then one
-// generated token, or one chunk of a scored continuation, per step.
+// Prepared piece by piece: the shared prefix, then the stored contexts, read from the
+// fastest tier that has their KV on the I/O pool while the task waits, and the inline
+// ones encoded, then the sequence, once its KV fits the running requests' budget. Then fed through
+// the scheduler's batched steps: the prompt in chunks (in SEQUENTIAL mode the contexts' tokens,
+// then the query), then one generated token, or one chunk of a scored continuation, per step.
 // Thread-safety: used by the scheduler's thread only, apart from the reply channel.
 #ifndef APESERVE_SERVER_QUERY_TASK_H_
 #define APESERVE_SERVER_QUERY_TASK_H_
@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "ape/v1/generation.pb.h"
+#include "cache/context_registry.h"
 #include "model/encoded_context.h"
 #include "model/engine.h"
 #include "model/generator.h"
@@ -31,7 +32,7 @@ namespace apeserve::server {
 // OK while the caller waits; CANCELLED or DEADLINE_EXCEEDED once it does not.
 using AliveCheck = std::function<absl::Status()>;
 
-class QueryTask : public Task {
+class QueryTask : public Task, public std::enable_shared_from_this<QueryTask> {
  public:
   QueryTask(const Backend& backend, QueryPlan plan, AliveCheck alive);
 
@@ -72,6 +73,9 @@ class QueryTask : public Task {
 
  private:
   absl::Status LoadPrefix();
+  // Reads every stored context the request names on the I/O pool into `fetched_`,
+  // then wakes the task.
+  void FetchStoredContexts();
   absl::Status LoadNextContext();
   // NOT_FOUND naming every unknown id of the request (the first one found included).
   absl::Status Missing(const absl::Status& first);
@@ -79,18 +83,30 @@ class QueryTask : public Task {
   absl::StatusOr<bool> StartSequence(KvBudget& kv);
 
   const AliveCheck alive_;
+  // Stores the inline contexts to store on the I/O pool, then wakes the task.
+  void StoreInlineContexts();
+
   // Inline contexts to store, once the prompt is known to fit.
   struct InlineToStore {
     const QueryContext* context;
-    std::vector<int32_t> tokens;
-    model::KvSegment kv;
+    std::shared_ptr<const model::EncodedContext> encoded;
   };
   std::vector<InlineToStore> to_store_;
-  enum class Stage { kPrefix, kContexts, kStart } stage_ = Stage::kPrefix;
+  absl::Status inline_stored_;  // written by the store job before it wakes the task
+  enum class Stage {
+    kPrefix,
+    kContexts,
+    kStart,
+    kStoring,  // the sequence started; the inline contexts are being stored
+  } stage_ = Stage::kPrefix;
   std::shared_ptr<const model::EncodedPrefix> prefix_;
   // The contexts as loaded; shared KV stays alive while the sequence starts.
   std::vector<std::shared_ptr<const model::EncodedContext>> contexts_;
   size_t next_context_ = 0;
+  // The stored contexts as the I/O pool read them, by index (inline ones: unset).
+  std::vector<absl::StatusOr<cache::LoadedContext>> fetched_;
+  absl::Time fetch_started_ = absl::InfinitePast();
+  bool fetch_timed_ = false;
   // What the sequence is fed before the answer, and how much of it has been.
   std::vector<int32_t> prompt_;
   size_t prompt_done_ = 0;

@@ -21,6 +21,18 @@ Task::Phase Task::Fed(
   return Phase::kFinished;
 }
 
+void Task::Wake() {
+  woken_.store(true, std::memory_order_release);
+  if (scheduler_ != nullptr) scheduler_->Notify();
+}
+
+void Scheduler::Notify() {
+  // Under the mutex: a scheduler about to sleep either sees the woken task or gets
+  // this notification.
+  std::lock_guard<std::mutex> lock(mutex_);
+  work_.notify_all();
+}
+
 Scheduler::Scheduler(const model::Engine& engine, SchedulerOptions options)
     : engine_(engine), options_(options), kv_(options.max_running_kv_bytes) {
   thread_ = std::thread([this] { Loop(); });
@@ -37,6 +49,7 @@ absl::Status Scheduler::Submit(std::shared_ptr<Task> task) {
                                                      "--max_queued_requests); try again later"));
   }
   task->enqueued_ = absl::Now();
+  task->scheduler_ = this;
   queue_.push_back(std::move(task));
   work_.notify_one();
   return absl::OkStatus();
@@ -44,8 +57,14 @@ absl::Status Scheduler::Submit(std::shared_ptr<Task> task) {
 
 SchedulerLoad Scheduler::load() const {
   std::lock_guard<std::mutex> lock(mutex_);
+  const auto ingest_queued = static_cast<size_t>(
+      std::count_if(queue_.begin(), queue_.end(),
+                    [](const std::shared_ptr<Task>& task) { return task->ingesting(); }));
   return {.queued = queue_.size(),
           .running = running_,
+          .ingest_queued = ingest_queued,
+          .ingesting = ingesting_,
+          .encoded_tokens = encoded_tokens_,
           .running_kv_bytes = running_kv_bytes_,
           .stopping = stopping_,
           .steps = steps_,
@@ -64,6 +83,10 @@ void Scheduler::Stop() {
 void Scheduler::Publish(const Running& running) {
   std::lock_guard<std::mutex> lock(mutex_);
   running_ = running.size();
+  ingesting_ = static_cast<size_t>(
+      std::count_if(running.begin(), running.end(),
+                    [](const std::shared_ptr<Task>& task) { return task->ingesting(); }));
+  encoded_tokens_ = tokens_encoded_;
   running_kv_bytes_ = kv_.used();
   steps_ = steps_taken_;
   stepped_sequences_ = sequences_stepped_;
@@ -73,9 +96,14 @@ bool Scheduler::Admit(Running& running) {
   std::vector<std::pair<std::shared_ptr<Task>, absl::Status>> dropped;
   {
     std::unique_lock<std::mutex> lock(mutex_);
-    if (running.empty()) {
-      work_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-    }
+    // Nothing to do while every running task waits for storage (or none runs).
+    const auto idle = [&running] {
+      return std::all_of(running.begin(), running.end(), [](const std::shared_ptr<Task>& task) {
+        return task->phase_ == Task::Phase::kWaiting &&
+               !task->woken_.load(std::memory_order_acquire);
+      });
+    };
+    if (idle()) work_.wait(lock, [&] { return stopping_ || !queue_.empty() || !idle(); });
     if (stopping_) return false;
     // Callers that went away while queued leave no work behind.
     for (auto it = queue_.begin(); it != queue_.end();) {
@@ -106,6 +134,10 @@ void Scheduler::Round(Running& running) {
     if (absl::Status alive = task->Alive(); !alive.ok()) {
       task->Abort(alive);
       task->phase_ = Task::Phase::kFinished;
+    } else if (task->phase_ == Task::Phase::kWaiting) {
+      // Its results are written before the flag: read after it.
+      if (task->woken_.exchange(false, std::memory_order_acq_rel))
+        task->phase_ = task->Prepare(kv_);
     } else if (task->phase_ == Task::Phase::kPreparing) {
       task->phase_ = task->Prepare(kv_);
     }
@@ -121,35 +153,61 @@ void Scheduler::Round(Running& running) {
   Publish(running);
 }
 
-void Scheduler::Step(Running& running) {
-  // Decodes first, then prompts, each in admission order.
-  std::vector<Task*> decoding, prompts;
-  for (const std::shared_ptr<Task>& task : running) {
-    if (task->phase_ != Task::Phase::kFeeding) continue;
-    (task->decoding() ? decoding : prompts).push_back(task.get());
-  }
-  if (decoding.empty() && prompts.empty()) return;
+StepShares ShareStep(const SchedulerOptions& options, size_t decodes, bool prompts_wait,
+                     bool ingests_wait) {
+  StepShares shares;
   // Prompts get what the decodes leave of the step, and never less than a quarter of
   // it, so that no prompt starves behind a full batch of streams; with no stream
   // waiting, a prompt takes a whole prefill chunk.
-  size_t prompt_budget = options_.max_prefill_chunk;
-  if (!decoding.empty()) {
-    prompt_budget =
-        std::max(options_.max_step_tokens - std::min(options_.max_step_tokens, decoding.size()),
-                 std::max<size_t>(1, options_.max_step_tokens / 4));
+  shares.prompt_tokens = options.max_prefill_chunk;
+  if (decodes > 0) {
+    shares.prompt_tokens =
+        std::max(options.max_step_tokens - std::min(options.max_step_tokens, decodes),
+                 std::max<size_t>(1, options.max_step_tokens / 4));
   }
+  // Ingestion: at most its share of that while streams wait for their tokens, and at
+  // least its share when prompts want tokens too.
+  const size_t ingest_share =
+      std::max<size_t>(1, static_cast<size_t>(static_cast<double>(shares.prompt_tokens) *
+                                              std::clamp(options.ingest_share, 0.0, 1.0)));
+  shares.ingest_most = decodes == 0 ? shares.prompt_tokens : ingest_share;
+  shares.ingest_least = prompts_wait && ingests_wait ? ingest_share : 0;
+  return shares;
+}
+
+void Scheduler::Step(Running& running) {
+  // Decodes first, then prompts and documents being ingested, each in admission order.
+  std::vector<Task*> decoding, prompts, ingests;
+  for (const std::shared_ptr<Task>& task : running) {
+    if (task->phase_ != Task::Phase::kFeeding) continue;
+    (task->decoding() ? decoding : task->ingesting() ? ingests : prompts).push_back(task.get());
+  }
+  if (decoding.empty() && prompts.empty() && ingests.empty()) return;
+  const StepShares shares =
+      ShareStep(options_, decoding.size(), !prompts.empty(), !ingests.empty());
   std::vector<Task*> fed;
   std::vector<model::Engine::StepInput> inputs;
   for (Task* task : decoding) {
     inputs.push_back(task->NextInput(1));
     fed.push_back(task);
   }
+  size_t query_budget = shares.prompt_tokens - shares.ingest_least;
   for (Task* task : prompts) {
-    if (prompt_budget == 0) break;
-    inputs.push_back(task->NextInput(prompt_budget));
+    if (query_budget == 0) break;
+    inputs.push_back(task->NextInput(query_budget));
     fed.push_back(task);
-    prompt_budget -= std::min(prompt_budget, inputs.back().tokens.size());
+    query_budget -= std::min(query_budget, inputs.back().tokens.size());
   }
+  // What the prompts left, within ingestion's cap.
+  size_t ingest_budget = std::min(shares.ingest_most, shares.ingest_least + query_budget);
+  for (Task* task : ingests) {
+    if (ingest_budget == 0) break;
+    inputs.push_back(task->NextInput(ingest_budget));
+    fed.push_back(task);
+    ingest_budget -= std::min(ingest_budget, inputs.back().tokens.size());
+    tokens_encoded_ += inputs.back().tokens.size();
+  }
+  if (inputs.empty()) return;
   ++steps_taken_;
   sequences_stepped_ += inputs.size();
   absl::StatusOr<std::vector<std::vector<float>>> logits = engine_.Step(inputs);

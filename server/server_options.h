@@ -53,6 +53,11 @@ struct BatchingOptions {
   // a request starts; requests wait their turn beyond it, and one that needs more is
   // refused); 0: unlimited. Default: 4 GiB.
   size_t max_running_kv_bytes = size_t{4} << 30;
+  // Ingestion's share of a step's prompt tokens, in [0, 1]: the most it takes while
+  // answers stream, the least it gets when queries' prompts want tokens too
+  // (SchedulerOptions::ingest_share).
+  // Default: 0.2.
+  double ingest_share = 0.2;
   // CPU threads of decode steps and of prompt work (model::EngineOptions); 0:
   // automatic (decoding: the cores less one, at least 1; prompts: all cores).
   int decode_threads = 0;

@@ -331,7 +331,8 @@ TEST(ContextRegistryTest, UpdatesLabelsAndKeepsTokensTextAndKv) {
   EXPECT_EQ(read->tokens, SyntheticTokens(1));
   absl::StatusOr<LoadedContext> loaded = registry->Load("ns", "doc-1", kPrefix);
   ASSERT_THAT(loaded, IsOk());
-  EXPECT_EQ(loaded->source, KvSource::kStore);
+  EXPECT_EQ(loaded->source, KvSource::kHost);  // written through by the Put
+  ExpectSyntheticKv(*loaded, kModelA);
   EXPECT_EQ(*encoder.calls, 1) << "an update never re-encodes";
 
   EXPECT_THAT(registry->Update("ns", "missing", {}),
@@ -724,6 +725,7 @@ TEST(ContextRegistryTest, SharingExpiredKvStoresItAfresh) {
   ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
   options.kv_ttl = absl::Minutes(10);
   options.clock = [&now] { return now; };
+  options.write_through = false;  // the load below must come from the store
   auto encoder = MakeSyntheticEncoder(kModelA);
   auto registry = OpenOrDie(options, encoder.encoder);
   ASSERT_THAT(registry->Put(SyntheticContext(1, 5), kPrefix), IsOk());
@@ -758,7 +760,7 @@ TEST(ContextRegistryTest, TheDeviceTierServesRepeatedLoadsWithinItsBudget) {
     ASSERT_THAT((*registry)->Put(SyntheticContext(n, n), kPrefix), IsOk());
   absl::StatusOr<LoadedContext> first = (*registry)->Load("ns", "doc-3", kPrefix);
   ASSERT_THAT(first, IsOk());
-  EXPECT_EQ(first->source, KvSource::kStore);
+  EXPECT_EQ(first->source, KvSource::kHost);  // written through by the Put
   absl::StatusOr<LoadedContext> second = (*registry)->Load("ns", "doc-3", kPrefix);
   ASSERT_THAT(second, IsOk());
   EXPECT_EQ(second->source, KvSource::kDevice);
@@ -860,6 +862,35 @@ TEST(ContextRegistryTest, ConcurrentPutsLoadsAndDeletesStayConsistent) {
     }
   }
   EXPECT_LE((*opened)->stats().store.entries, live_contents.size());
+}
+
+TEST(ContextRegistryTest, PutWritesTheKvThroughToTheHostTier) {
+  for (const bool write_through : {true, false}) {
+    SCOPED_TRACE(write_through ? "write-through" : "store only");
+    TempDir dir;
+    ContextRegistryOptions options = RegistryOptions(dir.Join("data"));
+    options.write_through = write_through;
+    auto encoder = MakeSyntheticEncoder(kModelA);
+    auto registry = OpenOrDie(options, encoder.encoder);
+    ASSERT_NE(registry, nullptr);
+    // Encoded by the registry, and given by the caller.
+    ASSERT_THAT(registry->Put(SyntheticContext(1, 1), kPrefix), IsOk());
+    const ContextInput given = SyntheticContext(2, 2);
+    const model::KvSegment kv = SyntheticKv(kModelA, kPrefix, given.tokens, {});
+    ASSERT_THAT(registry->Put(given, kPrefix, &kv), IsOk());
+    EXPECT_TRUE(registry->HasKv(given, kPrefix));
+    for (const char* id : {"doc-1", "doc-2"}) {
+      absl::StatusOr<LoadedContext> loaded = registry->Load("ns", id, kPrefix);
+      ASSERT_THAT(loaded, IsOk());
+      EXPECT_EQ(loaded->source, write_through ? KvSource::kHost : KvSource::kStore) << id;
+      ExpectSyntheticKv(*loaded, kModelA);
+    }
+    EXPECT_EQ(registry->stats().store.hits, write_through ? 0U : 2U) << "disk reads";
+    EXPECT_EQ(*encoder.calls, 1);
+    // A delete forgets what was written through.
+    ASSERT_THAT(registry->Delete("ns", "doc-1"), IsOk());
+    EXPECT_FALSE(registry->HasKv(SyntheticContext(1, 1), kPrefix));
+  }
 }
 
 }  // namespace

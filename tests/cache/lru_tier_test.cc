@@ -3,7 +3,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <memory>
 #include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
 
 namespace apeserve::cache {
 namespace {
@@ -46,6 +52,38 @@ TEST(LruTierTest, AnEntryLargerThanTheBudgetIsNotKept) {
   LruTier<int> off({.capacity_bytes = 0});
   EXPECT_FALSE(off.enabled());
   EXPECT_THAT(off.Insert("x", 1, 1), ElementsAre("x"));
+}
+
+TEST(LruTierTest, AnEntryEvictedWhileReadStaysValidUntilItsReadersEnd) {
+  // As the host tier holds KV: shared values, which a request reading one keeps alive
+  // while a writer evicts it (run under ThreadSanitizer and AddressSanitizer too).
+  using Kv = std::shared_ptr<const std::vector<int>>;
+  LruTier<Kv> tier({.capacity_bytes = 2});
+  constexpr int kKeys = 8;
+  std::atomic<bool> done = false;
+  std::atomic<int> reads = 0;
+  std::vector<std::thread> readers;
+  readers.reserve(4);
+  for (int r = 0; r < 4; ++r) {
+    readers.emplace_back([&, r] {
+      for (int i = r; !done.load(); ++i) {
+        const std::optional<Kv> held = tier.Lookup(absl::StrCat("k", i % kKeys));
+        if (!held.has_value()) continue;
+        std::this_thread::yield();  // the writer evicts it meanwhile
+        for (const int value : **held) ASSERT_EQ(value, i % kKeys);
+        ++reads;
+      }
+    });
+  }
+  for (int round = 0; round < 2000 || (reads.load() < 100 && round < 10000000); ++round) {
+    const int key = round % kKeys;
+    tier.Insert(absl::StrCat("k", key), std::make_shared<const std::vector<int>>(256, key), 1);
+  }
+  done = true;
+  for (std::thread& reader : readers) reader.join();
+  EXPECT_GE(reads.load(), 100);
+  EXPECT_LE(tier.stats().entries, 2U);
+  EXPECT_GT(tier.stats().evictions, 0U);
 }
 
 TEST(LruTierTest, IdleEntriesExpire) {

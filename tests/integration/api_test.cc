@@ -148,8 +148,9 @@ TEST_F(ApiTest, ContextsAreCreatedListedReadRelabelledAndDeleted) {
 }
 
 TEST_F(ApiTest, APinnedContextKeepsItsKvUnderEvictionPressure) {
-  // 4 MiB of stored KV hold about three of these contexts (45 KiB of KV per token).
-  Start({"--stored_kv_mib=4"});
+  // 4 MiB of stored KV hold about three of these contexts (45 KiB of KV per token). No
+  // host tier: every load reads the store (or rebuilds), not what ingestion wrote through.
+  Start({"--stored_kv_mib=4", "--host_cache_mib=0"});
   ape::v1::CreateContextRequest pinned;
   pinned.set_context_id("pinned");
   pinned.set_text(kGoats);
@@ -406,8 +407,8 @@ TEST_F(ApiTest, StreamsTheSameAnswerTokenByTokenAndReportsUsageOnce) {
   EXPECT_EQ(tokens, std::vector<int32_t>(unary.token_ids().begin(), unary.token_ids().end()));
   EXPECT_EQ(end.finish_reason(), unary.finish_reason());
   EXPECT_EQ(end.usage().generated_tokens(), unary.token_ids_size());
-  // The first request read the KV from the store; this one found it in host memory.
-  EXPECT_EQ(unary.usage().context_tokens_store(), unary.usage().context_tokens());
+  // Both found the KV in host memory: ingestion wrote it through.
+  EXPECT_EQ(unary.usage().context_tokens_host(), unary.usage().context_tokens());
   EXPECT_EQ(end.usage().context_tokens_host(), end.usage().context_tokens());
   EXPECT_GT(end.timings().time_to_first_token_ms(), 0);
   EXPECT_GE(end.timings().total_ms(), end.timings().time_to_first_token_ms());
@@ -757,7 +758,12 @@ TEST_F(ApiTest, ServesPrometheusMetricsAndJsonLogs) {
       HasSubstr("apeserve_request_duration_seconds_bucket{method=\"Generate\",le=\"+Inf\"} 1\n"));
   EXPECT_THAT(metrics, HasSubstr("apeserve_generated_tokens_total 3\n"));
   EXPECT_THAT(metrics, HasSubstr("apeserve_kv_entries{tier=\"store\"} 1\n"));
-  EXPECT_THAT(metrics, HasSubstr(absl::StrCat("apeserve_context_tokens_total{source=\"store\"} ",
+  // The context's KV was written through to the host tier when it was stored.
+  EXPECT_THAT(metrics, HasSubstr(absl::StrCat("apeserve_context_tokens_total{source=\"host\"} ",
+                                              reply.usage().context_tokens(), "\n")));
+  EXPECT_THAT(metrics, HasSubstr("# TYPE apeserve_ingest_queued_requests gauge\n"));
+  EXPECT_THAT(metrics, HasSubstr("apeserve_ingesting_requests 0\n"));
+  EXPECT_THAT(metrics, HasSubstr(absl::StrCat("apeserve_encoded_tokens_total ",
                                               reply.usage().context_tokens(), "\n")));
   EXPECT_THAT(metrics, HasSubstr("# TYPE apeserve_queued_requests gauge\n"));
   EXPECT_EQ(http.Get("/nothing-here")->status, 404);

@@ -448,5 +448,56 @@ TEST_F(ApeTest, AnswersWithManyShortContexts) {
               result->text.c_str());
 }
 
+TEST_F(ApeTest, SharedKvIsReadInPlaceAndOutlivesEveryOtherHolder) {
+  // A registry tier hands out its entries shared; a sequence reads them where they lie
+  // and keeps them alive, so that the tier may evict one under a running request.
+  const std::vector<EncodedContext> contexts = Encode(*engine_, documents_);
+  const std::vector<int32_t> query = pieces_->Query("Who built the lighthouse of Varn?");
+  const auto vocab = static_cast<size_t>(engine_->config().vocab_size);
+  for (const EncodingMode mode : {EncodingMode::kParallel, EncodingMode::kApe}) {
+    SCOPED_TRACE(EncodingModeName(mode));
+    const ApeOptions options{.mode = mode, .temperature = 0.8F, .scale = 0.9F};
+    std::vector<const EncodedContext*> named = Pointers(contexts);
+    named.push_back(&contexts[1]);  // a context named twice
+    const Trace copied = Run(*engine_, named, options, query, 6);
+
+    auto prefix = std::make_shared<const EncodedPrefix>(prefix_);
+    std::vector<std::shared_ptr<const EncodedContext>> shared;
+    for (const EncodedContext& context : contexts) {
+      shared.push_back(std::make_shared<const EncodedContext>(context));
+      EXPECT_TRUE(engine_->ReadsInPlace(context));
+    }
+    shared.push_back(shared[1]);
+    const std::weak_ptr<const EncodedContext> watched = shared[1];
+    const std::weak_ptr<const EncodedPrefix> watched_prefix = prefix;
+    auto begun = engine_->BeginSequence(prefix, shared, options);
+    ASSERT_THAT(begun, IsOk());
+    EXPECT_TRUE(begun->tokens_to_feed.empty());
+    EXPECT_GT(watched.use_count(), 2) << "the sequence holds what it reads";
+    // Every other holder lets go, as a tier evicting the entries would.
+    prefix.reset();
+    shared.clear();
+    ASSERT_FALSE(watched.expired());
+    ASSERT_FALSE(watched_prefix.expired());
+
+    Engine::Sequence& sequence = *begun->sequence;
+    size_t held = prefix_.tokens.size() + contexts[1].tokens.size();
+    for (const EncodedContext& context : contexts) held += context.tokens.size();
+    EXPECT_EQ(sequence.length(), static_cast<int64_t>(held)) << "the prefix and every context";
+    auto prefill = engine_->Feed(sequence, query, /*all_logits=*/true);
+    ASSERT_THAT(prefill, IsOk());
+    EXPECT_LE(MaxAbsDifference(*prefill, copied.prefill), 1e-5F);
+    for (size_t step = 0; step < copied.steps.size(); ++step) {
+      auto next = engine_->Feed(sequence, {copied.tokens[step]});
+      ASSERT_THAT(next, IsOk());
+      ASSERT_EQ(next->size(), vocab);
+      EXPECT_LE(MaxAbsDifference(*next, copied.steps[step]), 1e-5F) << "decode step " << step;
+    }
+    begun->sequence.reset();
+    EXPECT_TRUE(watched.expired()) << "the sequence let go of what it held";
+    EXPECT_TRUE(watched_prefix.expired());
+  }
+}
+
 }  // namespace
 }  // namespace apeserve::model
