@@ -63,15 +63,8 @@ class IoPool {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       jobs_.push_back(std::move(job));
-      ++pending_;
     }
     ready_.notify_one();
-  }
-
-  // Jobs submitted and not yet finished.
-  size_t pending() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return pending_;
   }
 
  private:
@@ -99,15 +92,12 @@ class IoPool {
         jobs_.pop_front();
       }
       job();
-      std::lock_guard<std::mutex> lock(mutex_);
-      --pending_;
     }
   }
 
-  mutable std::mutex mutex_;
+  std::mutex mutex_;
   std::condition_variable ready_;
   std::deque<std::function<void()>> jobs_ ABSL_GUARDED_BY(mutex_);
-  size_t pending_ ABSL_GUARDED_BY(mutex_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   std::vector<std::thread> threads_;
 };

@@ -55,14 +55,23 @@ absl::Status Scheduler::Submit(std::shared_ptr<Task> task) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// How many of `tasks` encode documents for storage.
+template <typename Tasks>
+size_t CountIngesting(const Tasks& tasks) {
+  return static_cast<size_t>(
+      std::count_if(tasks.begin(), tasks.end(),
+                    [](const std::shared_ptr<Task>& task) { return task->ingesting(); }));
+}
+
+}  // namespace
+
 SchedulerLoad Scheduler::load() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  const auto ingest_queued = static_cast<size_t>(
-      std::count_if(queue_.begin(), queue_.end(),
-                    [](const std::shared_ptr<Task>& task) { return task->ingesting(); }));
   return {.queued = queue_.size(),
           .running = running_,
-          .ingest_queued = ingest_queued,
+          .ingest_queued = CountIngesting(queue_),
           .ingesting = ingesting_,
           .encoded_tokens = encoded_tokens_,
           .running_kv_bytes = running_kv_bytes_,
@@ -83,9 +92,7 @@ void Scheduler::Stop() {
 void Scheduler::Publish(const Running& running) {
   std::lock_guard<std::mutex> lock(mutex_);
   running_ = running.size();
-  ingesting_ = static_cast<size_t>(
-      std::count_if(running.begin(), running.end(),
-                    [](const std::shared_ptr<Task>& task) { return task->ingesting(); }));
+  ingesting_ = CountIngesting(running);
   encoded_tokens_ = tokens_encoded_;
   running_kv_bytes_ = kv_.used();
   steps_ = steps_taken_;
