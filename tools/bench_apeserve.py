@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from bench_common import import_client
 from bench_workloads import QUESTIONS, Draw, Late
@@ -40,6 +40,20 @@ def store_corpus(client, texts: list[str], prefix: str, batch: int = 16) -> tupl
     seconds = time.perf_counter() - started
     return ids, {"documents": len(texts), "tokens": tokens, "seconds": seconds,
                  "tokens_per_s": tokens / seconds, "documents_per_s": len(texts) / seconds}
+
+
+def document_storer(client, texts: list[str], prefix: str = "live-") -> Callable[[int], int]:
+    """A producer's store(i) (bench_workloads.Producer) through `client`: stores the next
+    of `texts` (cycling) as context `prefix`1, `prefix`2, ... and returns its token count."""
+    at = {"next": 0}
+
+    def store_one(_: int) -> int:
+        index = at["next"] % len(texts)
+        at["next"] += 1
+        context = client.create_context(texts[index], context_id=f"{prefix}{at['next']}")
+        return context.token_count
+
+    return store_one
 
 
 class ApeserveSystem:

@@ -7,6 +7,9 @@
 # Run it before a change to model/, the scheduler, the KV tiers, the allocator or the
 # build flags lands, against the commit before it, and quote its table in the change's
 # note. Usage: tools/bench_compare.sh BASE [bench_compare.py arguments, e.g. --rounds 3]
+#        tools/bench_compare.sh BASE --service [service_bench.py arguments]
+# --service runs the live-service benchmark (tools/service_bench.py) on the same two
+# builds instead: warm TTFT at 16 x 448 and 128 x 1024, the client sweep, live traffic.
 # The worktree stays in $APESERVE_HOME/compare/<commit> (its build is reused next time);
 # the compiler cache is shared, so only what differs is compiled.
 set -euo pipefail
@@ -14,8 +17,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/../deploy/lib.sh"
 
 base="${1:-}"
 [ -n "$base" ] && [ "$base" != "-h" ] && [ "$base" != "--help" ] ||
-  { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2; }
+  { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2; }
 shift
+tool="bench_compare.py"
+if [ "${1:-}" = "--service" ]; then
+  tool="service_bench.py"
+  shift
+fi
 commit="$(git -C "$APESERVE_ROOT" rev-parse --verify --quiet "$base^{commit}")" ||
   die "'$base' is not a commit of this repository"
 "$APESERVE_ROOT/deploy/setup.sh"
@@ -46,7 +54,7 @@ build_server "$APESERVE_ROOT"
 
 dirty=""
 git -C "$APESERVE_ROOT" diff --quiet HEAD -- || dirty=" + uncommitted changes"
-"$APESERVE_VENV/bin/python" "$APESERVE_ROOT/tools/bench_compare.py" \
+"$APESERVE_VENV/bin/python" "$APESERVE_ROOT/tools/$tool" \
   --base "$worktree/build/default/server/apeserve" \
   --head "$APESERVE_ROOT/build/default/server/apeserve" \
   --base_label "$base ($(git -C "$APESERVE_ROOT" log -1 --format='%h %s' "$commit" | cut -c1-70))" \
