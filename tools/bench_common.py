@@ -36,6 +36,15 @@ def import_client(scratch: Path):
     return apeserve_client
 
 
+
+def add_two_builds(parser) -> None:
+    """The arguments tools/bench_compare.sh passes to the tool it runs (bench_compare.py,
+    service_bench.py): the two servers and how the report names them."""
+    parser.add_argument("--base", required=True, help="the base commit's apeserve binary")
+    parser.add_argument("--head", required=True, help="the working tree's apeserve binary")
+    parser.add_argument("--base_label", default="base")
+    parser.add_argument("--head_label", default="working tree")
+
 def start_server(binary: str, model: str | None, scratch: Path,
                  flags: tuple[str, ...] = (), env: dict[str, str] | None = None
                  ) -> tuple[subprocess.Popen, str]:

@@ -49,7 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_apeserve import ApeserveSystem, client_modules, store_corpus  # noqa: E402
-from bench_common import machine, peak_rss_mb, start_server, stop_server  # noqa: E402
+from bench_common import add_two_builds, machine, peak_rss_mb, start_server, stop_server  # noqa: E402
 from bench_corpus import cut_documents, prose_words  # noqa: E402
 from bench_workloads import Draw, concurrent, rag_draws, time_one  # noqa: E402
 
@@ -156,10 +156,7 @@ def print_table(rows: list[dict[str, Any]], base_label: str, head_label: str) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", required=True, help="the base commit's apeserve binary")
-    parser.add_argument("--head", required=True, help="the working tree's apeserve binary")
-    parser.add_argument("--base_label", default="base")
-    parser.add_argument("--head_label", default="working tree")
+    add_two_builds(parser)
     parser.add_argument("--base_env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment of the base's server (repeatable), e.g. MALLOC_CONF=...")
     parser.add_argument("--head_env", action="append", default=[], metavar="NAME=VALUE",

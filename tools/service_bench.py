@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_apeserve import ApeserveSystem, client_modules, document_storer, store_corpus  # noqa: E402
-from bench_common import (machine, matmul_gflop_s, memcpy_gb_s, peak_rss_mb,  # noqa: E402
+from bench_common import (add_two_builds, machine, matmul_gflop_s, memcpy_gb_s, peak_rss_mb,  # noqa: E402
                           start_server, stop_server)
 from bench_corpus import PromptBuilder, cut_documents, prose_words  # noqa: E402
 from bench_workloads import Draw, Producer, concurrent, rag_draws, same_documents_draws, time_one  # noqa: E402
@@ -266,10 +266,7 @@ def problems_of(side: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", required=True, help="the commit before's apeserve binary")
-    parser.add_argument("--head", required=True, help="the working tree's apeserve binary")
-    parser.add_argument("--base_label", default="base")
-    parser.add_argument("--head_label", default="working tree")
+    add_two_builds(parser)
     parser.add_argument("--model", default=None, help="GGUF file (default: the embedded model)")
     parser.add_argument("--points", type=parse_points, default=None,
                         help="CONTEXTSxTOKENS,... (default: 16x448,128x1024)")
