@@ -61,18 +61,23 @@ torch::Tensor AttendOverSegments(const torch::Tensor& q, absl::Span<const KeySeg
   return MergeByLse(parts).output.to(q.scalar_type());
 }
 
-torch::Tensor ApeAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                           const ApeLayout& layout) {
+ApeCacheSegments SplitApeCache(const torch::Tensor& k, const torch::Tensor& v,
+                               const ApeLayout& layout) {
   const int64_t prefix = layout.prefix_length, contexts = layout.context_length;
   const int64_t local = k.size(1) - prefix - contexts;
-  const KeySegment held[] = {
-      {.keys = k.narrow(1, 0, prefix), .values = v.narrow(1, 0, prefix), .contexts = false},
-      {.keys = k.narrow(1, prefix, contexts),
-       .values = v.narrow(1, prefix, contexts),
-       .contexts = true}};
-  return AttendOverSegments(q, held, k.narrow(1, prefix + contexts, local),
-                            v.narrow(1, prefix + contexts, local), &layout, layout.kernel,
-                            layout.block);
+  return {.held = {{.keys = k.narrow(1, 0, prefix), .values = v.narrow(1, 0, prefix)},
+                   {.keys = k.narrow(1, prefix, contexts),
+                    .values = v.narrow(1, prefix, contexts),
+                    .contexts = true}},
+          .local_keys = k.narrow(1, prefix + contexts, local),
+          .local_values = v.narrow(1, prefix + contexts, local)};
+}
+
+torch::Tensor ApeAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           const ApeLayout& layout) {
+  const ApeCacheSegments split = SplitApeCache(k, v, layout);
+  return AttendOverSegments(q, split.held, split.local_keys, split.local_values, &layout,
+                            layout.kernel, layout.block);
 }
 
 }  // namespace apeserve::model

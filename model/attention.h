@@ -62,6 +62,16 @@ torch::Tensor AttendOverSegments(const torch::Tensor& q, absl::Span<const KeySeg
                                  const torch::Tensor& local_keys, const torch::Tensor& local_values,
                                  const ApeLayout* ape, AttentionKernel kernel, int64_t block);
 
+// A cache laid out as `layout` says (keys [0, prefix) the prefix, the next
+// context_length the contexts, the rest the sequence's own) as AttendOverSegments reads
+// it: views, no copy.
+struct ApeCacheSegments {
+  KeySegment held[2];  // the prefix, then the contexts
+  torch::Tensor local_keys, local_values;
+};
+ApeCacheSegments SplitApeCache(const torch::Tensor& k, const torch::Tensor& v,
+                               const ApeLayout& layout);
+
 // APE attention of `q` ([heads, T, head_dim]) over `k`, `v` ([kv_heads, S, head_dim]):
 //   prefix:   LSE_P = logsumexp(a_P),                 o_P = softmax(a_P) V_P
 //   contexts: LSE_C = S T logsumexp(a_C / T)          o_C = softmax(a_C / T) V_C

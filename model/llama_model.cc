@@ -7,6 +7,7 @@
 
 #include "model/attention.h"
 #include "model/decode_attention.h"
+#include "model/prompt_attention.h"
 
 namespace apeserve::model {
 namespace {
@@ -151,25 +152,36 @@ torch::Tensor LlamaModel::Forward(absl::Span<const SequenceInput> inputs) const 
       const auto count = static_cast<int64_t>(input.tokens.size());
       const auto [keys, values] =
           input.cache->Append(i, k.narrow(0, offsets[s], count).transpose(0, 1),
-                              v.narrow(0, offsets[s], count).transpose(0, 1));   // [Hkv, S, D]
-      const torch::Tensor q_s = q.narrow(0, offsets[s], count).transpose(0, 1);  // [H, T, D]
-      torch::Tensor attended;
+                              v.narrow(0, offsets[s], count).transpose(0, 1));  // [Hkv, S, D]
+      // What the sequence reads in place (its held segments, or an APE cache's prefix and
+      // contexts), then its own keys.
+      const ApeLayout* ape = input.ape;
+      std::vector<KeySegment> held;
+      torch::Tensor own_keys = keys, own_values = values;
       if (!input.held.empty()) {
-        std::vector<KeySegment> held;
         held.reserve(input.held.size());
         for (const HeldSegment& segment : input.held) {
           held.push_back(
               {.keys = segment.keys[i], .values = segment.values[i], .contexts = segment.contexts});
         }
-        const ApeLayout* ape = input.ape;
-        attended = AttendOverSegments(q_s, held, keys, values, ape,
-                                      ape != nullptr ? ape->kernel : AttentionKernel::kAuto,
-                                      ape != nullptr ? ape->block : ApeLayout().block);
-      } else {
-        attended = input.ape != nullptr ? ApeAttention(q_s, keys, values, *input.ape)
-                                        : CausalAttention(q_s, keys, values);
+      } else if (ape != nullptr) {
+        ApeCacheSegments split = SplitApeCache(keys, values, *ape);
+        held.assign(std::begin(split.held), std::end(split.held));
+        own_keys = std::move(split.local_keys);
+        own_values = std::move(split.local_values);
       }
-      joined.narrow(0, offsets[s], count).copy_(attended.transpose(0, 1));  // [T, H, D]
+      torch::Tensor rows = joined.narrow(0, offsets[s], count);  // [T, H, D]
+      if (PromptAttentionApplies(device_, dtype_, heads, kv_heads, d, ape)) {
+        PromptAttention(q.narrow(0, offsets[s], count), held, own_keys, own_values, ape, rows);
+        continue;
+      }
+      const torch::Tensor q_s = q.narrow(0, offsets[s], count).transpose(0, 1);  // [H, T, D]
+      const torch::Tensor attended =
+          held.empty() ? CausalAttention(q_s, keys, values)
+                       : AttendOverSegments(q_s, held, own_keys, own_values, ape,
+                                            ape != nullptr ? ape->kernel : AttentionKernel::kAuto,
+                                            ape != nullptr ? ape->block : ApeLayout().block);
+      rows.copy_(attended.transpose(0, 1));  // [T, H, D]
     }
     x = x + linear.o.Apply(joined.reshape({total, heads * d}));
 

@@ -25,7 +25,6 @@ namespace apeserve::model::vec {
 // Eight floats in a vector register (AVX), or two halves where the target has none.
 constexpr int64_t kLanes = 8;
 using Floats [[gnu::vector_size(kLanes * sizeof(float))]] = float;
-using Ints [[gnu::vector_size(kLanes * sizeof(int32_t))]] = int32_t;
 
 APESERVE_ALWAYS_INLINE Floats Load(const float* from) {
   Floats value;
@@ -55,25 +54,31 @@ APESERVE_ALWAYS_INLINE float Max(const Floats& value) {
 // ulps: x = n ln 2 + r with |r| <= ln 2 / 2, e^r by its Taylor series to r^6 (error
 // below 2e-7 relative), 2^n put into the exponent bits. Below -87 it returns e^-87
 // (about 1e-38, nothing beside the maximum's weight of 1) rather than a subnormal.
-APESERVE_ALWAYS_INLINE Floats Exp(Floats x) {
-  x = x < -87.0F ? Broadcast(-87.0F) : x;
+// For any GCC vector of floats (`V`), so that kernels with wider vectors share it.
+template <typename V>
+APESERVE_ALWAYS_INLINE V ExpOf(V x) {
+  using Bits [[gnu::vector_size(sizeof(V))]] = int32_t;
+  const V floor = V{} - 87.0F;
+  x = x < floor ? floor : x;
   constexpr float kLog2E = 1.44269504F;
   constexpr float kLn2High = 0.693145752F, kLn2Low = 1.42860677e-6F;  // ln 2 in two parts
   constexpr float kRound = 12582912.0F;                               // 1.5 * 2^23
-  const Floats n = (x * kLog2E + kRound) - kRound;                    // nearest integer, exactly
-  const Floats r = (x - n * kLn2High) - n * kLn2Low;
-  Floats p = Broadcast(1.0F / 720);
+  const V n = (x * kLog2E + kRound) - kRound;                         // nearest integer, exactly
+  const V r = (x - n * kLn2High) - n * kLn2Low;
+  V p = V{} + 1.0F / 720;
   p = p * r + 1.0F / 120;
   p = p * r + 1.0F / 24;
   p = p * r + 1.0F / 6;
   p = p * r + 0.5F;
   p = p * r + 1.0F;
   p = p * r + 1.0F;
-  const Ints bits = (__builtin_convertvector(n, Ints) + 127) << 23;  // 2^n, n >= -126
-  Floats scale;
+  const Bits bits = (__builtin_convertvector(n, Bits) + 127) << 23;  // 2^n, n >= -126
+  V scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
 }
+
+APESERVE_ALWAYS_INLINE Floats Exp(Floats x) { return ExpOf(x); }
 
 APESERVE_ALWAYS_INLINE float Dot(const float* a, const float* b, int64_t d) {
   Floats total{};
