@@ -19,6 +19,7 @@
 #include "model/prompt_pieces.h"
 #include "model/scorer.h"
 #include "tests/util/status_matchers.h"
+#include "tests/util/test_device.h"
 #include "tests/util/test_paths.h"
 
 namespace apeserve::model {
@@ -28,7 +29,9 @@ using ::apeserve::testing::IsOk;
 using ::apeserve::testing::StatusIs;
 using ::testing::HasSubstr;
 
-constexpr float kTolerance = 1e-4F;
+// Two computations of the same logits: within float32's rounding, or the test device's
+// (tests/util/test_device.h).
+float Tolerance() { return ::apeserve::testing::LogitBound(1e-4F); }
 
 // APE at T = S = 1, where it must agree with SEQUENTIAL (one context) and PARALLEL.
 constexpr ApeOptions kUnitApe{.mode = EncodingMode::kApe, .temperature = 1.0F, .scale = 1.0F};
@@ -36,8 +39,8 @@ constexpr ApeOptions kUnitApe{.mode = EncodingMode::kApe, .temperature = 1.0F, .
 std::unique_ptr<Engine> LoadEngine(const std::string& kernel, int block) {
   EngineOptions options;
   options.model_path = apeserve::testing::TestModelPath();
-  options.device = "cpu";
-  options.dtype = "float32";
+  options.device = ::apeserve::testing::TestDevice();
+  options.dtype = ::apeserve::testing::TestDtype();
   options.attention_kernel = kernel;
   options.attention_block = block;
   auto loaded = Engine::Load(options);
@@ -155,7 +158,7 @@ TEST_F(ApeTest, OneContextAtUnitTemperatureAndScaleEqualsSequential) {
   const Trace sequential =
       Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kSequential}, query, 32);
   const Trace ape = Run(*engine_, Pointers(contexts), kUnitApe, query, 32, sequential.tokens);
-  ExpectSameTrace(sequential, ape, kTolerance);
+  ExpectSameTrace(sequential, ape, Tolerance());
   // All 32 decoded steps were compared.
   EXPECT_EQ(sequential.steps.size(), 32U);
 }
@@ -175,7 +178,7 @@ TEST_F(ApeTest, SequentialEqualsOnePlainSequence) {
       Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kSequential}, query, 0);
   const std::vector<float> last(sequential.prefill.end() - engine_->config().vocab_size,
                                 sequential.prefill.end());
-  EXPECT_LE(MaxAbsDifference(*expected, last), kTolerance);
+  EXPECT_LE(MaxAbsDifference(*expected, last), Tolerance());
 }
 
 TEST_F(ApeTest, ParallelEqualsApeAtUnitTemperatureAndScale) {
@@ -184,7 +187,7 @@ TEST_F(ApeTest, ParallelEqualsApeAtUnitTemperatureAndScale) {
   const Trace parallel =
       Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kParallel}, query, 16);
   const Trace ape = Run(*engine_, Pointers(contexts), kUnitApe, query, 16, parallel.tokens);
-  ExpectSameTrace(parallel, ape, kTolerance);
+  ExpectSameTrace(parallel, ape, Tolerance());
   // Parallel encoding is not sequential encoding: the test would notice a mode mix-up.
   const Trace sequential =
       Run(*engine_, Pointers(contexts), {.mode = EncodingMode::kSequential}, query, 0);
@@ -201,7 +204,7 @@ TEST_F(ApeTest, ParallelAndApeIgnoreTheOrderOfContexts) {
     const Trace forward = Run(*engine_, Pointers(contexts), options, query, 8);
     const Trace shuffled =
         Run(*engine_, Pointers(contexts, {2, 0, 3, 1}), options, query, 8, forward.tokens);
-    ExpectSameTrace(forward, shuffled, kTolerance);
+    ExpectSameTrace(forward, shuffled, Tolerance());
   }
   // Whereas the temperature and scale do change the answer's distribution.
   const Trace plain = Run(*engine_, Pointers(contexts), kUnitApe, query, 0);
@@ -228,7 +231,7 @@ TEST_F(ApeTest, TheTwoScaleFormsAgreeOnlyAtUnitScale) {
     SCOPED_TRACE(temperature);
     const Trace published = run(temperature, 1.0F, ApeScaleForm::kMultiplicative, {});
     const Trace additive = run(temperature, 1.0F, ApeScaleForm::kAdditive, published.tokens);
-    ExpectSameTrace(published, additive, kTolerance);
+    ExpectSameTrace(published, additive, Tolerance());
   }
   for (const float scale : {0.5F, 0.9F, 1.4F}) {
     SCOPED_TRACE(scale);
@@ -278,7 +281,7 @@ TEST_F(ApeTest, BlockedKernelEqualsFusedKernel) {
   const ApeOptions options{.mode = EncodingMode::kApe, .temperature = 0.7F, .scale = 1.3F};
   const Trace fused = Run(*engine_, Pointers(contexts), options, query, 8);
   const Trace by_blocks = Run(*blocked, Pointers(contexts), options, query, 8, fused.tokens);
-  ExpectSameTrace(fused, by_blocks, kTolerance);
+  ExpectSameTrace(fused, by_blocks, Tolerance());
 }
 
 TEST_F(ApeTest, ContextKvIsDeterministicAndIndependentOfOtherContexts) {
@@ -317,22 +320,22 @@ TEST_F(ApeTest, ScoreGivesTheTeacherForcedLogProbabilities) {
                             steps.prefill.end());
     for (size_t i = 0; i < answer.size(); ++i) {
       const std::vector<float> logprobs = LogSoftmax(last);
-      EXPECT_NEAR(score->token_logprobs[i], logprobs[static_cast<size_t>(answer[i])], 1e-4);
+      EXPECT_NEAR(score->token_logprobs[i], logprobs[static_cast<size_t>(answer[i])], Tolerance());
       EXPECT_EQ(score->greedy[i], Argmax(last) == answer[i]);
       total += logprobs[static_cast<size_t>(answer[i])];
       if (i == 0) {
-        EXPECT_LE(MaxAbsDifference(score->first_token_logprobs, logprobs), 1e-4F);
+        EXPECT_LE(MaxAbsDifference(score->first_token_logprobs, logprobs), Tolerance());
       }
       last = steps.steps[i];
     }
-    EXPECT_NEAR(score->total_logprob, total, 1e-3);
+    EXPECT_NEAR(score->total_logprob, total, ::apeserve::testing::LogitBound(1e-3F));
     EXPECT_LT(score->total_logprob, 0);
 
     // Truncating back to the contexts scores again from the same state.
     (*sequence)->Truncate(0);
     const auto rescored = Score(*engine_, **sequence, query, answer);
     ASSERT_THAT(rescored, IsOk());
-    EXPECT_NEAR(rescored->total_logprob, score->total_logprob, 1e-4);
+    EXPECT_NEAR(rescored->total_logprob, score->total_logprob, Tolerance());
   }
 }
 
@@ -486,12 +489,13 @@ TEST_F(ApeTest, SharedKvIsReadInPlaceAndOutlivesEveryOtherHolder) {
     EXPECT_EQ(sequence.length(), static_cast<int64_t>(held)) << "the prefix and every context";
     auto prefill = engine_->Feed(sequence, query, /*all_logits=*/true);
     ASSERT_THAT(prefill, IsOk());
-    EXPECT_LE(MaxAbsDifference(*prefill, copied.prefill), 1e-5F);
+    EXPECT_LE(MaxAbsDifference(*prefill, copied.prefill), ::apeserve::testing::LogitBound(1e-5F));
     for (size_t step = 0; step < copied.steps.size(); ++step) {
       auto next = engine_->Feed(sequence, {copied.tokens[step]});
       ASSERT_THAT(next, IsOk());
       ASSERT_EQ(next->size(), vocab);
-      EXPECT_LE(MaxAbsDifference(*next, copied.steps[step]), 1e-5F) << "decode step " << step;
+      EXPECT_LE(MaxAbsDifference(*next, copied.steps[step]), ::apeserve::testing::LogitBound(1e-5F))
+          << "decode step " << step;
     }
     begun->sequence.reset();
     EXPECT_TRUE(watched.expired()) << "the sequence let go of what it held";

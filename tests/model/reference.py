@@ -1,5 +1,6 @@
 """Helpers the Python parity tests share: the engine's side (apegen in parity mode) and
-the reference's side (transformers' greedy decoding with its KV cache)."""
+the reference's side (transformers' greedy decoding with its KV cache). Both run where
+APESERVE_TEST_DEVICE and APESERVE_TEST_DTYPE say, the CPU in float32 unless set."""
 
 import json
 import os
@@ -9,9 +10,12 @@ import tempfile
 import numpy as np
 import torch
 
+DEVICE = os.environ.get("APESERVE_TEST_DEVICE") or "cpu"
+DTYPE = os.environ.get("APESERVE_TEST_DTYPE") or "float32"
+
 
 def engine_logits_and_tokens(model, prompts, vocab, count, decode_logits=False):
-    """Runs apegen (path in $APEGEN) on `prompts` with `model` on the CPU in fp32: each a
+    """Runs apegen (path in $APEGEN) on `prompts` with `model` on DEVICE in DTYPE: each a
     list of ids, or a batch-line dict (an APE prompt: prefix, contexts, token_ids as the
     query, mode, temperature, scale, form). Returns, per prompt, the logits of every prompt
     (query) position ([len, vocab]) — followed by those after each of the first
@@ -24,7 +28,7 @@ def engine_logits_and_tokens(model, prompts, vocab, count, decode_logits=False):
                 f.write(json.dumps(line) + "\n")
         logits_path = os.path.join(tmp, "logits.f32")
         run = subprocess.run(
-            [os.environ["APEGEN"], "--model=" + model, "--device=cpu", "--dtype=float32",
+            [os.environ["APEGEN"], "--model=" + model, "--device=" + DEVICE, "--dtype=" + DTYPE,
              "--batch_file=" + batch, "--logits_out=" + logits_path, f"--max_tokens={count}"],
             capture_output=True, text=True, check=False)
         if run.returncode != 0:
@@ -44,13 +48,16 @@ def engine_logits_and_tokens(model, prompts, vocab, count, decode_logits=False):
 
 
 def greedy_tokens(model, ids, count):
-    """The logits of `ids` ([len(ids), vocab], numpy) and `count` greedy tokens."""
+    """The logits of `ids` ([len(ids), vocab], numpy float32) and `count` greedy tokens,
+    on the model's device."""
     tokens = []
+    device = next(model.parameters()).device
     with torch.no_grad():
-        out = model(torch.tensor([ids]), use_cache=True)
-        logits = out.logits[0].numpy()
+        out = model(torch.tensor([ids], device=device), use_cache=True)
+        logits = out.logits[0].float().cpu().numpy()
         for _ in range(count):
             token = int(out.logits[0, -1].argmax())
             tokens.append(token)
-            out = model(torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+            out = model(torch.tensor([[token]], device=device), past_key_values=out.past_key_values,
+                        use_cache=True)
     return logits, tokens

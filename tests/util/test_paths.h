@@ -17,6 +17,8 @@ std::string ApectlBinary();
 std::string ApeevalBinary();
 // A file of the source tree, e.g. SourcePath("deploy/calibration/x.json").
 std::string SourcePath(const std::string& relative);
+// The environment variable `name` where it is set and not empty, else `built_in`.
+std::string EnvOr(const char* name, const char* built_in);
 
 }  // namespace apeserve::testing
 
