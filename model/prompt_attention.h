@@ -1,6 +1,7 @@
-// Attention of one sequence's few prompt tokens (a question after its stored contexts,
-// a chunk of a document being encoded) over the segments it holds (its prefix and
-// stored contexts, read where they lie) and over its own cache, on the CPU in float32,
+// Attention of one sequence's prompt tokens (a question after its stored contexts, a
+// chunk of a document being encoded, any prompt, from one token to a prefill chunk)
+// over the segments it holds (its prefix and stored contexts, read where they lie, or
+// an APE cache's parts) and over its own cache, on the CPU in float32,
 // in one pass over every key per layer. The scores are laid out key by key with the
 // query rows side by side in vectors, so that neither keys nor values are transposed or
 // packed, the softmax's maxima and sums are vector operations across rows, and every
