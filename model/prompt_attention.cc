@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -14,10 +15,23 @@
 namespace apeserve::model {
 namespace {
 
-// Query rows computed together: a kv head's query heads times the tokens, 48 at a time
-// (three 16-float vectors or six 8-float ones). Rows past the last are zero queries
-// whose results are dropped.
+// Query rows computed together: a kv head's query heads times the tokens, up to 48 at a
+// time (three 16-float vectors or six 8-float ones). A tile computes its rows rounded
+// up to 16 (kSixteen), so that a prompt of 18 tokens (54 rows with three query heads
+// per kv head) costs 64 rows' work, not 96; rows past the last are zero queries whose
+// results are dropped.
 constexpr int64_t kTileRows = 48;
+constexpr int64_t kSixteen = 16;
+// Tiles an item computes together when the held keys outnumber the prompt's own four
+// times, each block of keys and values read once for all of them: a prompt of 18
+// tokens is two tiles, and reading its 16 x 448 keys and values (330 MB, from memory)
+// twice cost as much as its second tile's arithmetic. Four tiles' queries and sums
+// (144 KiB) stay in the core's cache. A long prompt over few held keys (a document's
+// chunk, a plain prompt) reads its own keys from the cache: one tile an item, as many
+// items as tiles, shares the threads out evenly (four together: 16% slower at 512
+// tokens).
+constexpr int64_t kTilesPerItem = 4;
+constexpr int64_t kHeldPerOwnToBundle = 4;
 // Keys per block: a block's scores ([kBlock][kTileRows], 12 KiB), keys and values stay
 // in the core's caches across the three passes over them.
 constexpr int64_t kBlock = 64;
@@ -56,26 +70,36 @@ struct Partial {
   std::vector<float> sums;
 };
 
-// Everything the work items share. Item i is kv head i / (tiles * parts), its row tile
-// (i / parts) % tiles, over part i % parts of the blocks.
+// One work item: kv head `g`'s row tiles from `tile` (up to kTilesPerItem of them) over
+// part `part` of the blocks, tile k's partial at (g * tiles + tile + k) * parts + part.
+// `cost`: its rows (rounded up to 16) times the keys they read, to hand the dearest
+// out first.
+struct Item {
+  int64_t g = 0, tile = 0, part = 0;
+  int64_t cost = 0;
+};
+
+// Everything the work items share.
 struct Work {
   const float* q = nullptr;  // [T, heads, head_dim]
   int64_t tokens = 0, heads = 0, group_size = 0, head_dim = 0;
   int64_t rows = 0;  // tokens * group_size per kv head; row r is token r / group_size
   int64_t tiles = 0, parts = 0;
-  int64_t local_length = 0;  // the causal run's keys
+  int64_t tiles_per_item = 1;  // 1 or kTilesPerItem
+  int64_t local_length = 0;    // the causal run's keys
   std::vector<Run> runs;
   std::vector<Block> blocks;
+  std::vector<Item> items;
   float factors[kGroups] = {1, 1};
   std::vector<Partial>* partials = nullptr;
 };
 
-// An item's scratch: its tile's queries as columns ([head_dim][kTileRows]) and a block's
-// scores, then weights ([kBlock][kTileRows]).
+// An item's scratch: each tile's queries as columns ([tile][head_dim][kTileRows]) and a
+// block's scores, then weights ([kBlock][kTileRows]).
 struct Scratch {
   std::vector<float> columns, scores;
   explicit Scratch(int64_t head_dim)
-      : columns(static_cast<size_t>(head_dim * kTileRows)),
+      : columns(static_cast<size_t>(kTilesPerItem * head_dim * kTileRows)),
         scores(static_cast<size_t>(kBlock * kTileRows)) {}
 };
 
@@ -112,11 +136,14 @@ APESERVE_ALWAYS_INLINE void StoreOf(const V& value, float* to) {
 // scores[j][r] = factor * key j . column r of `columns`, for the block's n keys: each
 // key element broadcast once and multiplied into a whole vector of rows, a few keys at
 // a time so that the multiply-adds of different accumulators overlap.
-template <typename V>
+template <typename V, int64_t kRows>
 APESERVE_ALWAYS_INLINE void Score(const float* columns, const float* keys, int64_t n,
                                   int64_t head_dim, float factor, float* scores) {
-  constexpr int64_t kLanes = kLanesOf<V>, kRows = kTileRows / kLanes;
-  constexpr int64_t kKeys = kLanes == 16 ? 4 : 2;  // kKeys * kRows accumulators
+  constexpr int64_t kLanes = kLanesOf<V>;
+  // Keys a step: kKeys * kRows accumulators, kKeys broadcasts and kRows loads, within
+  // the registers (32 with AVX-512, 16 with AVX2). Four keys measured best with AVX-512
+  // for tiles of 16, 32 and 48 rows (eight: a 32-row tile 1.7x slower).
+  constexpr int64_t kKeys = kLanes == 16 || kRows <= 2 ? 4 : 2;
   int64_t j = 0;
   for (; j + kKeys <= n; j += kKeys) {
     V sums[kKeys][kRows] = {};
@@ -158,9 +185,9 @@ APESERVE_ALWAYS_INLINE void Score(const float* columns, const float* keys, int64
 }
 
 // Key `begin + j` of the causal run is hidden from row r when it is past limits[r].
-template <typename V>
+template <typename V, int64_t kRows>
 APESERVE_ALWAYS_INLINE void Mask(const float* limits, int64_t begin, int64_t n, float* scores) {
-  constexpr int64_t kLanes = kLanesOf<V>, kRows = kTileRows / kLanes;
+  constexpr int64_t kLanes = kLanesOf<V>;
   const V hidden = V{} - std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < n; ++j) {
     const V key = Splat<V>(static_cast<float>(begin + j));
@@ -176,12 +203,12 @@ APESERVE_ALWAYS_INLINE void Mask(const float* limits, int64_t begin, int64_t n, 
 // rescaled to them, the scores turned into weights e^(score - maximum) in place, then
 // sums[r] = sums[r] * correction[r] + the values weighed, a register tile of rows by
 // columns at a time with each value row loaded once for the tile's rows.
-template <typename V>
+template <typename V, int64_t kRows>
 APESERVE_ALWAYS_INLINE void Accumulate(float* scores, const float* values, int64_t n,
                                        int64_t head_dim, float* top, float* total, float* sums) {
-  constexpr int64_t kLanes = kLanesOf<V>, kRows = kTileRows / kLanes;
+  constexpr int64_t kLanes = kLanesOf<V>;
   V highest[kRows], added[kRows];
-  float correction[kTileRows];
+  float correction[kRows * kLanes];
   for (int64_t v = 0; v < kRows; ++v) highest[v] = LoadOf<V>(top + v * kLanes);
   for (int64_t j = 0; j < n; ++j) {
 #pragma GCC unroll 6
@@ -210,9 +237,11 @@ APESERVE_ALWAYS_INLINE void Accumulate(float* scores, const float* values, int64
             total + v * kLanes);
   }
 
-  constexpr int64_t kTile = kLanes == 16 ? 6 : 4;     // rows per register tile
-  constexpr int64_t kColumns = kLanes == 16 ? 4 : 2;  // vectors of head_dim per register tile
-  for (int64_t r = 0; r < kTileRows; r += kTile) {
+  // Rows per register tile (dividing the tile's 16, 32 or 48) and vectors of head_dim.
+  constexpr int64_t kTile = kLanes == 16 && kRows == 3 ? 6 : 4;
+  constexpr int64_t kColumns = kLanes == 16 ? 4 : 2;
+  static_assert(kRows * kLanes % kTile == 0);
+  for (int64_t r = 0; r < kRows * kLanes; r += kTile) {
     for (int64_t c = 0; c < head_dim; c += kColumns * kLanes) {
       V acc[kTile][kColumns];
 #pragma GCC unroll 6
@@ -245,71 +274,124 @@ APESERVE_ALWAYS_INLINE void Accumulate(float* scores, const float* values, int64
   }
 }
 
-// One work item: its tile's queries as columns, then every block of its part.
-template <typename V>
-APESERVE_ALWAYS_INLINE void AttendItem(const Work& work, int64_t item, Scratch& scratch) {
+// One block's keys and values for one tile whose rows are kRows vectors of V.
+template <typename V, int64_t kRows>
+APESERVE_ALWAYS_INLINE void AttendBlock(const Work& work, const Run& run, const Block& block,
+                                        const float* keys, const float* values,
+                                        const float* columns, const float* limits, Partial& partial,
+                                        float* scores) {
   const int64_t d = work.head_dim;
-  const int64_t part = item % work.parts, tile = (item / work.parts) % work.tiles;
-  const int64_t g = item / (work.parts * work.tiles);
-  float* columns = scratch.columns.data();
-  float limits[kTileRows];
-  float last_visible = -1;  // the tile's last own key that some row sees
-  for (int64_t i = 0; i < kTileRows; ++i) {
-    const int64_t r = tile * kTileRows + i;
-    if (r >= work.rows) {
-      for (int64_t x = 0; x < d; ++x) columns[x * kTileRows + i] = 0;
-      limits[i] = -1;
-      continue;
-    }
-    const int64_t t = r / work.group_size;
-    const float* query = work.q + (t * work.heads + g * work.group_size + r % work.group_size) * d;
-    for (int64_t x = 0; x < d; ++x) columns[x * kTileRows + i] = query[x];
-    limits[i] = static_cast<float>(work.local_length - work.tokens + t);
-    last_visible = std::max(last_visible, limits[i]);
-  }
-  Partial& partial = (*work.partials)[static_cast<size_t>(item)];
-  std::fill(&partial.top[0][0], &partial.top[0][0] + kGroups * kTileRows, kNone);
-  std::fill(&partial.total[0][0], &partial.total[0][0] + kGroups * kTileRows, 0.0F);
-  partial.sums.assign(static_cast<size_t>(kGroups * kTileRows * d), 0.0F);
+  Score<V, kRows>(columns, keys, block.size, d, work.factors[run.group], scores);
+  if (run.causal) Mask<V, kRows>(limits, block.begin, block.size, scores);
+  Accumulate<V, kRows>(scores, values, block.size, d, partial.top[run.group],
+                       partial.total[run.group],
+                       partial.sums.data() + static_cast<int64_t>(run.group) * kTileRows * d);
+}
 
-  const auto blocks = static_cast<int64_t>(work.blocks.size());
-  const int64_t first = part * blocks / work.parts, last = (part + 1) * blocks / work.parts;
+// Rows of `tile`, rounded up to whole sixteens (1 to 3).
+int64_t SixteensOf(const Work& work, int64_t tile) {
+  const int64_t rows = std::min(kTileRows, work.rows - tile * kTileRows);
+  return (rows + kSixteen - 1) / kSixteen;
+}
+
+// The last own key that some row of `tile` sees.
+int64_t LastVisibleOf(const Work& work, int64_t tile) {
+  const int64_t last_row = std::min(work.rows, (tile + 1) * kTileRows) - 1;
+  return work.local_length - work.tokens + last_row / work.group_size;
+}
+
+// The tiles an item computes together.
+int64_t TilesOf(const Work& work, const Item& item) {
+  return std::min(work.tiles_per_item, work.tiles - item.tile);
+}
+
+// One work item: its tiles' queries as columns, then every block of its part for each
+// of its tiles.
+template <typename V>
+APESERVE_ALWAYS_INLINE void AttendItem(const Work& work, const Item& item, Scratch& scratch) {
+  const int64_t d = work.head_dim, tiles = TilesOf(work, item);
+  float limits[kTilesPerItem][kTileRows];
+  int64_t sixteens[kTilesPerItem], last_visible[kTilesPerItem];
+  Partial* partials[kTilesPerItem];
+  for (int64_t k = 0; k < tiles; ++k) {
+    const int64_t tile = item.tile + k;
+    float* columns = scratch.columns.data() + k * d * kTileRows;
+    for (int64_t i = 0; i < kTileRows; ++i) {
+      const int64_t r = tile * kTileRows + i;
+      if (r >= work.rows) {
+        for (int64_t x = 0; x < d; ++x) columns[x * kTileRows + i] = 0;
+        limits[k][i] = -1;
+        continue;
+      }
+      const int64_t t = r / work.group_size;
+      const float* query =
+          work.q + (t * work.heads + item.g * work.group_size + r % work.group_size) * d;
+      for (int64_t x = 0; x < d; ++x) columns[x * kTileRows + i] = query[x];
+      limits[k][i] = static_cast<float>(work.local_length - work.tokens + t);
+    }
+    sixteens[k] = SixteensOf(work, tile);
+    last_visible[k] = LastVisibleOf(work, tile);
+    Partial& partial = (*work.partials)[static_cast<size_t>(
+        (item.g * work.tiles + tile) * work.parts + item.part)];
+    std::fill(&partial.top[0][0], &partial.top[0][0] + kGroups * kTileRows, kNone);
+    std::fill(&partial.total[0][0], &partial.total[0][0] + kGroups * kTileRows, 0.0F);
+    partial.sums.assign(static_cast<size_t>(kGroups * kTileRows * d), 0.0F);
+    partials[k] = &partial;
+  }
+
+  constexpr int64_t kPerSixteen = kSixteen / kLanesOf<V>;
   float* scores = scratch.scores.data();
+  const auto blocks = static_cast<int64_t>(work.blocks.size());
+  const int64_t first = item.part * blocks / work.parts;
+  const int64_t last = (item.part + 1) * blocks / work.parts;
   for (int64_t b = first; b < last; ++b) {
     const Block& block = work.blocks[static_cast<size_t>(b)];
     const Run& run = work.runs[block.run];
-    // Own keys past every row's last (a long prompt's later tokens, for its first rows).
-    if (run.causal && static_cast<float>(block.begin) > last_visible) continue;
-    const float* keys = run.keys + g * run.key_stride + block.begin * d;
-    const float* values = run.values + g * run.value_stride + block.begin * d;
-    Score<V>(columns, keys, block.size, d, work.factors[run.group], scores);
-    if (run.causal) Mask<V>(limits, block.begin, block.size, scores);
-    Accumulate<V>(scores, values, block.size, d, partial.top[run.group], partial.total[run.group],
-                  partial.sums.data() + static_cast<int64_t>(run.group) * kTileRows * d);
+    const float* keys = run.keys + item.g * run.key_stride + block.begin * d;
+    const float* values = run.values + item.g * run.value_stride + block.begin * d;
+    for (int64_t k = 0; k < tiles; ++k) {
+      // Own keys past every row's last (a long prompt's later tokens, for its first rows).
+      if (run.causal && block.begin > last_visible[k]) continue;
+      const float* columns = scratch.columns.data() + k * d * kTileRows;
+      switch (sixteens[k]) {
+        case 1:
+          AttendBlock<V, kPerSixteen>(work, run, block, keys, values, columns, limits[k],
+                                      *partials[k], scores);
+          break;
+        case 2:
+          AttendBlock<V, 2 * kPerSixteen>(work, run, block, keys, values, columns, limits[k],
+                                          *partials[k], scores);
+          break;
+        default:
+          AttendBlock<V, 3 * kPerSixteen>(work, run, block, keys, values, columns, limits[k],
+                                          *partials[k], scores);
+          break;
+      }
+    }
   }
 }
 
 // The same code for any x86-64 or other CPU (eight-float vectors, two halves on SSE)
 // and, chosen at run time, for AVX2 with FMA and for AVX-512.
-void AttendPortable(const Work& work, int64_t item, Scratch& scratch) {
+void AttendPortable(const Work& work, const Item& item, Scratch& scratch) {
   AttendItem<vec::Floats>(work, item, scratch);
 }
 
 #if defined(__x86_64__)
-[[gnu::target("avx2,fma")]] void AttendAvx2(const Work& work, int64_t item, Scratch& scratch) {
+[[gnu::target("avx2,fma")]] void AttendAvx2(const Work& work, const Item& item, Scratch& scratch) {
   AttendItem<vec::Floats>(work, item, scratch);
 }
 
 using Floats16 [[gnu::vector_size(16 * sizeof(float))]] = float;
 
 [[gnu::target("avx512f,avx512dq,avx512vl,avx2,fma")]] void AttendAvx512(const Work& work,
-                                                                        int64_t item,
+                                                                        const Item& item,
                                                                         Scratch& scratch) {
   AttendItem<Floats16>(work, item, scratch);
 }
 #endif
 
-using AttendFunction = void (*)(const Work&, int64_t, Scratch&);
+using AttendFunction = void (*)(const Work&, const Item&, Scratch&);
 
 AttendFunction ChooseAttend(int64_t head_dim) {
 #if defined(__x86_64__)
@@ -396,24 +478,56 @@ void PromptAttention(const torch::Tensor& q, absl::Span<const KeySegment> held,
     }
   }
 
-  // Items: each kv head's row tiles over parts of the blocks, as many parts as make the
-  // items a multiple of the threads (3 kv heads on 2 threads: 6 items), merged below by
-  // their maxima and sums.
+  // Items: each kv head's row tiles, one or kTilesPerItem at a time, over parts of the
+  // blocks, merged below by their maxima and sums. Tiles together: one part per thread,
+  // so that a short prompt keeps all of them busy; one tile an item: as many parts as
+  // make the items a multiple of the threads (3 kv heads on 2 threads: 6 items). Their
+  // costs differ (a prompt's last tile may be a third of a full one; causal blocks are
+  // skipped for early rows): the threads take them dearest first.
   const auto threads = static_cast<int64_t>(at::get_num_threads());
-  const int64_t per_part = kv_heads * work.tiles;
-  work.parts = std::clamp<int64_t>(threads / std::gcd(per_part, threads), 1,
-                                   static_cast<int64_t>(work.blocks.size()));
+  const auto blocks = static_cast<int64_t>(work.blocks.size());
+  int64_t held_keys = 0;
+  for (const Run& run : work.runs) held_keys += run.causal ? 0 : run.length;
+  const bool together = held_keys >= kHeldPerOwnToBundle * work.local_length;
+  work.tiles_per_item = together ? kTilesPerItem : 1;
+  const int64_t per_part =
+      kv_heads * ((work.tiles + work.tiles_per_item - 1) / work.tiles_per_item);
+  work.parts =
+      std::clamp<int64_t>(together ? threads : threads / std::gcd(per_part, threads), 1, blocks);
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   work.factors[0] = static_cast<float>(scale);
   work.factors[1] = static_cast<float>(ape != nullptr ? scale / ape->temperature : scale);
-  std::vector<Partial> partials(static_cast<size_t>(per_part * work.parts));
+  for (int64_t g = 0; g < kv_heads; ++g) {
+    for (int64_t tile = 0; tile < work.tiles; tile += work.tiles_per_item) {
+      for (int64_t part = 0; part < work.parts; ++part) {
+        Item item{.g = g, .tile = tile, .part = part};
+        for (int64_t k = 0; k < TilesOf(work, item); ++k) {
+          const int64_t visible = LastVisibleOf(work, tile + k);
+          for (int64_t b = part * blocks / work.parts; b < (part + 1) * blocks / work.parts; ++b) {
+            const Block& block = work.blocks[static_cast<size_t>(b)];
+            if (!work.runs[block.run].causal || block.begin <= visible) {
+              item.cost += block.size * SixteensOf(work, tile + k);
+            }
+          }
+        }
+        work.items.push_back(item);
+      }
+    }
+  }
+  std::stable_sort(work.items.begin(), work.items.end(),
+                   [](const Item& a, const Item& b) { return a.cost > b.cost; });
+  std::vector<Partial> partials(static_cast<size_t>(kv_heads * work.tiles * work.parts));
   work.partials = &partials;
   static const AttendFunction attend_512 = ChooseAttend(64);
   static const AttendFunction attend_16 = ChooseAttend(16);
   const AttendFunction attend = d % 64 == 0 ? attend_512 : attend_16;
-  at::parallel_for(0, per_part * work.parts, 1, [&](int64_t begin, int64_t end) {
+  std::atomic<size_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
     Scratch scratch(d);
-    for (int64_t item = begin; item < end; ++item) attend(work, item, scratch);
+    for (size_t i = next.fetch_add(1, std::memory_order_relaxed); i < work.items.size();
+         i = next.fetch_add(1, std::memory_order_relaxed)) {
+      attend(work, work.items[i], scratch);
+    }
   });
 
   // Each row: each group's log-sum-exp over the parts, APE's weighing of the contexts'

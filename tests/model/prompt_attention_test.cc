@@ -1,5 +1,6 @@
 // The prompt kernel over held segments against what it replaces, AttendOverSegments
-// through torch: prompts of one token to a few hundred, segments of lengths off the
+// through torch: prompts of one token to a few hundred (row tiles of 16, 32 and 48
+// rows, alone or several reading each block together), segments of lengths off the
 // kernel's blocks, a prefix or none, APE in both scale forms and no APE, grouped-query
 // heads, a cache with keys before the prompt, and on one thread or several.
 #include "model/prompt_attention.h"
@@ -67,6 +68,9 @@ TEST(PromptAttentionTest, EqualsAttentionOverSegmentsThroughTorch) {
       {.tokens = 1, .contexts = {64}, .prefix = 30},
       {.tokens = 37, .past = 5, .contexts = {1, 63, 65, 200}, .prefix = 7},
       {.tokens = 130, .contexts = {100, 3}, .prefix = 0},
+      // Held keys four times the own ones: tiles read each block together, five tiles
+      // (225 rows) in two items, the last tile 33 rows computed as 48.
+      {.tokens = 75, .contexts = {400, 350}, .prefix = 30},
       {.tokens = 9, .past = 70, .contexts = {}, .prefix = 30},
       {.tokens = 12, .heads = 4, .kv_heads = 4, .head_dim = 16, .contexts = {10, 90}, .prefix = 5},
       {.tokens = 5, .heads = 4, .kv_heads = 2, .head_dim = 128, .contexts = {70, 64}, .prefix = 3},
