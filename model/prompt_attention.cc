@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 #include "model/vector_math.h"
@@ -300,6 +301,18 @@ int64_t LastVisibleOf(const Work& work, int64_t tile) {
   return work.local_length - work.tokens + last_row / work.group_size;
 }
 
+// The blocks [first, last) of part `part`.
+std::pair<int64_t, int64_t> BlocksOf(const Work& work, int64_t part) {
+  const auto blocks = static_cast<int64_t>(work.blocks.size());
+  return {part * blocks / work.parts, (part + 1) * blocks / work.parts};
+}
+
+// Whether a tile whose rows see own keys up to `last_visible` reads `block`: own keys
+// past every row's last are skipped (a long prompt's later tokens, for its first rows).
+bool Reads(const Work& work, const Block& block, int64_t last_visible) {
+  return !work.runs[block.run].causal || block.begin <= last_visible;
+}
+
 // The tiles an item computes together.
 int64_t TilesOf(const Work& work, const Item& item) {
   return std::min(work.tiles_per_item, work.tiles - item.tile);
@@ -341,17 +354,14 @@ APESERVE_ALWAYS_INLINE void AttendItem(const Work& work, const Item& item, Scrat
 
   constexpr int64_t kPerSixteen = kSixteen / kLanesOf<V>;
   float* scores = scratch.scores.data();
-  const auto blocks = static_cast<int64_t>(work.blocks.size());
-  const int64_t first = item.part * blocks / work.parts;
-  const int64_t last = (item.part + 1) * blocks / work.parts;
+  const auto [first, last] = BlocksOf(work, item.part);
   for (int64_t b = first; b < last; ++b) {
     const Block& block = work.blocks[static_cast<size_t>(b)];
     const Run& run = work.runs[block.run];
     const float* keys = run.keys + item.g * run.key_stride + block.begin * d;
     const float* values = run.values + item.g * run.value_stride + block.begin * d;
     for (int64_t k = 0; k < tiles; ++k) {
-      // Own keys past every row's last (a long prompt's later tokens, for its first rows).
-      if (run.causal && block.begin > last_visible[k]) continue;
+      if (!Reads(work, block, last_visible[k])) continue;
       const float* columns = scratch.columns.data() + k * d * kTileRows;
       switch (sixteens[k]) {
         case 1:
@@ -503,11 +513,10 @@ void PromptAttention(const torch::Tensor& q, absl::Span<const KeySegment> held,
         Item item{.g = g, .tile = tile, .part = part};
         for (int64_t k = 0; k < TilesOf(work, item); ++k) {
           const int64_t visible = LastVisibleOf(work, tile + k);
-          for (int64_t b = part * blocks / work.parts; b < (part + 1) * blocks / work.parts; ++b) {
+          const auto [first, last] = BlocksOf(work, part);
+          for (int64_t b = first; b < last; ++b) {
             const Block& block = work.blocks[static_cast<size_t>(b)];
-            if (!work.runs[block.run].causal || block.begin <= visible) {
-              item.cost += block.size * SixteensOf(work, tile + k);
-            }
+            if (Reads(work, block, visible)) item.cost += block.size * SixteensOf(work, tile + k);
           }
         }
         work.items.push_back(item);
